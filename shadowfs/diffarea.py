@@ -1,0 +1,306 @@
+"""One volume's diff area: the LMDB environment that holds its pre-images.
+
+This module implements the storage side of DESIGN section 3 and nothing that
+touches the backing filesystem:
+
+- read rule: the value of an object in snapshot ``i`` is the pre-image with
+  the smallest sequence ``>= i`` (one ``set_range``), else the live value;
+- the "no pre-image with sequence >= n" test of the write rule, and storing a
+  pre-image without ever overwriting one (the first capture wins);
+- delete rule: deleting snapshot ``d`` walks only the ``bysnap`` keys in
+  ``[d, e)`` and keeps a pre-image exactly when the previous remaining
+  snapshot ``p`` exists and the object has no pre-image in ``[p, d)``;
+- snapshot records, sequence numbers (never reused), size accounting, and
+  graveyard bookkeeping.
+
+Every method that reads or writes takes an LMDB transaction from the caller,
+so a caller can group many operations into one commit. Only the volume's mount
+process writes; the daemon and the browser open the environment read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lmdb
+
+from shadowfs import format as fmt
+from shadowfs.format import AttrRecord, DirentRecord, SnapshotRecord
+
+MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
+
+
+class DiffAreaError(Exception):
+    """The diff area cannot be opened or used as asked (message says why)."""
+
+
+class DiffArea:
+    """A volume's LMDB environment and the pre-image rules over it."""
+
+    def __init__(self, env: lmdb.Environment, path: str, readonly: bool) -> None:
+        self.env = env
+        self.path = path
+        self.readonly = readonly
+        self._dbs = {name: env.open_db(name, create=not readonly) for name in fmt.ALL_DBS}
+        self.meta = self._dbs[fmt.DB_META]
+        self.snapshots_db = self._dbs[fmt.DB_SNAPSHOTS]
+        self.preimages = self._dbs[fmt.DB_PREIMAGES]
+        self.bysnap = self._dbs[fmt.DB_BYSNAP]
+        self.usage = self._dbs[fmt.DB_USAGE]
+        self.graveyard = self._dbs[fmt.DB_GRAVEYARD]
+
+    # ---- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, *, readonly: bool = False, volume: str | None = None) -> DiffArea:
+        """Open (and, writable and given `volume`, create) the diff area at `path`."""
+        if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
+            raise DiffAreaError(f"no diff area at {path}")
+        if not readonly:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=len(fmt.ALL_DBS) + 2,
+                            readonly=readonly, subdir=True, sync=True, metasync=True,
+                            readahead=False, max_readers=512, lock=True)
+        except lmdb.Error as exc:
+            raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
+        env.reader_check()
+        try:
+            area = cls(env, path, readonly)
+            area._check_format(volume)
+        except (lmdb.Error, DiffAreaError) as exc:
+            env.close()
+            if isinstance(exc, DiffAreaError):
+                raise
+            raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
+        return area
+
+    def _check_format(self, volume: str | None) -> None:
+        with self.env.begin(write=not self.readonly) as txn:
+            version = txn.get(fmt.META_FORMAT, db=self.meta)
+            if version is None:
+                if self.readonly:
+                    raise DiffAreaError(f"{self.path}: diff area not initialised")
+                txn.put(fmt.META_FORMAT, fmt.u32(fmt.FORMAT_VERSION), db=self.meta)
+                txn.put(fmt.META_NEXT_SEQ, fmt.u64(1), db=self.meta)
+                if volume is not None:
+                    txn.put(fmt.META_VOLUME, volume.encode(), db=self.meta)
+            elif fmt.read_u32(version) != fmt.FORMAT_VERSION:
+                raise DiffAreaError(f"{self.path}: diff area format {fmt.read_u32(version)}, "
+                                    f"this shadowfs reads format {fmt.FORMAT_VERSION}")
+
+    def close(self) -> None:
+        self.env.close()
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(buffers=False) as txn:
+            yield txn
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(write=True) as txn:
+            yield txn
+
+    # ---- snapshots -------------------------------------------------------
+
+    def snapshot_list(self, txn: lmdb.Transaction) -> list[SnapshotRecord]:
+        cursor = txn.cursor(db=self.snapshots_db)
+        return [fmt.decode_snapshot(fmt.read_u64(key), value) for key, value in cursor]
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        with self.read() as txn:
+            return self.snapshot_list(txn)
+
+    def snapshot(self, txn: lmdb.Transaction, seq: int) -> SnapshotRecord | None:
+        value = txn.get(fmt.u64(seq), db=self.snapshots_db)
+        return None if value is None else fmt.decode_snapshot(seq, value)
+
+    def newest_seq(self, txn: lmdb.Transaction) -> int | None:
+        cursor = txn.cursor(db=self.snapshots_db)
+        return fmt.read_u64(cursor.key()) if cursor.last() else None
+
+    def oldest_seq(self, txn: lmdb.Transaction) -> int | None:
+        cursor = txn.cursor(db=self.snapshots_db)
+        return fmt.read_u64(cursor.key()) if cursor.first() else None
+
+    def _neighbours(self, txn: lmdb.Transaction, seq: int) -> tuple[int | None, int | None]:
+        """The newest remaining snapshot older than `seq` and the oldest newer one."""
+        cursor = txn.cursor(db=self.snapshots_db)
+        newer = None
+        if cursor.set_range(fmt.u64(seq + 1)):
+            newer = fmt.read_u64(cursor.key())
+            older_found = cursor.prev()
+        else:
+            older_found = cursor.last()
+        older = None
+        while older_found:
+            candidate = fmt.read_u64(cursor.key())
+            if candidate < seq:
+                older = candidate
+                break
+            older_found = cursor.prev()
+        return older, newer
+
+    def record_snapshot(self, txn: lmdb.Transaction, snapshot_id: str, set_id: str,
+                        created: str) -> SnapshotRecord:
+        seq = fmt.read_u64(txn.get(fmt.META_NEXT_SEQ, db=self.meta))
+        txn.put(fmt.META_NEXT_SEQ, fmt.u64(seq + 1), db=self.meta)
+        record = SnapshotRecord(seq, snapshot_id, set_id, created)
+        txn.put(fmt.u64(seq), fmt.encode_snapshot(record), db=self.snapshots_db)
+        return record
+
+    def delete_snapshot(self, txn: lmdb.Transaction, seq: int) -> int:
+        """Delete snapshot `seq` by the delete rule; returns the bytes freed."""
+        if txn.get(fmt.u64(seq), db=self.snapshots_db) is None:
+            raise DiffAreaError(f"no snapshot with sequence {seq}")
+        older, newer = self._neighbours(txn, seq)
+        freed = 0
+        cursor = txn.cursor(db=self.bysnap)
+        found = cursor.set_range(fmt.u64(seq))
+        while found:
+            key_seq, obj = fmt.split_bysnap_key(cursor.key())
+            if newer is not None and key_seq >= newer:
+                break
+            if older is not None and not self.has_preimage_in(txn, obj, older, seq):
+                found = cursor.next()  # it now holds the value `older` sees
+                continue
+            key = fmt.preimage_key(obj, key_seq)
+            value = txn.get(key, db=self.preimages)
+            if value is not None:
+                txn.delete(key, db=self.preimages)
+                size = len(key) + len(value)
+                freed += size
+                self._add_usage(txn, key_seq, -size)
+            found = cursor.delete() and bool(cursor.key())  # False past the last key
+        txn.delete(fmt.u64(seq), db=self.snapshots_db)
+        return freed
+
+    # ---- pre-images ------------------------------------------------------
+
+    def preimage(self, txn: lmdb.Transaction, obj: bytes, seq: int) -> bytes | None:
+        """The read rule: the pre-image of `obj` with the smallest sequence >= seq."""
+        cursor = txn.cursor(db=self.preimages)
+        if not cursor.set_range(fmt.preimage_key(obj, seq)):
+            return None
+        key = cursor.key()
+        if len(key) == len(obj) + fmt.SEQ_BYTES and key.startswith(obj):
+            return cursor.value()
+        return None
+
+    def has_preimage_in(self, txn: lmdb.Transaction, obj: bytes, low: int, high: int) -> bool:
+        """Whether `obj` has a pre-image with sequence in [low, high)."""
+        cursor = txn.cursor(db=self.preimages)
+        if not cursor.set_range(fmt.preimage_key(obj, low)):
+            return False
+        key = cursor.key()
+        if len(key) != len(obj) + fmt.SEQ_BYTES or not key.startswith(obj):
+            return False
+        return fmt.read_u64(key, len(obj)) < high
+
+    def put_preimage(self, txn: lmdb.Transaction, obj: bytes, seq: int, value: bytes) -> bool:
+        """Store a pre-image unless one exists; True if stored (first capture wins)."""
+        key = fmt.preimage_key(obj, seq)
+        if not txn.put(key, value, overwrite=False, db=self.preimages):
+            return False
+        txn.put(fmt.bysnap_key(seq, obj), b"", db=self.bysnap)
+        self._add_usage(txn, seq, len(key) + len(value))
+        return True
+
+    def attr_at(self, txn: lmdb.Transaction, ino: int, seq: int) -> AttrRecord | None:
+        value = self.preimage(txn, fmt.attr_object(ino), seq)
+        return None if value is None else fmt.decode_attr(value)
+
+    def block_at(self, txn: lmdb.Transaction, ino: int, block: int, seq: int) -> bytes | None:
+        value = self.preimage(txn, fmt.block_object(ino, block), seq)
+        return None if value is None else fmt.decode_block(value)
+
+    def dirent_at(self, txn: lmdb.Transaction, dir_ino: int, name: bytes,
+                  seq: int) -> DirentRecord | None:
+        value = self.preimage(txn, fmt.dirent_object(dir_ino, name), seq)
+        return None if value is None else fmt.decode_dirent(value)
+
+    def dirent_overlay(self, txn: lmdb.Transaction, dir_ino: int,
+                       seq: int) -> dict[bytes, DirentRecord]:
+        """Every entry of `dir_ino` that has a pre-image at or after `seq`, by name."""
+        prefix = fmt.dirents_prefix(dir_ino)
+        result: dict[bytes, DirentRecord] = {}
+        cursor = txn.cursor(db=self.preimages)
+        found = cursor.set_range(prefix)
+        while found:
+            key = cursor.key()
+            if not key.startswith(prefix):
+                break
+            obj, key_seq = fmt.split_preimage_key(key)
+            if key_seq >= seq:
+                result[fmt.dirent_name(obj)] = fmt.decode_dirent(cursor.value())
+                found = self._skip_object(cursor, obj)
+            else:
+                found = cursor.set_range(fmt.preimage_key(obj, seq))
+        return result
+
+    @staticmethod
+    def _skip_object(cursor: lmdb.Cursor, obj: bytes) -> bool:
+        """Move the cursor past every key of `obj`."""
+        if not cursor.set_range(obj + b"\xff" * fmt.SEQ_BYTES):
+            return False
+        key = cursor.key()
+        if len(key) == len(obj) + fmt.SEQ_BYTES and key.startswith(obj):
+            return cursor.next()
+        return True
+
+    def blocks_captured(self, txn: lmdb.Transaction, ino: int, seq: int) -> bool:
+        """Whether any data block of `ino` has a pre-image (any sequence) — cheap test."""
+        prefix = fmt.blocks_prefix(ino)
+        cursor = txn.cursor(db=self.preimages)
+        return cursor.set_range(prefix) and cursor.key().startswith(prefix)
+
+    # ---- accounting ------------------------------------------------------
+
+    def _add_usage(self, txn: lmdb.Transaction, seq: int, delta: int) -> None:
+        key = fmt.u64(seq)
+        old = txn.get(key, db=self.usage)
+        total = (fmt.read_u64(old) if old else 0) + delta
+        if total > 0:
+            txn.put(key, fmt.u64(total), db=self.usage)
+        elif old is not None:
+            txn.delete(key, db=self.usage)
+
+    def used_bytes(self, txn: lmdb.Transaction | None = None) -> int:
+        if txn is None:
+            with self.read() as own:
+                return self.used_bytes(own)
+        return sum(fmt.read_u64(value) for _, value in txn.cursor(db=self.usage))
+
+    def snapshot_bytes(self, txn: lmdb.Transaction, seq: int) -> int:
+        """Bytes held for snapshot `seq`: its sequence up to the next remaining snapshot."""
+        _, newer = self._neighbours(txn, seq)
+        total = 0
+        cursor = txn.cursor(db=self.usage)
+        found = cursor.set_range(fmt.u64(seq))
+        while found:
+            key_seq = fmt.read_u64(cursor.key())
+            if newer is not None and key_seq >= newer:
+                break
+            total += fmt.read_u64(cursor.value())
+            found = cursor.next()
+        return total
+
+    # ---- graveyard -------------------------------------------------------
+
+    def graveyard_add(self, txn: lmdb.Transaction, ino: int, death_seq: int) -> None:
+        txn.put(fmt.u64(ino), fmt.u64(death_seq), db=self.graveyard)
+
+    def graveyard_has(self, txn: lmdb.Transaction, ino: int) -> bool:
+        return txn.get(fmt.u64(ino), db=self.graveyard) is not None
+
+    def graveyard_expired(self, txn: lmdb.Transaction) -> list[int]:
+        """Graveyard inodes no remaining snapshot can see (died before the oldest)."""
+        oldest = self.oldest_seq(txn)
+        return [fmt.read_u64(key) for key, value in txn.cursor(db=self.graveyard)
+                if oldest is None or fmt.read_u64(value) < oldest]
+
+    def graveyard_remove(self, txn: lmdb.Transaction, ino: int) -> None:
+        txn.delete(fmt.u64(ino), db=self.graveyard)

@@ -1,0 +1,261 @@
+"""The on-disk format of a volume's diff area: the one place that defines keys.
+
+A diff area is one LMDB environment with these named databases:
+
+- ``meta``: ``b"format"`` -> u32 version, ``b"next_seq"`` -> u64 next snapshot
+  sequence (never reused), ``b"volume"`` -> UTF-8 volume name.
+- ``snapshots``: u64 seq -> JSON ``{"snapshot_id", "set_id", "created"}``.
+- ``preimages``: object key + u64 seq -> encoded value. Object keys:
+  ``b"A" + u64 ino`` (attributes and xattrs), ``b"B" + u64 ino + u64 block``
+  (a data block of BLOCK_SIZE bytes), ``b"D" + u64 dir ino + name + b"\\0"``
+  (a directory entry; names never contain NUL, so the terminator keeps every
+  name's keys contiguous and ordered). All integers are big-endian, so
+  ``set_range(object + seq)`` finds the smallest sequence >= seq.
+- ``bysnap``: u64 seq + object key -> b"": which objects have a pre-image under
+  each sequence, so deleting a snapshot costs what it captured.
+- ``usage``: u64 seq -> u64 bytes stored under that sequence (keys + values).
+- ``graveyard``: u64 ino -> u64 death seq (newest snapshot when the object lost
+  its last name); the object lives in ``<backing>/.shadowfs/graveyard/<ino>``.
+
+Version history: 1 — first format.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import struct
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = 1
+BLOCK_SIZE = 64 * 1024
+SEQ_BYTES = 8
+HIDDEN_DIR = b".shadowfs"
+GRAVEYARD = b"graveyard"
+
+DB_META = b"meta"
+DB_SNAPSHOTS = b"snapshots"
+DB_PREIMAGES = b"preimages"
+DB_BYSNAP = b"bysnap"
+DB_USAGE = b"usage"
+DB_GRAVEYARD = b"graveyard"
+ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD)
+
+META_FORMAT = b"format"
+META_NEXT_SEQ = b"next_seq"
+META_VOLUME = b"volume"
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def read_u64(data: bytes, offset: int = 0) -> int:
+    return _U64.unpack_from(data, offset)[0]
+
+
+def u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+def read_u32(data: bytes) -> int:
+    return _U32.unpack(data)[0]
+
+
+# ---- object keys -----------------------------------------------------------
+
+def attr_object(ino: int) -> bytes:
+    return b"A" + u64(ino)
+
+
+def block_object(ino: int, block: int) -> bytes:
+    return b"B" + u64(ino) + u64(block)
+
+
+def blocks_prefix(ino: int) -> bytes:
+    return b"B" + u64(ino)
+
+
+def dirent_object(dir_ino: int, name: bytes) -> bytes:
+    if b"\0" in name or b"/" in name or not name:
+        raise ValueError(f"invalid directory entry name {name!r}")
+    return b"D" + u64(dir_ino) + name + b"\0"
+
+
+def dirents_prefix(dir_ino: int) -> bytes:
+    return b"D" + u64(dir_ino)
+
+
+def dirent_name(obj: bytes) -> bytes:
+    """The entry name inside a dirent object key."""
+    return obj[9:-1]
+
+
+def block_number(obj: bytes) -> int:
+    return read_u64(obj, 9)
+
+
+def preimage_key(obj: bytes, seq: int) -> bytes:
+    return obj + u64(seq)
+
+
+def split_preimage_key(key: bytes) -> tuple[bytes, int]:
+    return key[:-SEQ_BYTES], read_u64(key, len(key) - SEQ_BYTES)
+
+
+def bysnap_key(seq: int, obj: bytes) -> bytes:
+    return u64(seq) + obj
+
+
+def split_bysnap_key(key: bytes) -> tuple[int, bytes]:
+    return read_u64(key), key[SEQ_BYTES:]
+
+
+# ---- values ----------------------------------------------------------------
+
+_ATTR_HEAD = struct.Struct(">BIIIIQQQqqqq")
+_ATTR_EXISTS = 0
+_ATTR_NONEXISTENT = 1
+
+
+@dataclass(frozen=True)
+class AttrRecord:
+    """An object's attributes at one instant; `exists=False` means not born yet."""
+
+    exists: bool = True
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 0
+    rdev: int = 0
+    size: int = 0
+    blocks: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    birth_ns: int = 0
+    symlink_target: bytes = b""
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+NONEXISTENT = AttrRecord(exists=False)
+
+
+def encode_attr(record: AttrRecord) -> bytes:
+    if not record.exists:
+        return bytes([_ATTR_NONEXISTENT])
+    parts = [
+        _ATTR_HEAD.pack(_ATTR_EXISTS, record.mode, record.uid, record.gid, record.nlink,
+                        record.rdev, record.size, record.blocks, record.atime_ns,
+                        record.mtime_ns, record.ctime_ns, record.birth_ns),
+        u32(len(record.symlink_target)), record.symlink_target, u32(len(record.xattrs)),
+    ]
+    for name, value in sorted(record.xattrs.items()):
+        parts += [u32(len(name)), name, u32(len(value)), value]
+    return b"".join(parts)
+
+
+def decode_attr(data: bytes) -> AttrRecord:
+    if data[0] == _ATTR_NONEXISTENT:
+        return NONEXISTENT
+    (_, mode, uid, gid, nlink, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns,
+     birth_ns) = _ATTR_HEAD.unpack_from(data)
+    pos = _ATTR_HEAD.size
+    view = memoryview(data)
+
+    def take() -> bytes:
+        nonlocal pos
+        length = _U32.unpack_from(data, pos)[0]
+        pos += 4
+        chunk = bytes(view[pos:pos + length])
+        pos += length
+        return chunk
+
+    target = take()
+    count = _U32.unpack_from(data, pos)[0]
+    pos += 4
+    xattrs = {}
+    for _ in range(count):
+        name = take()
+        xattrs[name] = take()
+    return AttrRecord(True, mode, uid, gid, nlink, rdev, size, blocks, atime_ns, mtime_ns,
+                      ctime_ns, birth_ns, target, xattrs)
+
+
+_DIRENT = struct.Struct(">BQB")
+_DIRENT_PRESENT = 0
+_DIRENT_ABSENT = 1
+
+
+@dataclass(frozen=True)
+class DirentRecord:
+    """One directory entry at one instant: the inode and its file type, or absent."""
+
+    ino: int = 0
+    kind: int = 0  # the S_IFMT bits of the target, >> 12
+    present: bool = True
+
+
+ABSENT = DirentRecord(present=False)
+
+
+def encode_dirent(record: DirentRecord) -> bytes:
+    return _DIRENT.pack(_DIRENT_PRESENT if record.present else _DIRENT_ABSENT,
+                        record.ino, record.kind)
+
+
+def decode_dirent(data: bytes) -> DirentRecord:
+    flag, ino, kind = _DIRENT.unpack(data)
+    return ABSENT if flag == _DIRENT_ABSENT else DirentRecord(ino, kind)
+
+
+_BLOCK_RAW = 0
+_BLOCK_ZERO = 1
+
+
+def encode_block(data: bytes) -> bytes:
+    """A block's bytes; an all-zero block (a hole, usually) is stored as its length."""
+    if data.count(0) == len(data):
+        return bytes([_BLOCK_ZERO]) + u32(len(data))
+    return bytes([_BLOCK_RAW]) + data
+
+
+def decode_block(data: bytes) -> bytes:
+    if data[0] == _BLOCK_ZERO:
+        return bytes(read_u32(data[1:5]))
+    return data[1:]
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One snapshot of this volume as recorded in the diff area."""
+
+    seq: int
+    snapshot_id: str
+    set_id: str
+    created: str
+
+
+def encode_snapshot(record: SnapshotRecord) -> bytes:
+    return json.dumps({"snapshot_id": record.snapshot_id, "set_id": record.set_id,
+                       "created": record.created}).encode()
+
+
+def decode_snapshot(seq: int, data: bytes) -> SnapshotRecord:
+    fields = json.loads(data)
+    return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"])

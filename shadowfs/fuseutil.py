@@ -1,0 +1,82 @@
+"""Pieces shared by the two FUSE filesystems (live mount and snapshot browser).
+
+One job: the handler contract and mount plumbing. `fuse_handler` wraps every
+pyfuse3 handler so that only `FUSEError` ever escapes (an `OSError` becomes its
+errno, anything else is logged and becomes EIO), because any other exception
+kills the mount. `unmount` detaches a FUSE mount by path; `is_fuse_mount`
+reads /proc/mounts so callers never unmount something that is not FUSE.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fuse_handler(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn OSError into FUSEError(errno) and anything unexpected into a logged EIO."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", func.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def fuse_mounts() -> dict[str, str]:
+    """Mount point -> filesystem type for every FUSE mount in this namespace."""
+    result: dict[str, str] = {}
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].startswith("fuse"):
+                point = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                result[point] = fields[2]
+    return result
+
+
+def is_fuse_mount(path: str) -> bool:
+    return os.path.realpath(path) in fuse_mounts() or os.path.abspath(path) in fuse_mounts()
+
+
+def unmount(path: str, *, lazy: bool = True) -> bool:
+    """Unmount the FUSE mount at `path`; True if something was unmounted.
+
+    Only ever touches a FUSE mount: callers pass paths they mounted themselves.
+    """
+    if not is_fuse_mount(path):
+        return False
+    args = ["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + [path]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        log.warning("fusermount3 -u %s failed: %s", path, result.stderr.strip())
+        return False
+    return True
+
+
+def mount_options(fsname: str, *, read_only: bool) -> set[str]:
+    """Options for pyfuse3.init: every user sees the mount, the kernel checks modes."""
+    options = {f"fsname={fsname}", "subtype=shadowfs", "allow_other", "default_permissions"}
+    if read_only:
+        options |= {"ro", "nosuid", "nodev"}
+    return options
