@@ -79,4 +79,8 @@ def mount_options(fsname: str, *, read_only: bool) -> set[str]:
     options = {f"fsname={fsname}", "subtype=shadowfs", "allow_other", "default_permissions"}
     if read_only:
         options |= {"ro", "nosuid", "nodev"}
+    else:
+        # a volume protected in place must behave as the directory did: setuid programs
+        # and device nodes keep working
+        options |= {"suid", "dev"}
     return options

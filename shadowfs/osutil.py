@@ -63,6 +63,22 @@ def check_backing_fs(path: str) -> None:
     if kind != FILEID_INO32_GEN:
         raise ValueError(f"{path}: filesystem hands out file handles of type {kind}; "
                          "shadowfs needs inode-number handles (ext4)")
+    # tmpfs hands out the same handle type but does not accept generation 0
+    root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        expected = os.fstat(root).st_ino
+        try:
+            fd = open_by_ino(root, expected, os.O_PATH)
+        except OSError as exc:
+            raise ValueError(f"{path}: filesystem does not open objects by inode number "
+                             f"({exc.strerror}); shadowfs needs ext4") from exc
+        try:
+            if os.fstat(fd).st_ino != expected:
+                raise ValueError(f"{path}: opening by inode number reached another object")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root)
 
 
 def open_by_ino(mount_fd: int, ino: int, flags: int) -> int:

@@ -11,12 +11,14 @@ A pre-image, when there is one, always wins over the live value.
 Invariants:
 - Objects are reached by inode number (`open_by_ino`), never by path, so
   renames after the snapshot do not matter.
-- ``<backing>/.shadowfs`` is hidden from the volume root.
+- ``<backing>/.shadowfs`` is hidden from the volume root, whose link count
+  leaves it out too.
 - A snapshot deleted while being read answers ESTALE instead of wrong data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections import OrderedDict
@@ -110,6 +112,9 @@ class SnapshotView:
             record = live
         if record is None or not record.exists:
             raise OSError(errno.ENOENT, f"inode {ino} not in snapshot")
+        if ino == self.root_ino:
+            # the hidden .shadowfs directory is a subdirectory on the backing fs only
+            record = dataclasses.replace(record, nlink=record.nlink - 1)
         return record
 
     def readlink(self, ino: int) -> bytes:

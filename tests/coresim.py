@@ -53,9 +53,10 @@ def manifest_live(root: str) -> dict[bytes, Entry]:
                 digest = hashlib.sha256(f.read()).hexdigest()
         elif stat.S_ISLNK(st.st_mode):
             target = os.readlink(path)
+        nlink = st.st_nlink - 1 if rel == b"" else st.st_nlink  # .shadowfs is not shown
         result[rel] = Entry(stat.S_IFMT(st.st_mode), st.st_ino, st.st_size if not stat.S_ISDIR(st.st_mode)
                             else 0, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
-                            st.st_nlink, digest, target, xattrs)
+                            nlink, digest, target, xattrs)
         if stat.S_ISDIR(st.st_mode):
             for name in sorted(os.listdir(path)):
                 if rel == b"" and name == fmt.HIDDEN_DIR:

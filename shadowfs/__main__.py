@@ -1,0 +1,8 @@
+"""`python -m shadowfs`: the same as the `shadowfs` console script."""
+
+import sys
+
+from shadowfs.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

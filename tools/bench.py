@@ -1,0 +1,356 @@
+"""shadowfs benchmark: the same work on native ext4, on a live mount and from the
+snapshot browser, measured side by side in one run. Run through `tools/bench`.
+
+Every figure is the median of several runs; ratios are shadowfs / native
+throughput (or native / shadowfs time), so 1.0 means "as fast as native".
+Cold-cache reads drop the page cache first (root only). Snapshot creation is
+timed at the daemon socket, without the CLI's process start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from shadowfs import fuseutil  # noqa: E402
+from shadowfs.cli import request  # noqa: E402
+
+MiB = 1 << 20
+SHADOWFS = [sys.executable, "-m", "shadowfs"]
+
+
+class Sizes:
+    def __init__(self, quick: bool) -> None:
+        self.big = (256 if quick else 1024) * MiB
+        self.rand_file = 64 * MiB if quick else 256 * MiB
+        self.rand_writes = 2000 if quick else 8192
+        self.meta_files = 4000 if quick else 20000
+        self.tree_files = 4000 if quick else 20000
+        self.tree_bytes = (128 if quick else 1024) * MiB
+        self.snap_small = 1000
+        self.snap_large = 20000 if quick else 100000
+        self.runs = 3
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def timed(work: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def median_time(work: Callable[[], Any], runs: int, before: Callable[[], Any] | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        times.append(timed(work))
+    return statistics.median(times)
+
+
+def write_file(path: Path, size: int, chunk: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(0, size, len(chunk)):
+            os.write(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def overwrite_file(path: Path, size: int, chunk: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset in range(0, size, len(chunk)):
+            os.pwrite(fd, chunk, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, MiB):
+            pass
+    finally:
+        os.close(fd)
+
+
+def random_writes(path: Path, size: int, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    block = b"r" * 4096
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for _ in range(count):
+            os.pwrite(fd, block, rng.randrange(size // 4096) * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def metadata(root: Path, count: int) -> None:
+    root.mkdir()
+    for i in range(count):
+        fd = os.open(root / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+    for i in range(count):
+        os.stat(root / f"f{i}")
+    for i in range(count):
+        os.unlink(root / f"f{i}")
+    root.rmdir()
+
+
+def make_tree(root: Path, files: int, total: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    each = total // files
+    payload = rng.randbytes(each * 2)
+    for i in range(files):
+        d = root / f"d{i // 500}" / f"e{(i // 50) % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        start = rng.randrange(each)
+        (d / f"f{i}").write_bytes(payload[start:start + rng.randrange(each // 2, each * 3 // 2)])
+
+
+def many_files(root: Path, count: int) -> None:
+    for i in range(count):
+        d = root / f"d{i // 1000}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(b"x")
+
+
+class Bench:
+    def __init__(self, work: Path, sizes: Sizes) -> None:
+        self.work = work
+        self.sizes = sizes
+        self.state = work / "state"
+        self.env = {**os.environ, "SHADOWFS_STATE": str(self.state),
+                    "SHADOWFS_MOUNT_ROOT": str(work / "mnt")}
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.results: dict[str, dict[str, Any]] = {}
+        self.peak_rss: dict[str, int] = {}
+
+    # ---- daemon ----------------------------------------------------------
+
+    def cli(self, *args: str) -> Any:
+        result = subprocess.run(SHADOWFS + list(args), env=self.env, capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"bench: shadowfs {' '.join(args)}: {result.stderr.strip()}")
+        return json.loads(result.stdout) if "--json" in args else None
+
+    def start(self) -> None:
+        log = open(self.work / "daemon.log", "ab")  # noqa: SIM115
+        self.daemon = subprocess.Popen(SHADOWFS + ["daemon"], env=self.env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(600):
+            try:
+                request(str(self.state), {"op": "status"})
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise SystemExit("bench: daemon did not start")
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.sample_rss()
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        base = str(self.work)
+        for point in sorted(fuseutil.fuse_mounts(), key=len, reverse=True):
+            if point.startswith(base + "/"):
+                fuseutil.unmount(point)
+
+    def add_volume(self, name: str, backing: Path) -> None:
+        self.cli("volume", "add", name, str(backing))
+        deadline = time.monotonic() + 60
+        while not fuseutil.is_fuse_mount(str(backing)):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: volume {name} did not mount")
+            time.sleep(0.05)
+
+    def snapshot(self, *volumes: str) -> dict[str, Any]:
+        return request(str(self.state), {"op": "snapshot_create", "volumes": list(volumes)})
+
+    def sample_rss(self) -> None:
+        status = request(str(self.state), {"op": "status"})
+        pids = {"daemon": status["pid"], "browser": (status.get("browser") or {}).get("pid")}
+        for volume in status["volumes"]:
+            pids[f"mount:{volume['name']}"] = (volume.get("process") or {}).get("pid")
+        for label, pid in pids.items():
+            if not pid:
+                continue
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    kib = int(line.split()[1])
+                    self.peak_rss[label] = max(self.peak_rss.get(label, 0), kib * 1024)
+
+    # ---- recording -------------------------------------------------------
+
+    def record(self, key: str, title: str, unit: str, **figures: float) -> None:
+        self.results[key] = {"title": title, "unit": unit, **{k: round(v, 4) for k, v in figures.items()}}
+
+    # ---- the work --------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.sizes
+        native = self.work / "native"
+        live = self.work / "vol"
+        native.mkdir()
+        live.mkdir()
+        self.start()
+        self.add_volume("bench", live)
+        chunk = os.urandom(MiB)
+        mb = s.big / MiB
+
+        t_native = median_time(lambda: write_file(native / "big", s.big, chunk), s.runs)
+        t_live = median_time(lambda: write_file(live / "big", s.big, chunk), s.runs)
+        self.record("live_seq_write", f"sequential write {mb:.0f} MiB + fsync", "MiB/s",
+                    native=mb / t_native, live=mb / t_live, ratio=t_native / t_live)
+
+        snap = self.snapshot("bench")
+        browser_big = Path(snap["snapshots"][0]["path"]) / "big"
+        t_native = median_time(lambda: read_file(native / "big"), s.runs, drop_caches)
+        t_live = median_time(lambda: read_file(live / "big"), s.runs, drop_caches)
+        t_browser = median_time(lambda: read_file(browser_big), s.runs, drop_caches)
+        self.record("browser_seq_read", f"sequential read {mb:.0f} MiB, cold cache", "MiB/s",
+                    native=mb / t_native, live=mb / t_live, browser=mb / t_browser,
+                    ratio=t_native / t_browser, live_ratio=t_native / t_live)
+
+        other = os.urandom(MiB)
+        t_first = timed(lambda: overwrite_file(live / "big", s.big, other))
+        t_second = timed(lambda: overwrite_file(live / "big", s.big, chunk))
+        t_native_over = timed(lambda: overwrite_file(native / "big", s.big, other))
+        self.record("first_overwrite", f"overwrite {mb:.0f} MiB after a snapshot (capture path)", "s",
+                    native=t_native_over, first=t_first, second=t_second,
+                    ratio=t_first / t_second, second_vs_native=t_native_over / t_second)
+
+        t_native = median_time(lambda: read_file(native / "big"), s.runs, drop_caches)
+        t_browser = median_time(lambda: read_file(browser_big), s.runs, drop_caches)
+        self.record("browser_seq_read_captured", f"snapshot read of {mb:.0f} MiB overwritten since "
+                    "(all from the diff area), cold", "MiB/s",
+                    native=mb / t_native, browser=mb / t_browser, ratio=t_native / t_browser)
+        self.cli("snapshot", "delete", snap["set_id"])
+        os.unlink(native / "big")
+        os.unlink(live / "big")
+
+        write_file(native / "rand", s.rand_file, chunk)
+        write_file(live / "rand", s.rand_file, chunk)
+        t_native = median_time(lambda: random_writes(native / "rand", s.rand_file, s.rand_writes, 1), s.runs)
+        t_live = median_time(lambda: random_writes(live / "rand", s.rand_file, s.rand_writes, 1), s.runs)
+        snap = self.snapshot("bench")
+        t_capture = timed(lambda: random_writes(live / "rand", s.rand_file, s.rand_writes, 2))
+        self.record("live_rand_write", f"{s.rand_writes} random 4 KiB writes + fsync", "writes/s",
+                    native=s.rand_writes / t_native, live=s.rand_writes / t_live,
+                    live_first_after_snapshot=s.rand_writes / t_capture, ratio=t_native / t_live)
+        self.cli("snapshot", "delete", snap["set_id"])
+        os.unlink(native / "rand")
+        os.unlink(live / "rand")
+
+        n = s.meta_files
+        t_native = median_time(lambda: metadata(native / "meta", n), s.runs)
+        t_live = median_time(lambda: metadata(live / "meta", n), s.runs)
+        self.record("live_metadata", f"create + stat + unlink of {n} files", "files/s",
+                    native=n / t_native, live=n / t_live, ratio=t_native / t_live)
+
+        make_tree(native / "tree", s.tree_files, s.tree_bytes)
+        make_tree(live / "tree", s.tree_files, s.tree_bytes)
+        snap = self.snapshot("bench")
+        browser_tree = Path(snap["snapshots"][0]["path"]) / "tree"
+        out = self.work / "out"
+
+        def rsync(src: Path) -> Callable[[], None]:
+            def go() -> None:
+                shutil.rmtree(out, ignore_errors=True)
+                subprocess.run(["rsync", "-a", f"{src}/", f"{out}/"], check=True)
+            return go
+
+        def cold() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            drop_caches()
+
+        tb = s.tree_bytes / MiB
+        t_native = median_time(rsync(native / "tree"), s.runs, cold)
+        t_browser = median_time(rsync(browser_tree), s.runs, cold)
+        self.record("browser_rsync", f"rsync -a of {s.tree_files} files / {tb:.0f} MiB, cold", "MiB/s",
+                    native=tb / t_native, browser=tb / t_browser, ratio=t_native / t_browser)
+        shutil.rmtree(out, ignore_errors=True)
+        self.cli("snapshot", "delete", snap["set_id"])
+        self.sample_rss()
+
+        small, large = self.work / "small", self.work / "large"
+        many_files(small, s.snap_small)
+        many_files(large, s.snap_large)
+        self.add_volume("small", small)
+        self.add_volume("large", large)
+        times: dict[str, list[float]] = {"small": [], "large": []}
+        for _ in range(5):
+            for name in ("small", "large"):
+                t = timed(lambda name=name: self.snapshot(name))
+                times[name].append(t * 1000)
+        small_ms, large_ms = statistics.median(times["small"]), statistics.median(times["large"])
+        self.record("snapshot_create", f"snapshot creation, {s.snap_small} vs {s.snap_large} files "
+                    "(at the daemon socket)", "ms", small=small_ms, large=large_ms,
+                    ratio=large_ms / small_ms)
+        self.sample_rss()
+        self.record("memory", "peak RSS of shadowfs processes", "MiB",
+                    **{k: v / MiB for k, v in self.peak_rss.items()})
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    for key, row in results.items():
+        figures = ", ".join(f"{k} {v:g}" for k, v in row.items() if k not in ("title", "unit"))
+        print(f"{key:28} {row['title']}\n{'':28} [{row['unit']}] {figures}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, a run of a few minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (it mounts FUSE and drops the page cache)")
+    work = Path(tempfile.mkdtemp(prefix="shadowfs-bench-", dir="/var/tmp"))
+    bench = Bench(work, Sizes(args.quick))
+    try:
+        bench.run()
+    finally:
+        bench.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(bench.results, indent=2))
+    else:
+        print_table(bench.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
