@@ -28,10 +28,14 @@ Invariants:
 - Nothing is ever written: every mutating handler answers EROFS, open allows
   O_RDONLY only, and the mount itself is "ro,nosuid,nodev".
 - The snapshot records are read from the diff areas on every lookup, getattr
-  and opendir of the virtual nodes (short read transactions; virtual entries
-  and attributes have timeout 0), so new and deleted sets show at once
-  without any message. Snapshot contents are immutable: long timeouts and
+  and opendir of the virtual nodes (one short read transaction per volume
+  that checks a signature of the snapshots database; records are decoded
+  again only when it changed; virtual entries and attributes have timeout 0),
+  so new and deleted sets show at once without any message. Snapshot
+  contents are immutable: long timeouts, negative entries cached, and
   ``keep_cache``.
+- Handlers run on the trio thread and do their (short, local-disk) I/O
+  there; nothing is offloaded to worker threads yet.
 - No LMDB transaction is held across an await; no handler awaits at all, so
   each handler is atomic with respect to `set_volumes`.
 - A snapshot deleted while browsed answers ESTALE (from `SnapshotView`); its

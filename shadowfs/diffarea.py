@@ -66,8 +66,8 @@ class DiffArea:
                             readahead=False, max_readers=512, lock=True)
         except lmdb.Error as exc:
             raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
-        env.reader_check()
         try:
+            env.reader_check()  # clears reader slots of processes that died (kill -9)
             area = cls(env, path, readonly)
             area._check_format(volume)
         except (lmdb.Error, DiffAreaError) as exc:

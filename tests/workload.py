@@ -11,7 +11,8 @@ import stat
 from shadowfs.osutil import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 OPS = ("create", "write", "overwrite", "append", "truncate_down", "truncate_up", "unlink",
-       "unlink_open", "mkdir", "rmdir", "rename", "rename_over", "rename_dir", "exchange",
+       "unlink_open", "mkdir", "rmdir", "rename", "rename_over", "rename_dir", "rename_dir_over",
+       "exchange", "exchange_dirs",
        "noreplace", "link", "symlink", "fifo", "chmod", "chown", "utime", "setxattr",
        "removexattr")
 TOLERATED = {errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EINVAL, errno.ENOTDIR,
@@ -109,6 +110,14 @@ class Workload:
             parent = rng.choice(dirs)
             if parent != src and not parent.startswith(src + "/"):
                 os.rename(src, self._fresh(parent))
+        elif op in ("rename_dir_over", "exchange_dirs") and len(dirs) > 2:
+            src, dst = rng.sample(dirs[1:], 2)
+            if src.startswith(dst + "/") or dst.startswith(src + "/"):
+                return
+            if op == "rename_dir_over":
+                os.rename(src, dst)  # ENOTEMPTY unless dst is empty
+            else:
+                renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), RENAME_EXCHANGE)
         elif op == "exchange" and len(files + others) > 1:
             a, b = rng.sample(files + others, 2)
             renameat2(-100, os.fsencode(a), -100, os.fsencode(b), RENAME_EXCHANGE)
