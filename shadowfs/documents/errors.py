@@ -1,0 +1,23 @@
+"""The two exceptions of `shadowfs.documents`.
+
+`DocumentError` is raised for anything wrong with a Writer Metadata Document or
+a Backup Components Document: XML that is malformed or unsafe, an element or
+attribute that is missing, unknown or badly typed, a value that breaks a rule
+(a logical path, a file spec, a duplicate component), or a bad argument to a
+builder method. Its message names the element and attribute (and the line,
+when the document came from XML), so it can be shown to a user as it is.
+
+`RangeError` is the subclass for range strings and ranges files (seed 002):
+malformed, zero length, overlapping, overflowing 2**64, beyond the end of a
+file, or a ranges file whose count disagrees with its length.
+"""
+
+from __future__ import annotations
+
+
+class DocumentError(ValueError):
+    """A WMD or BCD (or an argument meant for one) is not acceptable; the message says where and why."""
+
+
+class RangeError(DocumentError):
+    """A range string or ranges file is not acceptable; the message names the range and the rule."""
