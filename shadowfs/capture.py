@@ -143,8 +143,7 @@ class CaptureEngine:
                 data = os.pread(fd, keep, start)
                 if len(data) < keep:  # the live file is shorter: the rest was zeros
                     data += bytes(keep - len(data))
-                self.area.put_preimage(txn, fmt.block_object(ino, block), n,
-                                       fmt.encode_block(data))
+                self.area.put_block(txn, ino, block, n, data)
         finally:
             os.close(fd)
 

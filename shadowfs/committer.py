@@ -45,9 +45,10 @@ class _Item:
 class Committer:
     """The group-commit thread of one diff area."""
 
-    def __init__(self, env: lmdb.Environment, *, after_commit: AfterCommit | None = None,
-                 name: str = "shadowfs-committer") -> None:
+    def __init__(self, env: lmdb.Environment, *, before_commit: AfterCommit | None = None,
+                 after_commit: AfterCommit | None = None, name: str = "shadowfs-committer") -> None:
         self._env = env
+        self._before_commit = before_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._after_commit = after_commit
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -110,6 +111,8 @@ class Committer:
             with self._env.begin(write=True) as txn:
                 for item in batch:
                     results.append(self._run_job(txn, item.job))
+                if self._before_commit is not None:
+                    self._before_commit()  # e.g. make block bytes durable before their references
             self.commits += 1
         except BaseException as exc:  # the commit itself failed: every job failed
             log.exception("diff area commit failed")

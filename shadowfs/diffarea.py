@@ -11,7 +11,10 @@ touches the backing filesystem:
   ``[d, e)`` and keeps a pre-image exactly when the previous remaining
   snapshot ``p`` exists and the object has no pre-image in ``[p, d)``;
 - snapshot records, sequence numbers (never reused), size accounting, and
-  graveyard bookkeeping.
+  graveyard bookkeeping;
+- the bytes of data-block pre-images live in the block store (blockstore.py);
+  an extent whose last reference is dropped is recorded in ``freed`` within
+  the same transaction and punched out by ``reclaim`` in a later one.
 
 Every method that reads or writes takes an LMDB transaction from the caller,
 so a caller can group many operations into one commit. Only the volume's mount
@@ -27,7 +30,8 @@ from contextlib import contextmanager
 import lmdb
 
 from shadowfs import format as fmt
-from shadowfs.format import AttrRecord, DirentRecord, SnapshotRecord
+from shadowfs.blockstore import BlockStore
+from shadowfs.format import AttrRecord, BlockRef, DirentRecord, SnapshotRecord
 
 MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
 
@@ -50,6 +54,8 @@ class DiffArea:
         self.bysnap = self._dbs[fmt.DB_BYSNAP]
         self.usage = self._dbs[fmt.DB_USAGE]
         self.graveyard = self._dbs[fmt.DB_GRAVEYARD]
+        self.freed = self._dbs[fmt.DB_FREED]
+        self.blocks = BlockStore(path, writable=not readonly)
 
     # ---- opening ---------------------------------------------------------
 
@@ -71,6 +77,8 @@ class DiffArea:
             area = cls(env, path, readonly)
             area._check_format(volume)
         except (lmdb.Error, DiffAreaError) as exc:
+            if "area" in locals():
+                area.blocks.close()
             env.close()
             if isinstance(exc, DiffAreaError):
                 raise
@@ -92,6 +100,7 @@ class DiffArea:
                                     f"this shadowfs reads format {fmt.FORMAT_VERSION}")
 
     def close(self) -> None:
+        self.blocks.close()
         self.env.close()
 
     @contextmanager
@@ -101,8 +110,14 @@ class DiffArea:
 
     @contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction that makes appended block bytes durable before it commits."""
         with self.env.begin(write=True) as txn:
             yield txn
+            self.before_commit()
+
+    def before_commit(self) -> None:
+        """Run before every commit of a transaction that may reference new block bytes."""
+        self.blocks.sync()
 
     # ---- snapshots -------------------------------------------------------
 
@@ -171,9 +186,13 @@ class DiffArea:
             value = txn.get(key, db=self.preimages)
             if value is not None:
                 txn.delete(key, db=self.preimages)
-                size = len(key) + len(value)
+                size = self._stored_size(obj, key, value)
                 freed += size
                 self._add_usage(txn, key_seq, -size)
+                if obj[:1] == b"B":
+                    ref = fmt.decode_block_ref(value)
+                    if ref.offset is not None:
+                        txn.put(fmt.extent_key(ref.offset, ref.length), b"", db=self.freed)
             found = cursor.delete() and bool(cursor.key())  # False past the last key
         txn.delete(fmt.u64(seq), db=self.snapshots_db)
         return freed
@@ -206,8 +225,27 @@ class DiffArea:
         if not txn.put(key, value, overwrite=False, db=self.preimages):
             return False
         txn.put(fmt.bysnap_key(seq, obj), b"", db=self.bysnap)
-        self._add_usage(txn, seq, len(key) + len(value))
+        self._add_usage(txn, seq, self._stored_size(obj, key, value))
         return True
+
+    @staticmethod
+    def _stored_size(obj: bytes, key: bytes, value: bytes) -> int:
+        """What a pre-image costs: its key and value, plus its bytes in the block store."""
+        size = len(key) + len(value)
+        if obj[:1] == b"B":
+            ref = fmt.decode_block_ref(value)
+            if ref.offset is not None:
+                size += ref.length
+        return size
+
+    def put_block(self, txn: lmdb.Transaction, ino: int, block: int, seq: int, data: bytes) -> bool:
+        """Store a data block's pre-image (bytes in the block store) unless one exists."""
+        obj = fmt.block_object(ino, block)
+        if txn.get(fmt.preimage_key(obj, seq), db=self.preimages) is not None:
+            return False
+        ref = BlockRef(None, len(data)) if fmt.is_zero(data) else BlockRef(self.blocks.append(data),
+                                                                           len(data))
+        return self.put_preimage(txn, obj, seq, fmt.encode_block_ref(ref))
 
     def attr_at(self, txn: lmdb.Transaction, ino: int, seq: int) -> AttrRecord | None:
         value = self.preimage(txn, fmt.attr_object(ino), seq)
@@ -215,7 +253,10 @@ class DiffArea:
 
     def block_at(self, txn: lmdb.Transaction, ino: int, block: int, seq: int) -> bytes | None:
         value = self.preimage(txn, fmt.block_object(ino, block), seq)
-        return None if value is None else fmt.decode_block(value)
+        if value is None:
+            return None
+        ref = fmt.decode_block_ref(value)
+        return bytes(ref.length) if ref.offset is None else self.blocks.read(ref.offset, ref.length)
 
     def dirent_at(self, txn: lmdb.Transaction, dir_ino: int, name: bytes,
                   seq: int) -> DirentRecord | None:
@@ -287,6 +328,26 @@ class DiffArea:
             total += fmt.read_u64(cursor.value())
             found = cursor.next()
         return total
+
+    def disk_bytes(self) -> int:
+        """What the diff area takes on disk: the LMDB file and the block store."""
+        try:
+            lmdb_bytes = os.stat(os.path.join(self.path, "data.mdb")).st_blocks * 512
+        except FileNotFoundError:
+            lmdb_bytes = 0
+        return lmdb_bytes + self.blocks.disk_bytes()
+
+    def reclaim(self, txn: lmdb.Transaction) -> int:
+        """Punch out every freed extent (their references are gone in committed
+        transactions) and forget them; returns how many."""
+        count = 0
+        cursor = txn.cursor(db=self.freed)
+        found = cursor.first()
+        while found:
+            self.blocks.punch(*fmt.split_extent_key(cursor.key()))
+            count += 1
+            found = cursor.delete() and bool(cursor.key())
+        return count
 
     # ---- graveyard -------------------------------------------------------
 

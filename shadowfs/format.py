@@ -16,8 +16,14 @@ A diff area is one LMDB environment with these named databases:
 - ``usage``: u64 seq -> u64 bytes stored under that sequence (keys + values).
 - ``graveyard``: u64 ino -> u64 death seq (newest snapshot when the object lost
   its last name); the object lives in ``<backing>/.shadowfs/graveyard/<ino>``.
+- ``freed``: u64 offset + u32 length -> b"": extents of ``blocks.dat`` whose
+  last reference a committed transaction dropped, to be punched out.
 
-Version history: 1 — first format.
+Data-block pre-images hold their bytes in ``blocks.dat`` (see blockstore.py);
+the LMDB value is then a reference (offset, length). An all-zero block is
+stored as its length alone.
+
+Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BLOCK_SIZE = 64 * 1024
 SEQ_BYTES = 8
 HIDDEN_DIR = b".shadowfs"
@@ -39,7 +45,8 @@ DB_PREIMAGES = b"preimages"
 DB_BYSNAP = b"bysnap"
 DB_USAGE = b"usage"
 DB_GRAVEYARD = b"graveyard"
-ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD)
+DB_FREED = b"freed"
+ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD, DB_FREED)
 
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
@@ -224,21 +231,45 @@ def decode_dirent(data: bytes) -> DirentRecord:
     return ABSENT if flag == _DIRENT_ABSENT else DirentRecord(ino, kind)
 
 
-_BLOCK_RAW = 0
 _BLOCK_ZERO = 1
+_BLOCK_EXTERNAL = 2
+_EXTENT = struct.Struct(">QI")
 
 
-def encode_block(data: bytes) -> bytes:
-    """A block's bytes; an all-zero block (a hole, usually) is stored as its length."""
-    if data.count(0) == len(data):
-        return bytes([_BLOCK_ZERO]) + u32(len(data))
-    return bytes([_BLOCK_RAW]) + data
+@dataclass(frozen=True)
+class BlockRef:
+    """Where a captured block's bytes are: an extent of blocks.dat, or zeros (offset None)."""
+
+    offset: int | None
+    length: int
 
 
-def decode_block(data: bytes) -> bytes:
+def is_zero(data: bytes) -> bool:
+    return data.count(0) == len(data)
+
+
+def encode_block_ref(ref: BlockRef) -> bytes:
+    if ref.offset is None:
+        return bytes([_BLOCK_ZERO]) + u32(ref.length)
+    return bytes([_BLOCK_EXTERNAL]) + _EXTENT.pack(ref.offset, ref.length)
+
+
+def decode_block_ref(data: bytes) -> BlockRef:
     if data[0] == _BLOCK_ZERO:
-        return bytes(read_u32(data[1:5]))
-    return data[1:]
+        return BlockRef(None, read_u32(data[1:5]))
+    if data[0] != _BLOCK_EXTERNAL:
+        raise ValueError(f"unknown block value kind {data[0]}")
+    offset, length = _EXTENT.unpack_from(data, 1)
+    return BlockRef(offset, length)
+
+
+def extent_key(offset: int, length: int) -> bytes:
+    return _EXTENT.pack(offset, length)
+
+
+def split_extent_key(key: bytes) -> tuple[int, int]:
+    offset, length = _EXTENT.unpack(key)
+    return offset, length
 
 
 @dataclass(frozen=True)

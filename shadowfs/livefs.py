@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+CAPTURE_AHEAD_MIN = 1 << 20
+CAPTURE_AHEAD_MAX = 16 << 20
 CACHE_LIMIT = 1 << 17  # (ino, block) pairs remembered as captured before the cache is dropped
 
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -211,6 +213,8 @@ class _Inode:
 class _File:
     fd: int
     ino: int
+    next_offset: int = -1  # where a sequential writer's next write would start
+    ahead: int = 0  # bytes captured beyond a sequential write (grows, capped at CAPTURE_AHEAD_MAX)
 
 
 @dataclass
@@ -807,17 +811,23 @@ class LiveOperations(pyfuse3.Operations):
     @fuse_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._file(fh)
+        handle.ahead = _next_ahead(handle, off, len(buf))
         async with self.gate.change():
             n = self.newest
             if n is not None and self._write_needs_capture(n, handle, off, len(buf)):
+                # A sequential overwriter gets the blocks it is about to overwrite captured
+                # ahead, so one durable commit covers many of its writes.
+                length = len(buf) + handle.ahead
                 await run_job(self.committer,
-                              lambda txn: self.engine.for_write(txn, n, handle.ino, off, len(buf)))
-                self.cache.add_blocks(n, handle.ino, block_span(off, len(buf)))
+                              lambda txn: self.engine.for_write(txn, n, handle.ino, off, length))
+                self.cache.add_blocks(n, handle.ino, block_span(off, length))
             return os.pwrite(handle.fd, buf, off)
 
     @fuse_handler
     async def flush(self, fh: int) -> None:
-        os.close(os.dup(self._file(fh).fd))
+        # Writes reach the backing file synchronously, so close has nothing to flush; ENOSYS
+        # tells the kernel to stop sending FLUSH, one request less per close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -902,6 +912,15 @@ class LiveOperations(pyfuse3.Operations):
         async with self.gate.change():
             await self._capture(self._newest_for(fd), attrs=[ino])
             os.removexattr(proc_path(fd), name)
+
+
+def _next_ahead(handle: _File, offset: int, length: int) -> int:
+    """The capture-ahead of a handle after a write at `offset` (doubles while sequential)."""
+    sequential = offset == handle.next_offset
+    handle.next_offset = offset + length
+    if not sequential:
+        return 0
+    return min(max(2 * handle.ahead, CAPTURE_AHEAD_MIN), CAPTURE_AHEAD_MAX)
 
 
 def _lstat_or_none(dir_fd: int, name: bytes) -> os.stat_result | None:

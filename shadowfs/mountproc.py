@@ -113,7 +113,8 @@ class MountService:
         self.root_fd = root_fd
         self.graveyard_fd = graveyard_fd
         self.area = area
-        self.committer = Committer(area.env, after_commit=self._after_commit,
+        self.committer = Committer(area.env, before_commit=area.before_commit,
+                                   after_commit=self._after_commit,
                                    name=f"shadowfs-committer-{self.volume}")
         self.ops: LiveOperations | None = None
         self.channel: ipc.Channel | None = None
@@ -162,6 +163,8 @@ class MountService:
                 self.area.graveyard_add(txn, ino, newest)
 
     def _gc_job(self, txn: lmdb.Transaction) -> int:
+        """Free what deleted snapshots no longer need: block extents, graveyard objects."""
+        self.area.reclaim(txn)
         expired = self.area.graveyard_expired(txn)
         for ino in expired:
             remove_from_graveyard(self.graveyard_fd, ino)
@@ -390,6 +393,7 @@ class MountService:
         if result is None:
             return
         record, freed, used = result
+        self.committer.submit(self._gc_job)
         log.warning("diff area of volume %s is full (%d bytes used, limit %d): deleted its oldest "
                     "snapshot %s (sequence %d), %d bytes freed", self.volume, used, self.max_bytes,
                     record.snapshot_id, record.seq, freed)

@@ -167,6 +167,8 @@ class CoreSim:
     def delete(self, seq: int) -> None:
         with self.area.write() as txn:
             self.area.delete_snapshot(txn, seq)
+        with self.area.write() as txn:
+            self.area.reclaim(txn)
             expired = self.area.graveyard_expired(txn)
             for ino in expired:
                 remove_from_graveyard(self.grave_fd, ino)

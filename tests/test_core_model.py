@@ -202,6 +202,8 @@ def test_random_workload(sim: CoreSim, seed: int) -> None:
     with sim.area.read() as txn:
         assert sim.area.used_bytes(txn) == 0
         assert list(txn.cursor(db=sim.area.preimages)) == []
+        assert list(txn.cursor(db=sim.area.freed)) == []
+    assert sim.area.blocks.disk_bytes() == 0, "freed extents of blocks.dat were not punched out"
     assert os.listdir(os.path.join(sim.backing, ".shadowfs", "graveyard")) == []
 
 

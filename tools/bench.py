@@ -39,12 +39,53 @@ class Sizes:
         self.big = (256 if quick else 1024) * MiB
         self.rand_file = 64 * MiB if quick else 256 * MiB
         self.rand_writes = 2000 if quick else 8192
+        self.rand_reads = 20000 if quick else 100000
         self.meta_files = 4000 if quick else 20000
         self.tree_files = 4000 if quick else 20000
         self.tree_bytes = (128 if quick else 1024) * MiB
         self.snap_small = 1000
         self.snap_large = 20000 if quick else 100000
+        self.flat_snapshots = 100 if quick else 500
+        self.flat_file = 32 * MiB if quick else 128 * MiB
+        self.memory_files = (1000, 20000) if quick else (1000, 100000, 1000000)
         self.runs = 3
+
+
+TARGETS: dict[str, tuple[str, float, str]] = {
+    # key: (which figure, bound, ">=" or "<=")
+    "snapshot_create": ("large", 10.0, "<="),
+    "browser_seq_read": ("ratio", 0.75, ">="),
+    "browser_seq_read_captured": ("ratio", 0.5, ">="),
+    "live_seq_write": ("ratio", 0.8, ">="),
+    "first_overwrite": ("ratio", 1.5, "<="),
+    "live_metadata": ("ratio", 0.13, ">="),
+    "browser_rsync": ("ratio", 0.8, ">="),
+    "browser_rand_read_hot": ("ratio", 0.5, ">="),
+    "flat_in_snapshots": ("ratio", 0.9, ">="),
+    "memory": ("peak_mib", 150.0, "<="),
+    "diff_area_space": ("overhead", 0.10, "<="),
+}
+EXTRA_TARGETS: dict[str, list[tuple[str, float, str]]] = {
+    "snapshot_create": [("ratio", 1.5, "<=")],
+    "first_overwrite": [("second_vs_live", 0.9, ">=")],
+    "flat_in_snapshots": [("read_ratio", 0.9, ">=")],
+    "memory": [("growth", 1.2, "<=")],
+}
+
+
+def judge(key: str, row: dict[str, Any]) -> None:
+    """Add the target and whether it is met to a result row."""
+    checks = [TARGETS[key], *EXTRA_TARGETS.get(key, [])] if key in TARGETS else []
+    met = True
+    targets = []
+    for figure, bound, way in checks:
+        value = row.get(figure)
+        ok = value is not None and (value >= bound if way == ">=" else value <= bound)
+        met = met and ok
+        targets.append(f"{figure} {way} {bound:g}")
+    if checks:
+        row["target"] = "; ".join(targets)
+        row["met"] = met
 
 
 def drop_caches() -> None:
@@ -216,21 +257,41 @@ class Bench:
     # ---- recording -------------------------------------------------------
 
     def record(self, key: str, title: str, unit: str, **figures: float) -> None:
-        self.results[key] = {"title": title, "unit": unit, **{k: round(v, 4) for k, v in figures.items()}}
+        row: dict[str, Any] = {"title": title, "unit": unit,
+                               **{k: round(v, 4) for k, v in figures.items()}}
+        judge(key, row)
+        self.results[key] = row
+
+    def diff_area_file_bytes(self, volume: str) -> int:
+        """Bytes the volume's LMDB file takes on disk."""
+        st = os.stat(self.state / "volumes" / volume / "diffarea" / "data.mdb")
+        return st.st_blocks * 512
+
+    def volume_info(self, volume: str) -> dict[str, Any]:
+        return next(v for v in request(str(self.state), {"op": "volume_list"})["volumes"]
+                    if v["name"] == volume)
 
     # ---- the work --------------------------------------------------------
 
     def run(self) -> None:
-        s = self.sizes
         native = self.work / "native"
         live = self.work / "vol"
         native.mkdir()
         live.mkdir()
         self.start()
         self.add_volume("bench", live)
-        chunk = os.urandom(MiB)
-        mb = s.big / MiB
+        self.sequential(native, live)
+        self.random_io(native, live)
+        self.metadata(native, live)
+        self.rsync(native, live)
+        self.flat(live)
+        self.snapshot_creation()
+        self.memory()
 
+    def sequential(self, native: Path, live: Path) -> None:
+        s = self.sizes
+        chunk, other = os.urandom(MiB), os.urandom(MiB)
+        mb = s.big / MiB
         t_native = median_time(lambda: write_file(native / "big", s.big, chunk), s.runs)
         t_live = median_time(lambda: write_file(live / "big", s.big, chunk), s.runs)
         self.record("live_seq_write", f"sequential write {mb:.0f} MiB + fsync", "MiB/s",
@@ -241,27 +302,37 @@ class Bench:
         t_native = median_time(lambda: read_file(native / "big"), s.runs, drop_caches)
         t_live = median_time(lambda: read_file(live / "big"), s.runs, drop_caches)
         t_browser = median_time(lambda: read_file(browser_big), s.runs, drop_caches)
-        self.record("browser_seq_read", f"sequential read {mb:.0f} MiB, cold cache", "MiB/s",
-                    native=mb / t_native, live=mb / t_live, browser=mb / t_browser,
-                    ratio=t_native / t_browser, live_ratio=t_native / t_live)
+        self.record("browser_seq_read", f"sequential read {mb:.0f} MiB unchanged since the snapshot, "
+                    "cold cache", "MiB/s", native=mb / t_native, live=mb / t_live,
+                    browser=mb / t_browser, ratio=t_native / t_browser, live_ratio=t_native / t_live)
 
-        other = os.urandom(MiB)
+        before = self.diff_area_file_bytes("bench")
+        t_plain = timed(lambda: overwrite_file(native / "big", s.big, other))
         t_first = timed(lambda: overwrite_file(live / "big", s.big, other))
         t_second = timed(lambda: overwrite_file(live / "big", s.big, chunk))
-        t_native_over = timed(lambda: overwrite_file(native / "big", s.big, other))
-        self.record("first_overwrite", f"overwrite {mb:.0f} MiB after a snapshot (capture path)", "s",
-                    native=t_native_over, first=t_first, second=t_second,
-                    ratio=t_first / t_second, second_vs_native=t_native_over / t_second)
+        t_live_plain = median_time(lambda: overwrite_file(live / "plain", s.big, chunk), 1,
+                                   lambda: write_file(live / "plain", s.big, other))
+        self.record("first_overwrite", f"overwrite {mb:.0f} MiB + fsync: first after a snapshot "
+                    "(durable pre-images) vs second", "s", native=t_plain, first=t_first,
+                    second=t_second, live_plain=t_live_plain, ratio=t_first / t_second,
+                    second_vs_live=t_live_plain / t_second)
+        captured = self.volume_info("bench")["diff_area_bytes"]
+        grown = self.diff_area_file_bytes("bench") - before
+        self.record("diff_area_space", f"diff area file growth for {mb:.0f} MiB captured", "bytes",
+                    captured=captured, file_growth=grown, overhead=grown / max(captured, 1) - 1)
 
         t_native = median_time(lambda: read_file(native / "big"), s.runs, drop_caches)
         t_browser = median_time(lambda: read_file(browser_big), s.runs, drop_caches)
         self.record("browser_seq_read_captured", f"snapshot read of {mb:.0f} MiB overwritten since "
-                    "(all from the diff area), cold", "MiB/s",
+                    "(every block from the diff area), cold", "MiB/s",
                     native=mb / t_native, browser=mb / t_browser, ratio=t_native / t_browser)
         self.cli("snapshot", "delete", snap["set_id"])
-        os.unlink(native / "big")
-        os.unlink(live / "big")
+        for path in (native / "big", live / "big", live / "plain"):
+            os.unlink(path)
 
+    def random_io(self, native: Path, live: Path) -> None:
+        s = self.sizes
+        chunk = os.urandom(MiB)
         write_file(native / "rand", s.rand_file, chunk)
         write_file(live / "rand", s.rand_file, chunk)
         t_native = median_time(lambda: random_writes(native / "rand", s.rand_file, s.rand_writes, 1), s.runs)
@@ -271,16 +342,27 @@ class Bench:
         self.record("live_rand_write", f"{s.rand_writes} random 4 KiB writes + fsync", "writes/s",
                     native=s.rand_writes / t_native, live=s.rand_writes / t_live,
                     live_first_after_snapshot=s.rand_writes / t_capture, ratio=t_native / t_live)
+        browser_rand = Path(snap["snapshots"][0]["path"]) / "rand"
+        read_file(native / "rand")
+        read_file(browser_rand)  # hot: the kernel may keep what cannot change
+        t_native = median_time(lambda: random_reads(native / "rand", s.rand_file, s.rand_reads), s.runs)
+        t_browser = median_time(lambda: random_reads(browser_rand, s.rand_file, s.rand_reads), s.runs)
+        self.record("browser_rand_read_hot", f"{s.rand_reads} random 4 KiB reads, hot cache", "reads/s",
+                    native=s.rand_reads / t_native, browser=s.rand_reads / t_browser,
+                    ratio=t_native / t_browser)
         self.cli("snapshot", "delete", snap["set_id"])
         os.unlink(native / "rand")
         os.unlink(live / "rand")
 
-        n = s.meta_files
-        t_native = median_time(lambda: metadata(native / "meta", n), s.runs)
-        t_live = median_time(lambda: metadata(live / "meta", n), s.runs)
+    def metadata(self, native: Path, live: Path) -> None:
+        n = self.sizes.meta_files
+        t_native = median_time(lambda: metadata(native / "meta", n), self.sizes.runs)
+        t_live = median_time(lambda: metadata(live / "meta", n), self.sizes.runs)
         self.record("live_metadata", f"create + stat + unlink of {n} files", "files/s",
                     native=n / t_native, live=n / t_live, ratio=t_native / t_live)
 
+    def rsync(self, native: Path, live: Path) -> None:
+        s = self.sizes
         make_tree(native / "tree", s.tree_files, s.tree_bytes)
         make_tree(live / "tree", s.tree_files, s.tree_bytes)
         snap = self.snapshot("bench")
@@ -289,7 +371,6 @@ class Bench:
 
         def rsync(src: Path) -> Callable[[], None]:
             def go() -> None:
-                shutil.rmtree(out, ignore_errors=True)
                 subprocess.run(["rsync", "-a", f"{src}/", f"{out}/"], check=True)
             return go
 
@@ -300,35 +381,109 @@ class Bench:
         tb = s.tree_bytes / MiB
         t_native = median_time(rsync(native / "tree"), s.runs, cold)
         t_browser = median_time(rsync(browser_tree), s.runs, cold)
-        self.record("browser_rsync", f"rsync -a of {s.tree_files} files / {tb:.0f} MiB, cold", "MiB/s",
-                    native=tb / t_native, browser=tb / t_browser, ratio=t_native / t_browser)
+        self.record("browser_rsync", f"rsync -a of {s.tree_files} files / {tb:.0f} MiB out of the "
+                    "snapshot, cold", "MiB/s", native=tb / t_native, browser=tb / t_browser,
+                    ratio=t_native / t_browser)
         shutil.rmtree(out, ignore_errors=True)
         self.cli("snapshot", "delete", snap["set_id"])
+        shutil.rmtree(native / "tree")
+        shutil.rmtree(live / "tree")
+
+    def flat(self, live: Path) -> None:
+        """Overwrite and snapshot-read throughput with 1 snapshot vs many."""
+        s = self.sizes
+        chunk = os.urandom(MiB)
+        mb = s.flat_file / MiB
+
+        def measure() -> tuple[float, float]:
+            write_file(live / "flat", s.flat_file, chunk)
+            snap = self.snapshot("bench")
+            t_over = timed(lambda: overwrite_file(live / "flat", s.flat_file, os.urandom(MiB)))
+            path = Path(snap["snapshots"][0]["path"]) / "flat"
+            t_read = median_time(lambda: read_file(path), s.runs, drop_caches)
+            return mb / t_over, mb / t_read
+
+        over_one, read_one = measure()
+        for record in request(str(self.state), {"op": "snapshot_list"})["snapshots"]:
+            self.cli("snapshot", "delete", record["id"])
+        for _ in range(s.flat_snapshots - 1):
+            self.snapshot("bench")
+        over_many, read_many = measure()
+        self.record("flat_in_snapshots", f"overwrite and snapshot read of {mb:.0f} MiB, 1 vs "
+                    f"{s.flat_snapshots} snapshots", "MiB/s", overwrite_1=over_one,
+                    overwrite_many=over_many, read_1=read_one, read_many=read_many,
+                    ratio=over_many / over_one, read_ratio=read_many / read_one)
+        for record in request(str(self.state), {"op": "snapshot_list"})["snapshots"]:
+            request(str(self.state), {"op": "snapshot_delete", "snapshot": record["id"]})
+        os.unlink(live / "flat")
         self.sample_rss()
 
+    def snapshot_creation(self) -> None:
+        s = self.sizes
         small, large = self.work / "small", self.work / "large"
         many_files(small, s.snap_small)
         many_files(large, s.snap_large)
         self.add_volume("small", small)
         self.add_volume("large", large)
         times: dict[str, list[float]] = {"small": [], "large": []}
-        for _ in range(5):
+        for _ in range(7):
             for name in ("small", "large"):
-                t = timed(lambda name=name: self.snapshot(name))
-                times[name].append(t * 1000)
+                times[name].append(timed(lambda name=name: self.snapshot(name)) * 1000)
         small_ms, large_ms = statistics.median(times["small"]), statistics.median(times["large"])
-        self.record("snapshot_create", f"snapshot creation, {s.snap_small} vs {s.snap_large} files "
-                    "(at the daemon socket)", "ms", small=small_ms, large=large_ms,
+        self.record("snapshot_create", f"snapshot creation with {s.snap_small} vs {s.snap_large} "
+                    "files, at the daemon socket", "ms", small=small_ms, large=large_ms,
                     ratio=large_ms / small_ms)
-        self.sample_rss()
-        self.record("memory", "peak RSS of shadowfs processes", "MiB",
-                    **{k: v / MiB for k, v in self.peak_rss.items()})
+
+    def memory(self) -> None:
+        """Peak RSS of every process, and the mount's and browser's after walking n files."""
+        walked: dict[int, int] = {}
+        for count in self.sizes.memory_files:
+            name = f"mem{count}"
+            tree = self.work / name
+            many_files(tree, count)
+            self.add_volume(name, tree)
+            snap = self.snapshot(name)
+            for root in (tree, Path(snap["snapshots"][0]["path"])):
+                for _top, _dirs, files in os.walk(root):
+                    for f in files:
+                        os.lstat(os.path.join(_top, f))
+            self.sample_rss()
+            status = request(str(self.state), {"op": "status"})
+            pids = [v["process"]["pid"] for v in status["volumes"] if v["name"] == name]
+            pids.append(status["browser"]["pid"])
+            walked[count] = max(rss_of(pid) for pid in pids if pid)
+        peak = max(self.peak_rss.values())
+        counts = sorted(walked)
+        self.record("memory", "peak RSS of any shadowfs process; RSS after walking "
+                    + " vs ".join(f"{c}" for c in counts) + " files", "MiB",
+                    peak_mib=peak / MiB, **{f"peak_{k}": v / MiB for k, v in self.peak_rss.items()},
+                    **{f"walk_{c}": walked[c] / MiB for c in counts},
+                    growth=walked[counts[-1]] / walked[counts[0]])
+
+
+def rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def random_reads(path: Path, size: int, count: int) -> None:
+    rng = random.Random(3)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(count):
+            os.pread(fd, 4096, rng.randrange(size // 4096) * 4096)
+    finally:
+        os.close(fd)
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     for key, row in results.items():
-        figures = ", ".join(f"{k} {v:g}" for k, v in row.items() if k not in ("title", "unit"))
-        print(f"{key:28} {row['title']}\n{'':28} [{row['unit']}] {figures}")
+        figures = ", ".join(f"{k} {v:g}" for k, v in row.items()
+                            if k not in ("title", "unit", "target", "met"))
+        verdict = f"  target {row['target']}: {'met' if row['met'] else 'NOT MET'}" if "target" in row else ""
+        print(f"{key:26} {row['title']}\n{'':26} [{row['unit']}] {figures}\n{'':26}{verdict}")
 
 
 def main() -> int:

@@ -1,0 +1,94 @@
+"""The data file of a diff area: captured block bytes, outside LMDB.
+
+One job: hold the bytes of data-block pre-images in ``blocks.dat`` beside the
+LMDB environment, so that reading a captured block is a ``pread`` (page cache)
+rather than a touch of LMDB's memory map, which would count in the reading
+process's resident memory. LMDB keeps only ``(offset, length)`` references.
+
+Invariants:
+- Only the volume's committer thread appends; extents start on 4 KiB
+  boundaries so a freed extent can be returned to the filesystem whole.
+- ``sync`` runs before the LMDB commit that references new extents, so a
+  committed reference never points at bytes that are not durable.
+- An extent is punched out only after the commit that dropped its last
+  reference (the ``freed`` database records it transactionally), so a crash
+  never leaves a reference to a hole. Bytes appended by a transaction that
+  never committed are unreferenced and cost space only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+ALIGN = 4096
+FILE_NAME = "blocks.dat"
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def _aligned(length: int) -> int:
+    return (length + ALIGN - 1) // ALIGN * ALIGN
+
+
+class BlockStore:
+    """Append-only extents in one file; readers pread, the committer appends and punches."""
+
+    def __init__(self, directory: str, *, writable: bool) -> None:
+        self.path = os.path.join(directory, FILE_NAME)
+        self.writable = writable
+        self._fd: int | None = None
+        self._tail = 0
+        self._dirty = False
+        if writable:
+            self._open()
+
+    def _open(self) -> int:
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY
+            self._fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+            self._tail = _aligned(os.fstat(self._fd).st_size)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, data: bytes) -> int:
+        """Write `data` at the end; returns its offset (durable after `sync`)."""
+        fd = self._open()
+        offset = self._tail
+        written = os.pwrite(fd, data, offset)
+        if written != len(data):
+            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+        self._tail = _aligned(offset + len(data))
+        self._dirty = True
+        return offset
+
+    def sync(self) -> None:
+        if self._dirty and self._fd is not None:
+            os.fdatasync(self._fd)
+            self._dirty = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._open(), length, offset)
+        if len(data) != length:
+            raise OSError(f"{self.path}: extent at {offset} is cut short ({len(data)} of {length} bytes)")
+        return data
+
+    def punch(self, offset: int, length: int) -> None:
+        """Give an extent no reference needs back to the filesystem."""
+        fd = self._open()
+        if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset,
+                           _aligned(length)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"punching a hole in {self.path}: {os.strerror(err)}")
+
+    def disk_bytes(self) -> int:
+        try:
+            return os.stat(self.path).st_blocks * 512
+        except FileNotFoundError:
+            return 0
