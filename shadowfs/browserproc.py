@@ -140,6 +140,7 @@ async def run(control_fd: int, mount: str) -> int:
     ops = BrowserOperations()
     try:
         prepare_mount_point(mount)
+        fuseutil.raise_readahead_after_init(ops, mount)
         pyfuse3.init(ops, mount, fuseutil.mount_options(FSNAME, read_only=True))
     except (RuntimeError, OSError) as exc:
         log.error("cannot mount %s: %s", mount, exc)

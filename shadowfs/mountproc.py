@@ -508,6 +508,7 @@ def run(args: argparse.Namespace) -> int:
         service.reconcile_graveyard()
         ops = LiveOperations(root_fd, graveyard_fd, area, service.committer, service.newest())
         try:
+            fuseutil.raise_readahead_after_init(ops, mount)
             pyfuse3.init(ops, mount, fuseutil.mount_options(f"shadowfs-{args.volume}", read_only=False))
         except RuntimeError as exc:
             raise StartupError(f"cannot mount {mount}: {exc}") from exc
