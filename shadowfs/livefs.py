@@ -6,11 +6,14 @@ pre-images DESIGN section 3 asks for (through `capture.CaptureEngine`, on the
 group-commit thread of `committer.Committer`), and that changes wait while a
 snapshot instant is being held (`HoldGate`, DESIGN section 4).
 
-Model (libfuse passthrough_hp): FUSE inode numbers are backing inode numbers,
-except that the backing root is `pyfuse3.ROOT_INODE`. Every inode the kernel
-knows is held open as an O_PATH|O_NOFOLLOW descriptor with its lookup count,
-so renames behind a path never confuse the table and the inode number cannot
-be reused while the kernel refers to it. The kernel checks permissions
+Model: FUSE inode numbers are backing inode numbers, except that the backing
+root is `pyfuse3.ROOT_INODE`. Objects are reached by inode number, never by
+path (renames behind a path cannot confuse anything): a bounded cache keeps
+O_PATH|O_NOFOLLOW descriptors of recently used inodes and any other inode is
+reopened by number (`osutil.open_by_ino`), so memory and open descriptors do
+not grow with the number of files the kernel knows, and lookup counts need no
+bookkeeping (the kernel drops an unlinked inode as soon as it is unused, so an
+inode number it still refers to names the same object). The kernel checks permissions
 (`default_permissions`, POSIX ACLs enabled); the process runs as root and gives
 new objects to the caller.
 
@@ -41,6 +44,7 @@ import errno
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,7 +59,7 @@ from shadowfs.capture import CaptureEngine, block_span
 from shadowfs.committer import Committer
 from shadowfs.diffarea import DiffArea
 from shadowfs.fuseutil import fuse_handler
-from shadowfs.osutil import RENAME_EXCHANGE, RENAME_NOREPLACE, proc_path, renameat2
+from shadowfs.osutil import RENAME_EXCHANGE, RENAME_NOREPLACE, open_by_ino, proc_path, renameat2
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ ATTR_TIMEOUT = 1.0
 CAPTURE_AHEAD_MIN = 1 << 20
 CAPTURE_AHEAD_MAX = 16 << 20
 CACHE_LIMIT = 1 << 17  # (ino, block) pairs remembered as captured before the cache is dropped
+PATH_FD_CAPACITY = 4096  # O_PATH descriptors kept open (the rest are reopened by inode number)
 
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Flags that make no sense on a reopen through /proc, or that the kernel handles itself:
@@ -117,6 +122,7 @@ class HoldGate:
         self._opened.set()
         self._in_flight = 0
         self._drained: trio.Event | None = None
+        self.on_idle: Callable[[], None] | None = None  # runs whenever no change is in flight
 
     @property
     def held(self) -> bool:
@@ -135,8 +141,11 @@ class HoldGate:
             yield
         finally:
             self._in_flight -= 1
-            if self._in_flight == 0 and self._drained is not None:
-                self._drained.set()
+            if self._in_flight == 0:
+                if self._drained is not None:
+                    self._drained.set()
+                if self.on_idle is not None:
+                    self.on_idle()
 
     async def hold(self, timeout: float) -> None:
         """Close the gate and wait until no change is in flight; TooSlowError (gate reopened) if slow."""
@@ -203,10 +212,71 @@ class CaptureCache:
             self._count = count
 
 
-@dataclass
-class _Inode:
-    fd: int  # O_PATH | O_NOFOLLOW
-    lookups: int = 0
+class PathFds:
+    """O_PATH descriptors of backing objects by inode number, least recently used out.
+
+    The kernel may know millions of inodes; keeping a descriptor for each
+    would run into the open-file limit and grow memory with the tree. Any
+    inode can be reopened by number (osutil.open_by_ino), so only a bounded
+    cache is kept and lookup counts need no bookkeeping. A handler may hold a
+    descriptor across an await (while its capture commits), so an evicted
+    descriptor is only retired, and closed by `reap` once no changing request
+    is in flight.
+    """
+
+    def __init__(self, root_fd: int, root_ino: int, in_use: Callable[[], bool],
+                 capacity: int = PATH_FD_CAPACITY) -> None:
+        self.root_fd = root_fd
+        self._in_use = in_use  # whether a handler may hold a descriptor across an await
+        self.root_ino = root_ino
+        self.capacity = capacity
+        self.root = os.open(".", _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=root_fd)
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._retired: list[int] = []
+
+    def get(self, ino: int) -> int | None:
+        if ino == self.root_ino:
+            return self.root
+        fd = self._fds.get(ino)
+        if fd is not None:
+            self._fds.move_to_end(ino)
+        return fd
+
+    def open(self, ino: int) -> int:
+        fd = open_by_ino(self.root_fd, ino, _O_PATH_FLAGS)
+        self.put(ino, fd)
+        return fd
+
+    def put(self, ino: int, fd: int) -> None:
+        """Keep `fd` (an O_PATH descriptor of `ino`); takes ownership."""
+        if ino == self.root_ino:
+            os.close(fd)
+            return
+        old = self._fds.pop(ino, None)
+        if old is not None:
+            self._retire(old)
+        self._fds[ino] = fd
+        while len(self._fds) > self.capacity:
+            self._retire(self._fds.popitem(last=False)[1])
+
+    def _retire(self, fd: int) -> None:
+        if self._in_use():
+            self._retired.append(fd)
+        else:
+            os.close(fd)
+
+    def reap(self) -> None:
+        """Close retired descriptors; only when no handler can still be using one."""
+        retired, self._retired = self._retired, []
+        for fd in retired:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.reap()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        os.close(self.root)
 
 
 @dataclass
@@ -246,8 +316,8 @@ class LiveOperations(pyfuse3.Operations):
         self.root_dev = root.st_dev
         self._hidden_inos = {os.stat(fmt.HIDDEN_DIR, dir_fd=root_fd, follow_symlinks=False).st_ino,
                              os.fstat(graveyard_fd).st_ino}
-        self._inodes: dict[int, _Inode] = {
-            self.root_ino: _Inode(os.open(".", _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=root_fd), 1)}
+        self._paths = PathFds(root_fd, self.root_ino, lambda: self.gate.in_flight > 0)
+        self.gate.on_idle = self._paths.reap
         self._files: dict[int, _File] = {}
         self._dirs: dict[int, _Dir] = {}
         self._next_fh = 1
@@ -266,11 +336,9 @@ class LiveOperations(pyfuse3.Operations):
         """Close every descriptor the handlers hold (after the FUSE loop ended)."""
         for handle in [*self._files.values(), *self._dirs.values()]:
             os.close(handle.fd)
-        for entry in self._inodes.values():
-            os.close(entry.fd)
+        self._paths.close()
         self._files.clear()
         self._dirs.clear()
-        self._inodes.clear()
 
     # ---- inode table -----------------------------------------------------
 
@@ -281,11 +349,18 @@ class LiveOperations(pyfuse3.Operations):
         return pyfuse3.ROOT_INODE if ino == self.root_ino else ino
 
     def _fd(self, ino: int) -> int:
-        entry = self._inodes.get(ino)
-        if entry is None:
-            log.error("request for inode %d that the kernel was never given", ino)
-            raise pyfuse3.FUSEError(errno.ESTALE)
-        return entry.fd
+        """A descriptor of `ino`: cached, reopened by number, or an open file's own."""
+        fd = self._paths.get(ino)
+        if fd is not None:
+            return fd
+        try:
+            return self._paths.open(ino)
+        except OSError as exc:
+            # an open file with no name left cannot be reopened by number
+            for handle in self._files.values():
+                if handle.ino == ino:
+                    return handle.fd
+            raise pyfuse3.FUSEError(exc.errno or errno.ESTALE) from None
 
     def _hidden(self, dir_ino: int, name: bytes) -> bool:
         return dir_ino == self.root_ino and name == fmt.HIDDEN_DIR
@@ -305,13 +380,8 @@ class LiveOperations(pyfuse3.Operations):
         return fd, st
 
     def _remember(self, fd: int, st: os.stat_result) -> None:
-        """Count one lookup of `st.st_ino`; takes ownership of `fd`."""
-        entry = self._inodes.get(st.st_ino)
-        if entry is None:
-            self._inodes[st.st_ino] = _Inode(fd, 1)
-        else:
-            entry.lookups += 1
-            os.close(fd)
+        """Keep `fd` as the cached descriptor of `st.st_ino`; takes ownership."""
+        self._paths.put(st.st_ino, fd)
 
     def _entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -510,23 +580,7 @@ class LiveOperations(pyfuse3.Operations):
         return self._entry(st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """Drop kernel references; at zero the O_PATH descriptor goes. Never raises."""
-        for inode, nlookup in inode_list:
-            ino = self._ino(inode)
-            entry = self._inodes.get(ino)
-            if entry is None:
-                log.error("forget of unknown inode %d", ino)
-                continue
-            entry.lookups -= nlookup
-            if entry.lookups < 0:
-                log.error("lookup count of inode %d went negative (%d)", ino, entry.lookups)
-                entry.lookups = 0
-            if entry.lookups == 0 and ino != self.root_ino:
-                del self._inodes[ino]
-                try:
-                    os.close(entry.fd)
-                except OSError:
-                    log.exception("closing the descriptor of inode %d", ino)
+        """Nothing to drop: no per-inode state is kept beyond the bounded descriptor cache."""
 
     @fuse_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -649,7 +703,6 @@ class LiveOperations(pyfuse3.Operations):
             await self._capture(self.newest, attrs=[ino], entries=[(parent, new_name)])
             _link_fd(fd, parent_fd, new_name)
         st = os.fstat(fd)
-        self._inodes[ino].lookups += 1
         return self._entry(st)
 
     # ---- removing and moving names ------------------------------------------

@@ -908,3 +908,24 @@ def tempfile_dir(parent: str) -> str | None:
         return tempfile.mkdtemp(dir=parent)
     except OSError:
         return None
+
+
+def test_descriptors_stay_bounded_with_many_files(separate_volume: LiveVolume) -> None:
+    """The mount keeps a bounded cache of descriptors, not one per inode the kernel knows."""
+    from shadowfs.livefs import PATH_FD_CAPACITY
+
+    count = PATH_FD_CAPACITY * 2 + 500
+    backing = separate_volume.backing
+    for i in range(count):
+        with open(os.path.join(backing, f"f{i}"), "wb") as f:
+            f.write(b"x")
+    seen = 0
+    for entry in os.scandir(separate_volume.path()):
+        os.lstat(entry.path)  # the kernel now knows every inode
+        seen += 1
+    assert seen == count
+    open_fds = len(os.listdir(f"/proc/{separate_volume.proc.pid}/fd"))
+    assert open_fds < PATH_FD_CAPACITY + 200, f"{open_fds} descriptors open in the mount process"
+    # inodes that fell out of the cache are reopened by number
+    for i in range(0, count, 97):
+        assert os.stat(separate_volume.path(f"f{i}")).st_size == 1
