@@ -87,7 +87,7 @@ def size(value: Any) -> str:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from shadowfs import daemon  # pyfuse3 and trio only for the daemon itself
 
-    return daemon.run(args.state, args.mount_root)
+    return daemon.run(args.state, args.mount_root, args.max_snapshots_per_volume)
 
 
 def cmd_volume_add(args: argparse.Namespace) -> int:
@@ -128,15 +128,68 @@ def cmd_volume_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+CONTEXTS = ("client_accessible_writers", "client_accessible", "app_rollback", "nas_rollback",
+            "backup", "file_share_backup")
+AUTO_RELEASE_CONTEXTS = ("backup", "file_share_backup")
+NO_WRITER_CONTEXTS = ("client_accessible", "nas_rollback", "file_share_backup")
+
+
 def cmd_snapshot_create(args: argparse.Namespace) -> int:
     names = [config.validate_volume_name(n) for n in args.volumes]
-    reply = request(state_of(args), {"op": "snapshot_create", "volumes": names})
+    context = args.context or ("client_accessible" if args.writers is False else "client_accessible_writers")
+    if context in AUTO_RELEASE_CONTEXTS:
+        raise CliError(f"context {context} is auto-release: its snapshots would be deleted as soon as this "
+                       "command exits; use the shadowfs.requester library for backups")
+    if args.writers is True and context in NO_WRITER_CONTEXTS:
+        raise CliError(f"context {context} does not involve writers; drop --writers")
+    obj: dict[str, Any] = {"op": "snapshot_create", "volumes": names, "context": context,
+                           "writers": context not in NO_WRITER_CONTEXTS and args.writers is not False}
+    if args.freeze_timeout is not None:
+        obj["freeze_timeout"] = args.freeze_timeout
+    reply = request(state_of(args), obj)
     if args.json:
         print_json(reply)
         return 0
-    print(f"created snapshot set {reply['set_id']} at {reply['created']}")
+    writers = reply.get("writers", [])
+    print(f"created snapshot set {reply['set_id']} at {reply['created']} ({reply.get('context', context)}, "
+          f"{len(writers)} writer(s))")
     print_table(["VOLUME", "SNAPSHOT", "PATH"],
                 [[s["volume"], s["id"], s["path"]] for s in reply["snapshots"]])
+    for writer in writers:
+        if not writer.get("ok", True):
+            print(f"warning: writer {writer['writer_name']} failed at {writer['event']}: "
+                  f"{writer.get('failure')} {writer.get('message', '')}".rstrip(), file=sys.stderr)
+    return 0
+
+
+def cmd_writer_sqlite(args: argparse.Namespace) -> int:
+    from shadowfs import sqlite_writer  # trio and the writer library only for the writer itself
+    from shadowfs.writer import WriterError
+
+    db = os.path.abspath(args.db)
+    if not os.path.isfile(db):
+        raise CliError(f"no database file {db}")
+    try:
+        return sqlite_writer.run(db, state_of(args), args.timeout, args.instance_name)
+    except WriterError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_writers(args: argparse.Namespace) -> int:
+    writers = request(state_of(args), {"op": "writers", "departed": args.all})["writers"]
+    if args.json:
+        print_json(writers)
+        return 0
+
+    def last(writer: dict[str, Any]) -> str:
+        failure = writer.get("last_failure")
+        if not failure:
+            return "-"
+        return f"{failure['event']}: {failure.get('failure') or '-'} {failure.get('message', '')}".strip()
+
+    print_table(["WRITER", "INSTANCE", "INSTANCE ID", "PID", "STATE", "LAST FAILURE"],
+                [[w["writer_name"], w["instance_name"] or "-", w["instance_id"],
+                  w["pid"] if w.get("connected", True) else "gone", w["state"], last(w)] for w in writers])
     return 0
 
 
@@ -210,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--mount-root", metavar="DIR",
                         help=f"where snapshots/ is mounted "
                              f"(default: ${config.MOUNT_ROOT_ENV}, else <state>/mnt)")
+    daemon.add_argument("--max-snapshots-per-volume", type=int, metavar="N",
+                        help="refuse a new snapshot set when a volume already has N snapshots "
+                             "(default: $SHADOWFS_MAX_SNAPSHOTS_PER_VOLUME, else 512, as VSS)")
 
     volume = commands.add_parser("volume", help="add, list or remove protected volumes")
     volumes = volume.add_subparsers(dest="volume_command", required=True, metavar="COMMAND")
@@ -232,11 +288,33 @@ def build_parser() -> argparse.ArgumentParser:
     screate = add(snapshots, "create", cmd_snapshot_create,
                   "take one snapshot set: every named volume at the same instant")
     screate.add_argument("volumes", metavar="VOLUME", nargs="+")
+    screate.add_argument("--writers", dest="writers", action="store_true", default=None,
+                         help="freeze the writers whose files lie on these volumes (the default)")
+    screate.add_argument("--no-writers", dest="writers", action="store_false",
+                         help="take a crash-consistent set without writers")
+    screate.add_argument("--context", choices=CONTEXTS,
+                         help="snapshot context (default: client_accessible_writers, or client_accessible "
+                              "with --no-writers); persistent contexts survive daemon restarts")
+    screate.add_argument("--freeze-timeout", type=float, metavar="SECONDS",
+                         help="abort the set if a writer does not freeze within this time (default: each "
+                              "writer's own, 60 s)")
     add(snapshots, "list", cmd_snapshot_list, "list snapshots")
     sdelete = add(snapshots, "delete", cmd_snapshot_delete, "delete a snapshot, or every snapshot of a set")
     sdelete.add_argument("id", metavar="ID", help="a snapshot id or a snapshot set id")
 
     add(commands, "status", cmd_status, "show the daemon, its mount processes and volumes")
+    writer = commands.add_parser("writer", help="run a writer process for an application")
+    writer_kinds = writer.add_subparsers(dest="writer_command", required=True, metavar="KIND")
+    sqlite = add(writer_kinds, "sqlite", cmd_writer_sqlite,
+                 "run the SQLite writer for one database until SIGTERM (quiesces it at Freeze)")
+    sqlite.add_argument("--db", required=True, metavar="PATH", help="the database file")
+    sqlite.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="the writer's Freeze-to-Thaw limit (default 60 s, as VSS)")
+    sqlite.add_argument("--instance-name", metavar="NAME",
+                        help="writer instance name (default: the database's real path)")
+    writers = add(commands, "writers", cmd_writers,
+                  "list registered writers with their state and last failure")
+    writers.add_argument("--all", action="store_true", help="also list writers that disconnected lately")
     return parser
 
 

@@ -3,7 +3,11 @@
 One job: keep one live mount process per volume and one snapshot browser
 process running, and carry out the CLI's requests (`volume_*`, `snapshot_*`,
 `status`) against them. It never touches file data itself; it reads snapshot
-records from the diff areas read-only.
+records from the diff areas read-only. Writers and requesters (the VSS
+service) are `shadowfs.service`: every connection is handed to
+`Service.connect`, every service op (`snapshot_create` included) to
+`Service.handle`, and the daemon gives the service its volumes through
+`volume_paths`, `check_ready`, `take_set`, `delete_set` and `snapshots`.
 
 Invariants:
 - One daemon per state directory (`config.DaemonLock`).
@@ -28,11 +32,14 @@ Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
     {"op": "volume_list"} -> {"volumes": [{name, index, backing, mount, snapshots, diff_area_bytes,
                                            max_diff_area_bytes, created, state}]}
     {"op": "volume_remove", "name", "force": bool} -> {"removed", "snapshots_deleted"}
-    {"op": "snapshot_create", "volumes": [names]}
-        -> {"set_id", "created", "snapshots": [{"id", "volume", "seq", "path"}]}
-    {"op": "snapshot_list"} -> {"snapshots": [{id, set_id, volume, created, seq, path, diff_area_bytes}]}
+    {"op": "snapshot_create", "volumes": [names], "context"?, "writers"?: bool|[ids], "freeze_timeout"?, ...}
+        -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
+            "writers": [...]}                          (shadowfs.service.broker)
+    {"op": "snapshot_list"} -> {"snapshots": [{id, set_id, volume, created, seq, path, diff_area_bytes,
+                                               context, attributes}]}
     {"op": "snapshot_delete", "snapshot": SNAPSHOT_ID|SET_ID} -> {"deleted": [...], "freed"}
     {"op": "status"} -> {"version", "pid", "state_dir", "mount_root", "browser": {...}, "volumes": [...]}
+    writer and requester ops: see shadowfs.service.protocol
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ import signal
 import socket
 import sys
 import threading
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,6 +60,7 @@ import shadowfs
 from shadowfs import config, fuseutil, ipc
 from shadowfs.config import ConfigError, Volume, VolumeTable
 from shadowfs.diffarea import DiffArea, DiffAreaError
+from shadowfs.service import BoundedChannel, Service, protocol
 
 log = logging.getLogger("shadowfs.daemon")
 
@@ -65,6 +72,7 @@ STOP_TIMEOUT = 10.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
+DISCONNECT_TIMEOUT = 60.0
 OUR_FUSE_TYPE = "fuse.shadowfs"
 
 
@@ -346,7 +354,8 @@ def _field(request: ipc.Frame, name: str, kind: type, *, optional: bool = False)
 class Daemon:
     """State of one running daemon; `serve` is its life."""
 
-    def __init__(self, state_dir: str, mount_root: str):
+    def __init__(self, state_dir: str, mount_root: str,
+                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME):
         self.state_dir = state_dir
         self.mount_root = mount_root
         self.browser_path = config.browser_mount(mount_root)
@@ -357,9 +366,10 @@ class Daemon:
         self.readers = DiffAreaReader(state_dir)
         self.mutation = trio.Lock()
         self._children: trio.Nursery | None = None
+        self.service = Service(self, state_dir, mount_root, max_snapshots)
         self._ops: dict[str, Callable[[ipc.Frame], Awaitable[ipc.Frame]]] = {
             "volume_add": self.op_volume_add, "volume_list": self.op_volume_list,
-            "volume_remove": self.op_volume_remove, "snapshot_create": self.op_snapshot_create,
+            "volume_remove": self.op_volume_remove,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
             "status": self.op_status,
         }
@@ -371,6 +381,7 @@ class Daemon:
         config.prepare_state_dir(self.state_dir)
         self.table = VolumeTable.load(self.state_dir, self.mount_root)
         self.table.check_layout()
+        self.service.load()
         for path in [v.mount for v in self.table.volumes.values()] + [self.browser_path]:
             unmount_if_ours(path)
         os.makedirs(self.browser_path, mode=0o755, exist_ok=True)
@@ -394,6 +405,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as children:
                 self._children = children
+                self.service.start(children)
                 async with trio.open_nursery() as clients:
                     clients.start_soon(self._accept_loop, listener, clients)
                     self._start_browser()
@@ -476,32 +488,47 @@ class Daemon:
     async def _client(self, conn: trio.socket.SocketType) -> None:
         pid, uid, _ = ipc.peer_credentials(conn)
         allowed = uid in (0, os.getuid())
-        channel = ipc.Channel(conn)
+        channel = BoundedChannel(conn)
+        client = self.service.connect(channel, pid, uid)
+        if client is None:
+            channel.close()
+            return
 
         async def ignore_event(_event: ipc.Frame, fds: list[int]) -> None:
             ipc.close_fds(fds)
 
+        async def on_request(request: ipc.Frame, fds: list[int]) -> ipc.Frame:
+            return await self._request(client, request, fds)
+
         try:
-            await channel.run(on_event=ignore_event, on_request=self._request if allowed else self._deny)
+            await channel.run(on_event=ignore_event, on_request=on_request if allowed else self._deny)
         except ipc.ProtocolError as exc:
             log.warning("client pid %d sent a malformed frame: %s", pid, exc)
         except OSError as exc:
             log.debug("client pid %d: %s", pid, exc)
+        except Exception:
+            log.exception("client pid %d: unexpected error; dropping the connection", pid)
         finally:
             channel.close()
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + DISCONNECT_TIMEOUT
+                await self.service.disconnect(client)
 
     @staticmethod
     async def _deny(_request: ipc.Frame, fds: list[int]) -> ipc.Frame:
         ipc.close_fds(fds)
         raise ipc.RequestError("permission denied")
 
-    async def _request(self, request: ipc.Frame, fds: list[int]) -> ipc.Frame:
+    async def _request(self, client: Any, request: ipc.Frame, fds: list[int]) -> ipc.Frame:
         ipc.close_fds(fds)
         op = request.get("op")
-        handler = self._ops.get(op) if isinstance(op, str) else None
-        if handler is None:
-            raise ipc.RequestError(f"unknown operation {op!r}")
         try:
+            if self.service.handles(op):
+                return await self.service.handle(client, request)
+            handler = self._ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ipc.RequestError(f"unknown operation {op!r}")
+            protocol.check_protocol(request)
             return await handler(request)
         except (ConfigError, ChildFailed, DiffAreaError, ipc.RemoteError, ipc.CallTimeout,
                 ipc.ChannelClosed) as exc:
@@ -526,7 +553,7 @@ class Daemon:
         return {"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume,
                 "created": record["created"], "seq": record["seq"],
                 "path": config.snapshot_path(self.mount_root, record["set_id"], volume),
-                "diff_area_bytes": record["bytes"]}
+                "diff_area_bytes": record["bytes"], **self.service.snapshot_extra(record["set_id"])}
 
     async def op_snapshot_list(self, _request: ipc.Frame) -> ipc.Frame:
         entries = [self._snapshot_entry(v, r) for v, r in await self._all_snapshots()]
@@ -637,24 +664,34 @@ class Daemon:
 
     # ---- snapshot sets -------------------------------------------------------------------------
 
-    async def op_snapshot_create(self, request: ipc.Frame) -> ipc.Frame:
-        names = request.get("volumes")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ipc.RequestError("request field 'volumes' must be a non-empty list of volume names")
-        if len(set(names)) != len(names):
-            raise ipc.RequestError("a volume is named twice in the snapshot set")
-        async with self.mutation:
-            for name in names:
-                self.table.get(name)
-            channels = {name: self._ready_channel(name) for name in names}
-            set_id = str(uuid.uuid4())
-            ids = {name: str(uuid.uuid4()) for name in names}
-            created = config.utc_now()
-            committed = await self._take_set(channels, set_id, ids, created)
-        log.info("created snapshot set %s of %s", set_id, ", ".join(names))
-        return {"set_id": set_id, "created": created,
-                "snapshots": [{"id": ids[n], "volume": n, "seq": committed[n],
-                               "path": config.snapshot_path(self.mount_root, set_id, n)} for n in names]}
+    # `service.VolumeOps`: what the service's snapshot-set sequence needs from the volumes. The service
+    # holds `self.mutation` around these calls.
+
+    def volume_paths(self, name: str) -> tuple[str, str]:
+        volume = self.table.get(name)
+        return volume.backing, volume.mount
+
+    def check_ready(self, names: list[str]) -> None:
+        for name in names:
+            self.table.get(name)
+        for name in names:
+            self._ready_channel(name)
+
+    async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
+                       created: str) -> dict[str, int]:
+        channels = {name: self._ready_channel(name) for name in names}
+        return await self._take_set(channels, set_id, ids, created)
+
+    async def delete_set(self, set_id: str) -> int:
+        records = [(v, r) for v, r in await self._all_snapshots() if r["set_id"] == set_id]
+        for volume, record in records:
+            channel = self._ready_channel(volume)
+            await channel.call({"op": "delete", "seq": record["seq"]}, timeout=CALL_TIMEOUT)
+            log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
+        return len(records)
+
+    async def snapshots(self) -> list[tuple[str, dict[str, Any]]]:
+        return await self._all_snapshots()
 
     async def _take_set(self, channels: dict[str, ipc.Channel], set_id: str, ids: dict[str, str],
                         created: str) -> dict[str, int]:
@@ -727,6 +764,7 @@ class Daemon:
                 freed += int(reply.get("freed", 0))
                 deleted.append({"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume})
                 log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
+            await self.service.prune()
         return {"deleted": deleted, "freed": freed}
 
 
@@ -754,14 +792,30 @@ def open_listener(path: str) -> socket.socket:
     return sock
 
 
-def run(state_arg: str | None = None, mount_root_arg: str | None = None) -> int:
+def max_snapshots_setting(arg: int | None) -> int:
+    """The cap of snapshots per volume: the option, else $SHADOWFS_MAX_SNAPSHOTS_PER_VOLUME, else 512."""
+    value: Any = arg if arg is not None else os.environ.get(protocol.MAX_SNAPSHOTS_ENV)
+    if value is None:
+        return protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"invalid maximum number of snapshots per volume {value!r} (a positive integer)")
+    return number
+
+
+def run(state_arg: str | None = None, mount_root_arg: str | None = None,
+        max_snapshots: int | None = None) -> int:
     """`shadowfs daemon`: serve until SIGTERM/SIGINT; raises ConfigError for bad state."""
     state_dir = config.resolve_state_dir(state_arg)
     mount_root = config.resolve_mount_root(mount_root_arg, state_dir)
+    cap = max_snapshots_setting(max_snapshots)
     setup_logging()
     config.prepare_state_dir(state_dir)
     with config.DaemonLock(state_dir):
-        daemon = Daemon(state_dir, mount_root)
+        daemon = Daemon(state_dir, mount_root, cap)
         try:
             daemon.prepare()
             sock_path = config.socket_path(state_dir)

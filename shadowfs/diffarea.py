@@ -133,6 +133,9 @@ class DiffArea:
         value = txn.get(fmt.u64(seq), db=self.snapshots_db)
         return None if value is None else fmt.decode_snapshot(seq, value)
 
+    def has_snapshot(self, txn: lmdb.Transaction, seq: int) -> bool:
+        return txn.get(fmt.u64(seq), db=self.snapshots_db) is not None
+
     def newest_seq(self, txn: lmdb.Transaction) -> int | None:
         cursor = txn.cursor(db=self.snapshots_db)
         return fmt.read_u64(cursor.key()) if cursor.last() else None

@@ -80,7 +80,7 @@ class SnapshotView:
 
     def _txn_checked(self) -> lmdb.Transaction:
         txn = self.area.env.begin()
-        if self.area.snapshot(txn, self.seq) is None:
+        if not self.area.has_snapshot(txn, self.seq):
             txn.abort()
             raise OSError(errno.ESTALE, "snapshot was deleted")
         return txn
