@@ -504,6 +504,11 @@ class Daemon:
             await channel.run(on_event=ignore_event, on_request=on_request if allowed else self._deny)
         except ipc.ProtocolError as exc:
             log.warning("client pid %d sent a malformed frame: %s", pid, exc)
+            # the stream cannot be trusted any more: say why, then close it
+            with trio.move_on_after(1.0), contextlib.suppress(OSError, ipc.ProtocolError,
+                                                              trio.BrokenResourceError,
+                                                              trio.ClosedResourceError):
+                await channel.send(ipc.error_reply(None, f"malformed frame: {exc}"))
         except OSError as exc:
             log.debug("client pid %d: %s", pid, exc)
         except Exception:

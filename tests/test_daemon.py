@@ -110,7 +110,9 @@ def test_malformed_client_frames_do_not_hurt_the_daemon(daemon: DaemonRun) -> No
             sock.sendall(garbage)
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(10)
-            assert sock.recv(100) == b""  # the daemon drops the connection
+            reply, _ = ipc.recv_frame(sock)  # an error reply naming the problem...
+            assert reply["ok"] is False and reply["error"].startswith("malformed frame: ")
+            assert sock.recv(100) == b""  # ...then the daemon drops the connection
     assert daemon.cli("status", "--json")["browser"]["state"] == "running"
 
 
