@@ -44,7 +44,7 @@ def _check_sets(run: DaemonRun, manifests: dict[str, dict[str, Manifest]]) -> No
             assert not diff, f"set {set_id} volume {volume}: " + "\n".join(diff)
 
 
-@pytest.mark.parametrize("seed", [11, 12] + ([13, 14, 15] if SOAK else []))
+@pytest.mark.parametrize("seed", [11, 12] + ([13] if SOAK else []))
 def test_random_workload_two_volumes(daemon: DaemonRun, seed: int) -> None:
     steps, sets = (20_000, 60) if SOAK else (1500, 12)
     rng = random.Random(seed)
