@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     writers = add(commands, "writers", cmd_writers,
                   "list registered writers with their state and last failure")
     writers.add_argument("--all", action="store_true", help="also list writers that disconnected lately")
+    from shadowfs import backup_cli  # imported here: backup_cli imports this module
+
+    backup_cli.add_parsers(commands)  # backup, restore, media list / verify, diff
     return parser
 
 

@@ -1,0 +1,393 @@
+"""The backup engine: one image from snapshot trees, full or relative to a base image chain.
+
+One job: decide, per volume, which records and bytes go into the new image,
+and write them with `media.ImageWriter`. Sources are directory trees (a set's
+``<mount root>/snapshots/<set id>/<volume>/``, or any directory), read with
+`snaptree` and never followed through a symlink.
+
+- full and copy: every object of every volume (holes skipped);
+- incremental (base: the newest full, incremental or differential image of
+  the same volumes) and differential (base: the newest full image): only what
+  differs from the state the base chain restores (`media.ChainState`), with
+  deletions recorded; log: no data outside writers' log files (none yet);
+- the fast path, when `changed_hint` gives a volume's `changes.ObjectChanges`
+  from the base image's snapshot to this one: the tree at this snapshot is
+  derived from the base state and the candidates (`changes.tree_at_new`), and
+  only candidate files are read, changed files as patches of their changed
+  byte ranges; moved files that did not change refer to the earlier image's
+  blob instead of being read again;
+- the fallback compares every object with the base state by kind, size,
+  mtime, ctime, mode, owner, link count, rdev, xattrs and symlink target, and
+  reads changed files whole.
+
+Invariants: records are written deletions first (topmost deleted paths only),
+then puts with parents before children and the first path of every hard-link
+group before its other paths (`media.state` checks these rules again on
+restore); a hard-link group that changes in any way is written whole.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shadowfs.changes import ObjectChanges, PathReader, changed_ranges, tree_at_new, tree_from_map
+from shadowfs.media import layout
+from shadowfs.media.imagewriter import ImageWriter
+from shadowfs.media.layout import ImageInfo, MediaError
+from shadowfs.media.reader import Image, find_base
+from shadowfs.media.records import KINDS, DataRef, Record, RecordError, volume_name
+from shadowfs.media.state import ChainState, VolumeState
+from shadowfs.safefs import split_parent
+from shadowfs.snaptree import Meta, SourceTree, SparseReader
+
+HIDDEN = (".shadowfs",)
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class VolumePlan:
+    """What writers' file sets say about one volume (paths relative to the volume root)."""
+
+    component_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (component, writer)
+    excluded: set[str] = field(default_factory=set)
+    alternates: dict[str, str] = field(default_factory=dict)  # recorded path -> path read from
+    skip: set[str] = field(default_factory=set)  # read for a component elsewhere, or shadowed
+
+    def drops(self, path: str) -> bool:
+        return path in self.excluded or path in self.skip
+
+
+@dataclass
+class Documents:
+    """The XML documents to keep on the media (opaque here)."""
+
+    bcd: str | bytes | None = None
+    wmds: list[str | bytes] = field(default_factory=list)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def path_key(path: str) -> list[str]:
+    return path.split("/") if path else []
+
+
+def record_of(volume: str, path: str, meta: Meta, source: str | None = None) -> Record:
+    """A put record; `source` only when the bytes come from elsewhere than `path` (alternate location)."""
+    return Record("put", volume, path, meta.kind, meta.mode, meta.uid, meta.gid, meta.size, meta.atime_ns,
+                  meta.mtime_ns, meta.ctime_ns, meta.nlink, meta.rdev, meta.ino, dict(meta.xattrs),
+                  meta.target, source=None if source in (None, path) else source)
+
+
+def same_meta(record: Record, meta: Meta) -> bool:
+    """Whether nothing the fallback compares differs."""
+    return (record.kind == meta.kind and record.size == meta.size and record.mtime_ns == meta.mtime_ns
+            and record.ctime_ns == meta.ctime_ns and record.mode == meta.mode and record.uid == meta.uid
+            and record.gid == meta.gid and record.nlink == meta.nlink and record.rdev == meta.rdev
+            and record.xattrs == meta.xattrs and record.target == meta.target)
+
+
+def fold_chain(media: str, image_ids: list[str]) -> ChainState:
+    """The state the given chain restores (manifests only; blobs are not read)."""
+    images = {image_id: Image(media, image_id) for image_id in image_ids}
+    state = ChainState(lambda owner, pack: images[owner].pack_size(pack))
+    with no_gc():
+        for image_id in image_ids:
+            state.apply(image_id, images[image_id].info.type, images[image_id].records())
+    return state
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cycle collector: a job holds a tree of many small objects that all stay alive, and
+    collections over them would cost more than the job's own work."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+class _Run:
+    """One backup run: the writer, the counters, progress."""
+
+    def __init__(self, writer: ImageWriter, progress: Progress | None) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.files = 0
+        self.bytes = 0
+
+    def emit(self, record: Record) -> None:
+        self.writer.add_record(record)
+        if record.op == "put" and record.kind != "dir":
+            self.files += 1
+        if self.progress is not None:
+            self.progress({"files": self.files, "bytes": self.bytes,
+                           "path": f"{record.volume}:{record.path}"})
+
+    def store(self, src: SourceTree, path: str, size: int, how: str = "full",
+              regions: list[tuple[int, int]] | None = None) -> tuple[DataRef, str | None]:
+        fd = src.open_file(path)
+        try:
+            reader = SparseReader(fd, size, regions)
+            ref = self.writer.add_blob(reader.chunks(), how)
+        finally:
+            os.close(fd)
+        ref.extents = reader.extents
+        self.bytes += reader.bytes
+        return ref, reader.sha256
+
+
+def backup(sources: Mapping[str, str], media: str, type: str = "full", base_image: str | None = None,
+           changed_hint: Mapping[str, ObjectChanges] | None = None, *, set_id: str = "",
+           plans: Mapping[str, VolumePlan] | None = None, documents: Documents | None = None,
+           components: list[Any] | None = None, volume_info: Mapping[str, Mapping[str, Any]] | None = None,
+           hidden: Collection[str] = HIDDEN, progress: Progress | None = None) -> str:
+    """Back up `sources` ({volume: tree}) onto `media` as one image of `type`; returns the image id."""
+    if type not in layout.BACKUP_TYPES:
+        raise MediaError(f"unknown backup type {type!r} (one of {', '.join(layout.BACKUP_TYPES)})")
+    try:
+        for name in sources:
+            volume_name(name)
+    except RecordError as exc:
+        raise MediaError(str(exc)) from None
+    volumes = sorted(sources)
+    base: Image | None = None
+    state = ChainState(lambda owner, pack: None)
+    if type in ("incremental", "differential", "log"):
+        base = Image(media, base_image) if base_image else find_base(media, type, volumes)
+        if base is None:
+            raise MediaError(f"no base image on {media} for a {type} backup of {', '.join(volumes)}: "
+                             "run a full backup first")
+        allowed = {"incremental": ("full", "incremental", "differential"), "differential": ("full",),
+                   "log": ("full", "incremental", "differential", "log")}[type]
+        if base.info.type not in allowed:
+            raise MediaError(f"image {base.id} is a {base.info.type} image: "
+                             f"a {type} backup cannot build on it")
+        state = fold_chain(media, base.info.chain + [base.id])
+    info = ImageInfo(id=layout.new_image_id(), created=utc_now(), type=type, set_id=set_id,
+                     volumes=[{"name": v, "source": os.path.abspath(sources[v]),
+                               **(volume_info or {}).get(v, {})} for v in volumes],
+                     base=None if base is None else base.id,
+                     chain=[] if base is None else base.info.chain + [base.id],
+                     components=list(components or []))
+    with ImageWriter(media, info) as writer, no_gc():
+        if documents is not None:
+            if documents.bcd is not None:
+                writer.add_document("bcd", documents.bcd)
+            for wmd in documents.wmds:
+                writer.add_document("wmd", wmd)
+        run = _Run(writer, progress)
+        for volume in volumes:
+            plan = (plans or {}).get(volume) or VolumePlan()
+            with SourceTree(sources[volume], hidden=hidden) as src:
+                if type == "log":
+                    continue  # only writers' log files (none outside writers)
+                if base is None or volume not in state.volumes:
+                    _full(run, volume, src, plan)
+                    continue
+                hint = (changed_hint or {}).get(volume)
+                if hint is not None and _hint_fits(base, volume, hint, state.volumes[volume], src):
+                    _fast(run, volume, src, plan, state.volumes[volume], hint)
+                else:
+                    _compare(run, volume, src, plan, state.volumes[volume])
+        return writer.commit({"files": run.files, "bytes": run.bytes})
+
+
+# ---- full ------------------------------------------------------------------------------------------
+
+
+def _objects(src: SourceTree, plan: VolumePlan) -> list[tuple[str, Meta, str]]:
+    """(recorded path, metadata, path read from) of every object to back up, in path order."""
+    out = [(path, meta, path) for path, meta in src.walk() if not (meta.kind != "dir" and plan.drops(path))]
+    if plan.alternates:
+        present = {path for path, _, _ in out}
+        dirs = {path for path, meta, _ in out if meta.kind == "dir"}
+        out = [item for item in out if item[0] not in plan.alternates]
+        for recorded, source in plan.alternates.items():
+            meta = src.meta(source)
+            if meta is not None and meta.kind == "file" and split_parent(recorded)[0] in dirs:
+                out.append((recorded, meta, source))
+            elif recorded in present:
+                raise MediaError(f"alternate location {source!r} of {recorded!r} is not a readable file")
+        out.sort(key=lambda item: path_key(item[0]))
+    return out
+
+
+def _tag(record: Record, plan: VolumePlan) -> Record:
+    owner = plan.component_of.get(record.path)
+    if owner is not None:
+        record.component, record.writer = owner
+    return record
+
+
+def _full(run: _Run, volume: str, src: SourceTree, plan: VolumePlan) -> None:
+    leaders: dict[int, str] = {}
+    for path, meta, source in _objects(src, plan):
+        record = _tag(record_of(volume, path, meta, source), plan)
+        if meta.kind == "file":
+            leader = leaders.get(meta.ino) if meta.nlink > 1 and source == path else None
+            if leader is not None:
+                record.link = leader
+            else:
+                if meta.nlink > 1 and source == path:
+                    leaders[meta.ino] = path
+                record.data, record.sha256 = run.store(src, source, meta.size)
+        run.emit(record)
+
+
+# ---- relative to a base chain ------------------------------------------------------------------
+
+
+def _topmost(paths: list[str]) -> list[str]:
+    chosen: list[str] = []
+    for path in sorted(paths, key=path_key):
+        if not any(path.startswith(top + "/") for top in chosen):
+            chosen.append(path)
+    return chosen
+
+
+def _emit_deletes(run: _Run, volume: str, paths: list[str]) -> None:
+    for path in sorted(_topmost(paths), key=path_key, reverse=True):
+        run.emit(Record("delete", volume, path))
+
+
+def _emit_puts(run: _Run, puts: dict[str, Record]) -> None:
+    for path in sorted(puts, key=path_key):
+        run.emit(puts[path])
+
+
+def _compare(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeState) -> None:
+    objects = _objects(src, plan)
+    current = {path: meta for path, meta, _ in objects}
+    _emit_deletes(run, volume, [p for p, e in base.entries.items()
+                                if p and (p not in current or current[p].kind != e.record.kind)])
+    groups: dict[int, list[str]] = {}
+    for path, meta, source in objects:
+        if meta.kind == "file" and meta.nlink > 1 and source == path:
+            groups.setdefault(meta.ino, []).append(path)
+    base_leader = {p: (e.record.link or p) for p, e in base.entries.items()}
+    puts: dict[str, Record] = {}
+    for path, meta, source in objects:
+        old = base.entries.get(path)
+        group = groups.get(meta.ino) if meta.kind == "file" and source == path else None
+        if group is not None and len(group) > 1:
+            leader = group[0]
+            if path != leader:
+                continue  # decided with the leader
+            if all(p in base.entries and same_meta(base.entries[p].record, current[p])
+                   and base_leader[p] == base_leader[leader] for p in group):
+                continue
+            for member in group:
+                record = _tag(record_of(volume, member, current[member]), plan)
+                if member == leader:
+                    record.data, record.sha256 = run.store(src, member, meta.size)
+                else:
+                    record.link = leader
+                puts[member] = record
+            continue
+        if old is not None and old.record.link is None and source == path and same_meta(old.record, meta):
+            continue
+        record = _tag(record_of(volume, path, meta, source), plan)
+        if meta.kind == "file":
+            record.data, record.sha256 = run.store(src, source, meta.size)
+        puts[path] = record
+    _emit_puts(run, puts)
+
+
+def _hint_fits(base: Image, volume: str, hint: ObjectChanges, vstate: VolumeState, src: SourceTree) -> bool:
+    """Whether the candidates really lead from the base image's snapshot to this tree."""
+    recorded = next((v for v in base.info.volumes if v.get("name") == volume), {})
+    if recorded.get("seq") != hint.base or "" not in vstate.entries:
+        return False
+    root = src.meta("")
+    return root is not None and root.ino == vstate.entries[""].record.ino
+
+
+def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeState,
+          changes: ObjectChanges) -> None:
+    map_b = {path: (entry.record.ino, KINDS[entry.record.kind]) for path, entry in base.entries.items()}
+    tree_b = tree_from_map(map_b)
+    paths_b: dict[int, list[str]] = {}
+    for path, (ino, _) in map_b.items():
+        paths_b.setdefault(ino, []).append(path)
+    reader = PathReader(src)
+    tree_n = tree_at_new(tree_b, changes, reader)
+    map_n, paths_n = tree_n.index()
+    stable: dict[str, bool] = {"": True}
+
+    def is_stable(path: str) -> bool:
+        if path not in stable:
+            parent = path.rpartition("/")[0]
+            stable[path] = (path in map_b and map_b[path][0] == map_n[path][0] and is_stable(parent))
+        return stable[path]
+
+    _emit_deletes(run, volume, [p for p in map_b if p and (p not in map_n or map_n[p][0] != map_b[p][0])])
+    chosen = {ino for path, (ino, _) in map_n.items()
+              if not is_stable(path) or ino in changes.inodes or path in plan.alternates}
+    puts: dict[str, Record] = {}
+    for ino in chosen:
+        group = [p for p in paths_n[ino] if not (map_n[p][1] != stat.S_IFDIR and plan.drops(p))]
+        if not group:
+            continue
+        leader = group[0]
+        meta = reader.meta(ino, leader)
+        if meta is None:
+            raise MediaError(f"{volume}:{leader} vanished from the snapshot while it was read")
+        record = _tag(record_of(volume, leader, meta), plan)
+        if meta.kind == "file":
+            _fast_data(run, src, record, meta, base, changes, paths_b.get(ino, []), is_stable(leader), plan)
+        puts[leader] = record
+        for member in group[1:]:
+            puts[member] = _tag(Record("put", volume, member, meta.kind, meta.mode, meta.uid, meta.gid,
+                                       meta.size, meta.atime_ns, meta.mtime_ns, meta.ctime_ns, meta.nlink,
+                                       meta.rdev, meta.ino, dict(meta.xattrs), link=leader), plan)
+    _emit_puts(run, puts)
+
+
+def _fast_data(run: _Run, src: SourceTree, record: Record, meta: Meta, base: VolumeState,
+               changes: ObjectChanges, base_paths: list[str], stable: bool, plan: VolumePlan) -> None:
+    path = record.path
+    if path in plan.alternates:
+        source = plan.alternates[path]
+        record.source = source
+        record.data, record.sha256 = run.store(src, source, meta.size)
+        return
+    before = next((base.entries[p] for p in base_paths if p in base.entries
+                   and base.entries[p].record.ino == meta.ino and base.entries[p].record.kind == "file"),
+                  None)
+    if before is None:
+        record.data, record.sha256 = run.store(src, path, meta.size)
+        return
+    old_size = before.record.size
+    ranges: list[tuple[int, int]] = []
+    if meta.ino in changes.inodes:
+        fd = src.open_file(path)
+        try:
+            ranges = changed_ranges(changes, meta.ino, old_size, meta.size,
+                                    lambda off, n: os.pread(fd, n, off))
+        finally:
+            os.close(fd)
+    changed = bool(ranges) or old_size != meta.size
+    if stable:  # the chain restores this very object at this path: patch it in place
+        if changed:
+            record.data, _ = run.store(src, path, meta.size, "patch", ranges)
+        else:
+            record.data, record.sha256 = DataRef("keep"), before.record.sha256
+        return
+    if not changed and before.whole is not None:
+        image, ref = before.whole
+        record.data = DataRef("ref", list(ref.extents), ref.pack, ref.offset, ref.length, ref.sha256, image)
+        record.sha256 = before.record.sha256
+        return
+    record.data, record.sha256 = run.store(src, path, meta.size)

@@ -1,0 +1,348 @@
+"""CLI commands of backup jobs: `backup`, `restore`, `media list`, `media verify`, `diff`.
+
+One job: argparse in front of `shadowfs.backup`, `shadowfs.restore`,
+`shadowfs.media` and `shadowfs.snapdiff`. `cli.build_parser` calls
+`add_parsers(commands)`; every handler raises `cli.CliError` for what the user
+must fix (one line on stderr, exit 1), as the other commands do.
+
+- ``backup``: takes a snapshot set through the daemon (``snapshot_create``),
+  backs up the set's browser paths, then deletes the set (``--keep-snapshot``
+  keeps it, so that the next incremental or differential can read what
+  changed straight from the diff areas). When the base image's snapshot still
+  exists, the changes come from the diff area (`changes.scan`); otherwise the
+  engine compares with the base image's manifest.
+- ``restore``: to ``--to DIR/<volume>/``, or without ``--to`` into each
+  volume's live mount (the original place).
+- ``media list`` / ``media verify``: no daemon needed.
+- ``diff A B``: two snapshots (ids, or set ids with ``--volume``) of one volume.
+
+Progress goes to stderr: a bar on a terminal, JSON lines with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from shadowfs import changes, cli, config, media
+from shadowfs.backup import backup
+from shadowfs.diffarea import DiffArea, DiffAreaError
+from shadowfs.documents import DocumentError
+from shadowfs.media.reader import image_names
+from shadowfs.progress import Progress, human_bytes
+from shadowfs.restore import restore
+from shadowfs.safefs import UnsafePath
+from shadowfs.snapdiff import diff_snapshots
+from shadowfs.snaptree import SourceTree
+
+MEDIA_ENV = "SHADOWFS_MEDIA"
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guard(func: Handler) -> Handler:
+    """Turn the library's errors into `cli.CliError` (one line, exit 1)."""
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (media.MediaError, DiffAreaError, DocumentError, UnsafePath) as exc:
+            raise cli.CliError(str(exc)) from None
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def _media(args: argparse.Namespace) -> str:
+    path = args.media or os.environ.get(MEDIA_ENV)
+    if not path:
+        raise cli.CliError(f"no backup media: give --media DIR or set ${MEDIA_ENV}")
+    return os.path.abspath(path)
+
+
+def _state(args: argparse.Namespace) -> str:
+    return config.resolve_state_dir(getattr(args, "state", None))
+
+
+# ---- backup --------------------------------------------------------------------------------------
+
+
+def _hints(state: str, base: media.Image | None, created: dict[str, Any]) -> dict[str, changes.ObjectChanges]:
+    """Diff-area candidates per volume, where the base image's snapshot still exists."""
+    if base is None:
+        return {}
+    alive = {s["id"] for s in cli.request(state, {"op": "snapshot_list"})["snapshots"]}
+    hints: dict[str, changes.ObjectChanges] = {}
+    for snap in created["snapshots"]:
+        recorded = next((v for v in base.info.volumes if v.get("name") == snap["volume"]), None)
+        if recorded is None or recorded.get("snapshot_id") not in alive \
+                or not isinstance(recorded.get("seq"), int):
+            continue
+        try:
+            area = DiffArea.open(config.diff_area_path(state, snap["volume"]), readonly=True)
+        except DiffAreaError:
+            continue
+        try:
+            hints[snap["volume"]] = changes.scan(area, recorded["seq"], int(snap["seq"]))
+        except DiffAreaError:
+            area.close()
+    return hints
+
+
+@_guard
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Take a snapshot set, back it up onto the media, delete the set."""
+    names = [config.validate_volume_name(n) for n in args.volumes]
+    if len(set(names)) != len(names):
+        raise cli.CliError("a volume is named twice")
+    store, state = _media(args), _state(args)
+    base = None
+    if args.type in ("incremental", "differential", "log"):
+        base = media.open_image(store, args.base) if args.base else media.find_base(store, args.type, names)
+        if base is None:
+            raise cli.CliError(f"no base image on {store} for a {args.type} backup of {', '.join(names)}: "
+                               "run a full backup first")
+    context = "client_accessible_writers" if args.writers else "client_accessible"
+    created = cli.request(state, {"op": "snapshot_create", "volumes": names, "context": context,
+                                  "writers": args.writers})
+    set_id = created["set_id"]
+    hints: dict[str, changes.ObjectChanges] = {}
+    try:
+        sources = {s["volume"]: s["path"] for s in created["snapshots"]}
+        info = {s["volume"]: {"snapshot_id": s["id"], "seq": s["seq"]} for s in created["snapshots"]}
+        hints = _hints(state, base, created)
+        progress = Progress("backup", json_lines=args.json)
+        image_id = backup(sources, store, args.type, base.id if base else None, hints, set_id=set_id,
+                          volume_info=info, progress=progress)
+        progress.done()
+    finally:
+        for hint in hints.values():
+            hint.area.close()
+        if not args.keep_snapshot:
+            cli.request(state, {"op": "snapshot_delete", "snapshot": set_id})
+    summary = media.open_image(store, image_id).summary()
+    result = {"image": image_id, "set_id": set_id, "type": args.type, "files": summary["files"],
+              "bytes": summary["bytes"], "components": summary["components"], "base": summary["base"],
+              "fast_path": sorted(hints), "snapshot_kept": bool(args.keep_snapshot)}
+    if args.json:
+        cli.print_json(result)
+    else:
+        how = f" (changes from the diff area of {', '.join(sorted(hints))})" if hints else ""
+        print(f"image {image_id}: {args.type} backup of set {set_id}, {result['files']} file(s), "
+              f"{human_bytes(result['bytes'])}{how}")
+    return 0
+
+
+# ---- restore -------------------------------------------------------------------------------------
+
+
+@_guard
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore an image (and its chain) to --to DIR, or to each volume's live mount."""
+    store = _media(args)
+    image = media.open_image(store, args.image)
+    targets = None
+    if args.to is None:
+        volumes = {v["name"]: v for v in cli.request(_state(args), {"op": "volume_list"})["volumes"]}
+        missing = sorted(set(image.info.volume_names) - set(volumes))
+        if missing:
+            raise cli.CliError(f"volume(s) {', '.join(missing)} of image {image.id} are not protected here: "
+                               "give --to DIR")
+        targets = {name: volumes[name]["mount"] for name in image.info.volume_names}
+    total = sum(int(media.open_image(store, i).info.stats.get("records", 0)) for i in image.info.chain)
+    total += int(image.info.stats.get("records", 0))
+    progress = Progress("restore", json_lines=args.json, total=total or None)
+    result = restore(store, image.id, None if args.to is None else os.path.abspath(args.to), targets=targets,
+                     volumes=args.volume or None, progress=progress)
+    progress.done()
+    out = {"image": result.image, "chain": result.chain, "targets": result.targets, "files": result.files,
+           "bytes": result.bytes, "removed": result.removed, "warnings": result.warnings}
+    if args.json:
+        cli.print_json(out)
+    else:
+        print(f"restored image {result.image} (chain of {len(result.chain)}): {result.files} file(s), "
+              f"{human_bytes(result.bytes)}, {result.removed} removed")
+        for volume, target in sorted(result.targets.items()):
+            print(f"  {volume} -> {target}")
+    return 0
+
+
+# ---- media ---------------------------------------------------------------------------------------
+
+
+@_guard
+def cmd_media_list(args: argparse.Namespace) -> int:
+    """List the complete images on the media."""
+    images = [image.summary() for image in media.list_images(_media(args))]
+    if args.json:
+        cli.print_json(images)
+        return 0
+    cli.print_table(["IMAGE", "TYPE", "CREATED", "VOLUMES", "FILES", "BYTES", "BASE"],
+                    [[i["id"], i["type"], i["created"], ",".join(i["volumes"]), i["files"],
+                      human_bytes(i["bytes"]), i["base"] or "-"] for i in images])
+    return 0
+
+
+@_guard
+def cmd_media_verify(args: argparse.Namespace) -> int:
+    """Check every checksum, marker and chain; exit 1 if anything is wrong."""
+    store = _media(args)
+    problems = media.verify(store, args.image)
+    count = 1 if args.image else len(image_names(store))
+    if args.json:
+        cli.print_json({"ok": not problems, "images": count,
+                        "problems": [{"image": p.image, "message": str(p)} for p in problems]})
+    elif problems:
+        for problem in problems:
+            print(f"damaged: {problem}")
+    else:
+        print(f"{count} image(s) verified: no problems")
+    return 1 if problems else 0
+
+
+# ---- diff ----------------------------------------------------------------------------------------
+
+
+def _find_snapshot(snapshots: list[dict[str, Any]], ident: str, volume: str | None) -> dict[str, Any]:
+    try:
+        wanted = str(uuid.UUID(ident))
+    except ValueError:
+        raise cli.CliError(f"invalid snapshot or set id {ident!r} (expected a UUID)") from None
+    found = [s for s in snapshots if s["id"] == wanted]
+    if not found:
+        found = [s for s in snapshots if s["set_id"] == wanted and (volume is None or s["volume"] == volume)]
+    if not found:
+        raise cli.CliError(f"no snapshot {ident}" + (f" of volume {volume}" if volume else ""))
+    if len(found) > 1:
+        raise cli.CliError(f"set {ident} has several volumes: choose one with --volume")
+    return found[0]
+
+
+@_guard
+def cmd_diff(args: argparse.Namespace) -> int:
+    """What changed from snapshot A to the newer snapshot B of the same volume."""
+    state = _state(args)
+    snapshots = cli.request(state, {"op": "snapshot_list"})["snapshots"]
+    a, b = (_find_snapshot(snapshots, ident, args.volume) for ident in (args.a, args.b))
+    if a["volume"] != b["volume"]:
+        raise cli.CliError(f"snapshots of different volumes ({a['volume']}, {b['volume']})")
+    if a["seq"] >= b["seq"]:
+        raise cli.CliError("snapshot A must be older than snapshot B")
+    area = DiffArea.open(config.diff_area_path(state, a["volume"]), readonly=True)
+    try:
+        with SourceTree(a["path"]) as tree_a, SourceTree(b["path"]) as tree_b:
+            found = changes.scan(area, int(a["seq"]), int(b["seq"]))
+            root = tree_a.meta("")
+            if root is None:
+                raise cli.CliError(f"snapshot {a['id']} is not readable at {a['path']}")
+            items = diff_snapshots(found, changes.PathReader(tree_a), changes.PathReader(tree_b), root.ino)
+    finally:
+        area.close()
+    if args.json:
+        cli.print_json({"volume": a["volume"], "from": a["id"], "to": b["id"], "changes": items})
+        return 0
+    marks = {"created": "+", "deleted": "-", "renamed": "R", "linked": "L", "unlinked": "U", "modified": "M"}
+    for item in items:
+        extra = []
+        if "from" in item:
+            extra.append(f"from {item['from']}")
+        if "data" in item:
+            extra.append(f"data {sum(n for _, n in item['data'])} bytes in {len(item['data'])} range(s)")
+        if "attributes" in item:
+            extra.append("attributes " + ",".join(item["attributes"]))
+        print(f"{marks[item['change']]} {item['path'] or '/'}" + (f"  ({'; '.join(extra)})" if extra else ""))
+    return 0
+
+
+# ---- parsers -------------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"state directory (default: ${config.STATE_ENV}, "
+                             f"else {config.DEFAULT_STATE_DIR})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as JSON (progress as JSON lines on stderr)")
+    return common
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `backup`, `restore`, `media` and `diff` to the `shadowfs` command parser."""
+    common = _common()
+    with_media = argparse.ArgumentParser(add_help=False)
+    with_media.add_argument("--media", metavar="DIR",
+                            help=f"the backup media directory (default: ${MEDIA_ENV})")
+
+    def add(sub: argparse._SubParsersAction, name: str, func: Handler, text: str,  # type: ignore[type-arg]
+            media_option: bool = True) -> argparse.ArgumentParser:
+        parents = [common, with_media] if media_option else [common]
+        child = sub.add_parser(name, parents=parents, help=text, description=text)
+        child.set_defaults(func=func)
+        return child
+
+    types = ", ".join(media.BACKUP_TYPES)
+    back = add(commands, "backup", cmd_backup, "back up volumes from a new snapshot set onto backup media")
+    back.add_argument("volumes", metavar="VOLUME", nargs="+")
+    back.add_argument("--type", choices=media.BACKUP_TYPES, default="full", help=f"backup type: {types}")
+    back.add_argument("--base", metavar="IMAGE", help="the image an incremental/differential builds on "
+                      "(default: the newest suitable image of the same volumes)")
+    back.add_argument("--keep-snapshot", action="store_true",
+                      help="keep the snapshot set, so the next incremental reads changes from the diff area")
+    back.add_argument("--no-writers", dest="writers", action="store_false",
+                      help="take a crash-consistent set without freezing writers")
+
+    rest = add(commands, "restore", cmd_restore, "restore an image and its chain")
+    rest.add_argument("--image", required=True, metavar="ID")
+    rest.add_argument("--to", metavar="DIR", help="restore under DIR/<volume>/ (default: into each volume)")
+    rest.add_argument("--volume", action="append", metavar="NAME",
+                      help="restore only this volume (repeatable)")
+
+    group = commands.add_parser("media", help="list or verify backup media")
+    media_commands = group.add_subparsers(dest="media_command", required=True, metavar="COMMAND")
+    add(media_commands, "list", cmd_media_list, "list the complete images on backup media")
+    check = add(media_commands, "verify", cmd_media_verify,
+                "verify every checksum, completion marker and chain of the media (or one image)")
+    check.add_argument("--image", metavar="ID", help="verify only this image and its chain")
+
+    diff = add(commands, "diff", cmd_diff, "what changed between two snapshots of a volume",
+               media_option=False)
+    diff.add_argument("a", metavar="SNAPSHOT_A", help="the older snapshot (id, or set id)")
+    diff.add_argument("b", metavar="SNAPSHOT_B", help="the newer snapshot (id, or set id)")
+    diff.add_argument("--volume", metavar="NAME", help="the volume, when A and B are set ids")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError("the shadowfs parser has no subcommands")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shadowfs.backup_cli ...`: the `shadowfs` CLI with these commands, hooked in or not."""
+    import sys
+
+    parser = cli.build_parser()
+    commands = _subcommands(parser)
+    if "backup" not in commands.choices:
+        add_parsers(commands)
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.state = getattr(args, "state", None)
+    try:
+        return int(args.func(args))
+    except (cli.CliError, config.ConfigError) as exc:
+        print(f"shadowfs: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("shadowfs: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"shadowfs: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
