@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shadowfs import osutil
+from shadowfs.atomicfile import write_atomic
 
 DEFAULT_STATE_DIR = "/var/lib/shadowfs"
 STATE_ENV = "SHADOWFS_STATE"
@@ -351,27 +352,8 @@ class VolumeTable:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON: temporary file, fsync, rename, fsync of the directory."""
-    directory = os.path.dirname(path) or "."
-    tmp = f"{path}.tmp.{os.getpid()}"
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Replace `path` with `obj` as JSON, atomically and durably."""
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def prepare_state_dir(state_dir: str) -> None:

@@ -713,21 +713,10 @@ class LiveOperations(pyfuse3.Operations):
         if self._hidden(parent, name):
             raise pyfuse3.FUSEError(errno.ENOENT)
         parent_fd = self._fd(parent)
-        born: dict[int, bool] = {}
         async with self.gate.change():
-            while True:
-                n = self.newest
-                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    raise pyfuse3.FUSEError(errno.EISDIR)
-                if n is None:
-                    break
-                done, born = self._status(n, [st.st_ino], [(parent, name)])
-                if done:
-                    break
-                await run_job(self.committer, self._capture_job(n, [st.st_ino], [(parent, name)]))
+            n, st, born = await self._capture_removal(parent, parent_fd, name, directory=False)
             # No await from here on: the checks above hold when the change is applied.
-            bury = n is not None and st.st_nlink == 1 and not born[st.st_ino]
+            bury = n is not None and st.st_nlink == 1 and not born
             if bury:
                 self._bury(parent_fd, name, st)
             try:
@@ -746,26 +735,34 @@ class LiveOperations(pyfuse3.Operations):
         if self._hidden(parent, name):
             raise pyfuse3.FUSEError(errno.ENOENT)
         parent_fd = self._fd(parent)
-        born: dict[int, bool] = {}
         async with self.gate.change():
-            while True:
-                n = self.newest
-                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise pyfuse3.FUSEError(errno.ENOTDIR)
-                if n is None:
-                    break
-                done, born = self._status(n, [st.st_ino], [(parent, name)])
-                if done:
-                    break
-                await run_job(self.committer, self._capture_job(n, [st.st_ino], [(parent, name)]))
+            n, st, born = await self._capture_removal(parent, parent_fd, name, directory=True)
             # No await from here on.
-            if n is None or born[st.st_ino]:
+            if n is None or born:
                 os.rmdir(name, dir_fd=parent_fd)
                 return
             self._check_empty(parent_fd, name)
             self._bury(parent_fd, name, st)
             self._note_death(n, st.st_ino)
+
+    async def _capture_removal(self, parent: int, parent_fd: int, name: bytes, *,
+                               directory: bool) -> tuple[int | None, os.stat_result, bool]:
+        """Capture the entry `name` and the object it names, until the name is stable.
+
+        Returns (newest snapshot, the object's stat, whether it was born after
+        the snapshot). The caller must apply its change with no await in between.
+        """
+        while True:
+            n = self.newest
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) != directory:
+                raise pyfuse3.FUSEError(errno.ENOTDIR if directory else errno.EISDIR)
+            if n is None:
+                return None, st, False
+            done, born = self._status(n, [st.st_ino], [(parent, name)])
+            if done:
+                return n, st, born[st.st_ino]
+            await run_job(self.committer, self._capture_job(n, [st.st_ino], [(parent, name)]))
 
     @staticmethod
     def _check_empty(parent_fd: int, name: bytes) -> None:

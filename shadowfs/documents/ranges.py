@@ -31,10 +31,10 @@ import os
 import re
 import stat
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from shadowfs.atomicfile import write_atomic
 from shadowfs.documents.errors import RangeError
 from shadowfs.documents.rules import U64_LIMIT, check_path
 
@@ -265,27 +265,7 @@ def read_ranges_file(path: str | os.PathLike[str], *, dir_fd: int | None = None,
 def write_ranges_file(path: str | os.PathLike[str], ranges: Iterable[ByteRange | tuple[int, int]], *,
                       mode: int = 0o644) -> None:
     """Write a ranges file atomically (temporary file, fsync, rename, fsync of the directory)."""
-    data = encode_ranges_file(ranges)
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temp)
-        raise
-    os.close(fd)
-    os.replace(temp, target)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, encode_ranges_file(ranges), mode=mode)
 
 
 def resolve_ranges(text: str, *, dir_fd: int | None = None, file_size: int | None = None,
