@@ -59,9 +59,16 @@ class VolumePlan:
     excluded: set[str] = field(default_factory=set)
     alternates: dict[str, str] = field(default_factory=dict)  # recorded path -> path read from
     skip: set[str] = field(default_factory=set)  # read for a component elsewhere, or shadowed
+    keep: set[str] = field(default_factory=set)  # not backed up this time, yet not deleted either
+    force: set[str] = field(default_factory=set)  # read whole whatever the base holds (writer gets a full)
+    partial: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # path -> writer's ranges
 
     def drops(self, path: str) -> bool:
         return path in self.excluded or path in self.skip
+
+    def always(self, path: str) -> bool:
+        """Whether the path is written into every image whatever the base holds."""
+        return path in self.force or path in self.partial
 
 
 @dataclass
@@ -70,6 +77,10 @@ class Documents:
 
     bcd: str | bytes | None = None
     wmds: list[str | bytes] = field(default_factory=list)
+
+
+# (volume, path, component, writer, message): a component file could not be read; the record is left out
+FailureSink = Callable[[str, str, str, str, str], None]
 
 
 def utc_now() -> str:
@@ -121,11 +132,36 @@ def no_gc() -> Iterator[None]:
 class _Run:
     """One backup run: the writer, the counters, progress."""
 
-    def __init__(self, writer: ImageWriter, progress: Progress | None) -> None:
+    def __init__(self, writer: ImageWriter, progress: Progress | None,
+                 failures: FailureSink | None = None) -> None:
         self.writer = writer
         self.progress = progress
+        self.failures = failures
         self.files = 0
         self.bytes = 0
+
+    def fail(self, record: Record, message: str) -> bool:
+        """Report a component file that cannot be read; True when the caller should leave it out."""
+        if self.failures is None or record.component is None:
+            return False
+        self.failures(record.volume, record.path, record.component, record.writer or "", message)
+        return True
+
+    def store_record(self, src: SourceTree, record: Record, source: str, size: int,
+                     regions: list[tuple[int, int]] | None = None) -> bool:
+        """Store the bytes of `record` (whole, or the writer's partial ranges); False if it failed for
+        a component (reported to the failure sink; the record must then be left out)."""
+        try:
+            if regions is not None:
+                record.data, _ = self.store(src, source, size, "full", regions)
+                record.partial = list(regions)
+            else:
+                record.data, record.sha256 = self.store(src, source, size)
+        except OSError as exc:
+            if self.fail(record, f"cannot read {source or '/'}: {exc.strerror or exc}"):
+                return False
+            raise
+        return True
 
     def emit(self, record: Record) -> None:
         self.writer.add_record(record)
@@ -152,8 +188,15 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
            changed_hint: Mapping[str, ObjectChanges] | None = None, *, set_id: str = "",
            plans: Mapping[str, VolumePlan] | None = None, documents: Documents | None = None,
            components: list[Any] | None = None, volume_info: Mapping[str, Mapping[str, Any]] | None = None,
-           hidden: Collection[str] = HIDDEN, progress: Progress | None = None) -> str:
-    """Back up `sources` ({volume: tree}) onto `media` as one image of `type`; returns the image id."""
+           hidden: Collection[str] = HIDDEN, progress: Progress | None = None,
+           failures: FailureSink | None = None,
+           late_documents: Callable[[], Documents] | None = None) -> str:
+    """Back up `sources` ({volume: tree}) onto `media` as one image of `type`; returns the image id.
+
+    `failures` receives each component file that could not be read (it is left out of the image,
+    which still completes); `late_documents` is called once the data is written, before the image
+    is committed, for documents that record how the backup went (the BCD after SetBackupSucceeded).
+    """
     if type not in layout.BACKUP_TYPES:
         raise MediaError(f"unknown backup type {type!r} (one of {', '.join(layout.BACKUP_TYPES)})")
     try:
@@ -187,12 +230,13 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
                 writer.add_document("bcd", documents.bcd)
             for wmd in documents.wmds:
                 writer.add_document("wmd", wmd)
-        run = _Run(writer, progress)
+        run = _Run(writer, progress, failures)
         for volume in volumes:
             plan = (plans or {}).get(volume) or VolumePlan()
             with SourceTree(sources[volume], hidden=hidden) as src:
                 if type == "log":
-                    continue  # only writers' log files (none outside writers)
+                    _log(run, volume, src, plan)
+                    continue
                 if base is None or volume not in state.volumes:
                     _full(run, volume, src, plan)
                     continue
@@ -201,13 +245,20 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
                     _fast(run, volume, src, plan, state.volumes[volume], hint)
                 else:
                     _compare(run, volume, src, plan, state.volumes[volume])
+        if late_documents is not None:
+            late = late_documents()
+            if late.bcd is not None:
+                writer.add_document("bcd", late.bcd)
+            for wmd in late.wmds:
+                writer.add_document("wmd", wmd)
         return writer.commit({"files": run.files, "bytes": run.bytes})
 
 
 # ---- full ------------------------------------------------------------------------------------------
 
 
-def _objects(src: SourceTree, plan: VolumePlan) -> list[tuple[str, Meta, str]]:
+def _objects(src: SourceTree, plan: VolumePlan, run: _Run | None = None,
+             volume: str = "") -> list[tuple[str, Meta, str]]:
     """(recorded path, metadata, path read from) of every object to back up, in path order."""
     out = [(path, meta, path) for path, meta in src.walk() if not (meta.kind != "dir" and plan.drops(path))]
     if plan.alternates:
@@ -219,7 +270,10 @@ def _objects(src: SourceTree, plan: VolumePlan) -> list[tuple[str, Meta, str]]:
             if meta is not None and meta.kind == "file" and split_parent(recorded)[0] in dirs:
                 out.append((recorded, meta, source))
             elif recorded in present:
-                raise MediaError(f"alternate location {source!r} of {recorded!r} is not a readable file")
+                message = f"alternate location {source!r} of {recorded!r} is not a readable file"
+                probe = _tag(Record("put", volume, recorded), plan)
+                if run is None or not run.fail(probe, message):
+                    raise MediaError(message)
         out.sort(key=lambda item: path_key(item[0]))
     return out
 
@@ -233,17 +287,43 @@ def _tag(record: Record, plan: VolumePlan) -> Record:
 
 def _full(run: _Run, volume: str, src: SourceTree, plan: VolumePlan) -> None:
     leaders: dict[int, str] = {}
-    for path, meta, source in _objects(src, plan):
+    for path, meta, source in _objects(src, plan, run, volume):
+        if meta.kind != "dir" and path in plan.keep and path not in plan.partial:
+            continue
         record = _tag(record_of(volume, path, meta, source), plan)
         if meta.kind == "file":
-            leader = leaders.get(meta.ino) if meta.nlink > 1 and source == path else None
+            ranges = plan.partial.get(path)
+            leader = leaders.get(meta.ino) if meta.nlink > 1 and source == path and ranges is None else None
             if leader is not None:
                 record.link = leader
             else:
-                if meta.nlink > 1 and source == path:
+                if not run.store_record(src, record, source, meta.size, ranges):
+                    continue
+                if meta.nlink > 1 and source == path and ranges is None:
                     leaders[meta.ino] = path
-                record.data, record.sha256 = run.store(src, source, meta.size)
         run.emit(record)
+
+
+def _log(run: _Run, volume: str, src: SourceTree, plan: VolumePlan) -> None:
+    """A log image: only the component files that count for log backups, whole or their partial
+    ranges; nothing is deleted (a log image adds to what its chain restores)."""
+    wanted = {path for path in plan.component_of if path not in plan.keep} | set(plan.partial)
+    if not wanted:
+        return
+    objects = _objects(src, plan, run, volume)
+    have = {path for path, _, _ in objects}
+    need: set[str] = set()
+    for path in wanted:
+        if path in have:
+            parts = path.split("/")
+            need.update("/".join(parts[:i]) for i in range(len(parts)))
+    for path, meta, source in objects:
+        if path in need and meta.kind == "dir":
+            run.emit(_tag(record_of(volume, path, meta), plan))
+        elif path in wanted and meta.kind == "file":
+            record = _tag(record_of(volume, path, meta, source), plan)
+            if run.store_record(src, record, source, meta.size, plan.partial.get(path)):
+                run.emit(record)
 
 
 # ---- relative to a base chain ------------------------------------------------------------------
@@ -268,39 +348,43 @@ def _emit_puts(run: _Run, puts: dict[str, Record]) -> None:
 
 
 def _compare(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeState) -> None:
-    objects = _objects(src, plan)
+    objects = _objects(src, plan, run, volume)
     current = {path: meta for path, meta, _ in objects}
     _emit_deletes(run, volume, [p for p, e in base.entries.items()
                                 if p and (p not in current or current[p].kind != e.record.kind)])
     groups: dict[int, list[str]] = {}
     for path, meta, source in objects:
-        if meta.kind == "file" and meta.nlink > 1 and source == path:
+        if meta.kind == "file" and meta.nlink > 1 and source == path and path not in plan.partial:
             groups.setdefault(meta.ino, []).append(path)
     base_leader = {p: (e.record.link or p) for p, e in base.entries.items()}
     puts: dict[str, Record] = {}
     for path, meta, source in objects:
         old = base.entries.get(path)
-        group = groups.get(meta.ino) if meta.kind == "file" and source == path else None
+        if meta.kind != "dir" and path in plan.keep and not plan.always(path):
+            continue  # not backed up this time: the chain keeps what it had
+        group = groups.get(meta.ino) if meta.kind == "file" and source == path and path not in plan.partial \
+            else None
         if group is not None and len(group) > 1:
             leader = group[0]
             if path != leader:
                 continue  # decided with the leader
             if all(p in base.entries and same_meta(base.entries[p].record, current[p])
-                   and base_leader[p] == base_leader[leader] for p in group):
+                   and base_leader[p] == base_leader[leader] and p not in plan.force for p in group):
                 continue
-            for member in group:
-                record = _tag(record_of(volume, member, current[member]), plan)
-                if member == leader:
-                    record.data, record.sha256 = run.store(src, member, meta.size)
-                else:
-                    record.link = leader
-                puts[member] = record
+            records = {member: _tag(record_of(volume, member, current[member]), plan) for member in group}
+            if not run.store_record(src, records[leader], leader, meta.size):
+                continue
+            for member in group[1:]:
+                records[member].link = leader
+            puts.update(records)
             continue
-        if old is not None and old.record.link is None and source == path and same_meta(old.record, meta):
+        if old is not None and old.record.link is None and source == path and same_meta(old.record, meta) \
+                and not plan.always(path):
             continue
         record = _tag(record_of(volume, path, meta, source), plan)
-        if meta.kind == "file":
-            record.data, record.sha256 = run.store(src, source, meta.size)
+        ranges = plan.partial.get(path)
+        if meta.kind == "file" and not run.store_record(src, record, source, meta.size, ranges):
+            continue
         puts[path] = record
     _emit_puts(run, puts)
 
@@ -334,10 +418,12 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
 
     _emit_deletes(run, volume, [p for p in map_b if p and (p not in map_n or map_n[p][0] != map_b[p][0])])
     chosen = {ino for path, (ino, _) in map_n.items()
-              if not is_stable(path) or ino in changes.inodes or path in plan.alternates}
+              if not is_stable(path) or ino in changes.inodes or path in plan.alternates or plan.always(path)}
     puts: dict[str, Record] = {}
     for ino in chosen:
         group = [p for p in paths_n[ino] if not (map_n[p][1] != stat.S_IFDIR and plan.drops(p))]
+        if group and map_n[group[0]][1] != stat.S_IFDIR:
+            group = [p for p in group if p not in plan.keep or plan.always(p)]
         if not group:
             continue
         leader = group[0]
@@ -346,7 +432,21 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
             raise MediaError(f"{volume}:{leader} vanished from the snapshot while it was read")
         record = _tag(record_of(volume, leader, meta), plan)
         if meta.kind == "file":
-            _fast_data(run, src, record, meta, base, changes, paths_b.get(ino, []), is_stable(leader), plan)
+            if leader in plan.partial or leader in plan.force:
+                group = [leader] if leader in plan.partial else group
+                if not run.store_record(src, record, plan.alternates.get(leader, leader), meta.size,
+                                        plan.partial.get(leader)):
+                    continue
+                if leader in plan.alternates:
+                    record.source = plan.alternates[leader]
+            else:
+                try:
+                    _fast_data(run, src, record, meta, base, changes, paths_b.get(ino, []), is_stable(leader),
+                               plan)
+                except OSError as exc:
+                    if run.fail(record, f"cannot read {leader}: {exc.strerror or exc}"):
+                        continue
+                    raise
         puts[leader] = record
         for member in group[1:]:
             puts[member] = _tag(Record("put", volume, member, meta.kind, meta.mode, meta.uid, meta.gid,

@@ -5,14 +5,16 @@ One job: argparse in front of `shadowfs.backup`, `shadowfs.restore`,
 `add_parsers(commands)`; every handler raises `cli.CliError` for what the user
 must fix (one line on stderr, exit 1), as the other commands do.
 
-- ``backup``: takes a snapshot set through the daemon (``snapshot_create``),
-  backs up the set's browser paths, then deletes the set (``--keep-snapshot``
+- ``backup``: a VSS backup job (`backupjob.run_backup`): the registered
+  writers' components on the volumes, a snapshot set, the image (with the BCD
+  and WMDs), BackupComplete; then the set is deleted (``--keep-snapshot``
   keeps it, so that the next incremental or differential can read what
-  changed straight from the diff areas). When the base image's snapshot still
-  exists, the changes come from the diff area (`changes.scan`); otherwise the
-  engine compares with the base image's manifest.
+  changed straight from the diff areas). With no writers it is a plain
+  crash-consistent backup. Exit 1 when a component failed (the image is kept).
 - ``restore``: to ``--to DIR/<volume>/``, or without ``--to`` into each
-  volume's live mount (the original place).
+  volume's live mount (the original place); PreRestore / PostRestore with the
+  writers of the image's BCDs (`backupjob.run_restore`), ``--new-target``;
+  exit 1 when a writer failed PostRestore.
 - ``media list`` / ``media verify``: no daemon needed.
 - ``diff A B``: two snapshots (ids, or set ids with ``--volume``) of one volume.
 
@@ -28,12 +30,11 @@ from collections.abc import Callable
 from typing import Any
 
 from shadowfs import changes, cli, config, media
-from shadowfs.backup import backup
+from shadowfs.backupjob import run_backup, run_restore
 from shadowfs.diffarea import DiffArea, DiffAreaError
 from shadowfs.documents import DocumentError
 from shadowfs.media.reader import image_names
 from shadowfs.progress import Progress, human_bytes
-from shadowfs.restore import restore
 from shadowfs.safefs import UnsafePath
 from shadowfs.snapdiff import diff_snapshots
 from shadowfs.snaptree import SourceTree
@@ -68,70 +69,36 @@ def _state(args: argparse.Namespace) -> str:
 # ---- backup --------------------------------------------------------------------------------------
 
 
-def _hints(state: str, base: media.Image | None, created: dict[str, Any]) -> dict[str, changes.ObjectChanges]:
-    """Diff-area candidates per volume, where the base image's snapshot still exists."""
-    if base is None:
-        return {}
-    alive = {s["id"] for s in cli.request(state, {"op": "snapshot_list"})["snapshots"]}
-    hints: dict[str, changes.ObjectChanges] = {}
-    for snap in created["snapshots"]:
-        recorded = next((v for v in base.info.volumes if v.get("name") == snap["volume"]), None)
-        if recorded is None or recorded.get("snapshot_id") not in alive \
-                or not isinstance(recorded.get("seq"), int):
-            continue
-        try:
-            area = DiffArea.open(config.diff_area_path(state, snap["volume"]), readonly=True)
-        except DiffAreaError:
-            continue
-        try:
-            hints[snap["volume"]] = changes.scan(area, recorded["seq"], int(snap["seq"]))
-        except DiffAreaError:
-            area.close()
-    return hints
-
-
 @_guard
 def cmd_backup(args: argparse.Namespace) -> int:
-    """Take a snapshot set, back it up onto the media, delete the set."""
+    """Run a VSS backup job (`backupjob.run_backup`): writers, a snapshot set, the image, BackupComplete."""
     names = [config.validate_volume_name(n) for n in args.volumes]
     if len(set(names)) != len(names):
         raise cli.CliError("a volume is named twice")
     store, state = _media(args), _state(args)
-    base = None
-    if args.type in ("incremental", "differential", "log"):
-        base = media.open_image(store, args.base) if args.base else media.find_base(store, args.type, names)
-        if base is None:
-            raise cli.CliError(f"no base image on {store} for a {args.type} backup of {', '.join(names)}: "
-                               "run a full backup first")
-    context = "client_accessible_writers" if args.writers else "client_accessible"
-    created = cli.request(state, {"op": "snapshot_create", "volumes": names, "context": context,
-                                  "writers": args.writers})
-    set_id = created["set_id"]
-    hints: dict[str, changes.ObjectChanges] = {}
-    try:
-        sources = {s["volume"]: s["path"] for s in created["snapshots"]}
-        info = {s["volume"]: {"snapshot_id": s["id"], "seq": s["seq"]} for s in created["snapshots"]}
-        hints = _hints(state, base, created)
-        progress = Progress("backup", json_lines=args.json)
-        image_id = backup(sources, store, args.type, base.id if base else None, hints, set_id=set_id,
-                          volume_info=info, progress=progress)
-        progress.done()
-    finally:
-        for hint in hints.values():
-            hint.area.close()
-        if not args.keep_snapshot:
-            cli.request(state, {"op": "snapshot_delete", "snapshot": set_id})
-    summary = media.open_image(store, image_id).summary()
-    result = {"image": image_id, "set_id": set_id, "type": args.type, "files": summary["files"],
-              "bytes": summary["bytes"], "components": summary["components"], "base": summary["base"],
-              "fast_path": sorted(hints), "snapshot_kept": bool(args.keep_snapshot)}
+    progress = Progress("backup", json_lines=args.json)
+    outcome = run_backup(state, store, names, args.type, base_id=args.base, keep_snapshot=args.keep_snapshot,
+                         with_writers=args.writers, progress=progress)
+    progress.done()
+    summary = media.open_image(store, outcome.image).summary()
+    result = {"image": outcome.image, "set_id": outcome.set_id, "type": args.type, "files": summary["files"],
+              "bytes": summary["bytes"], "components": outcome.components, "base": summary["base"],
+              "fast_path": outcome.fast_path, "live_volumes": outcome.live_volumes,
+              "snapshot_kept": bool(args.keep_snapshot), "warnings": outcome.warnings}
+    failed = [c for c in outcome.components if not c.get("succeeded", True)]
     if args.json:
         cli.print_json(result)
     else:
-        how = f" (changes from the diff area of {', '.join(sorted(hints))})" if hints else ""
-        print(f"image {image_id}: {args.type} backup of set {set_id}, {result['files']} file(s), "
-              f"{human_bytes(result['bytes'])}{how}")
-    return 0
+        how = f" (changes from the diff area of {', '.join(outcome.fast_path)})" if outcome.fast_path else ""
+        print(f"image {outcome.image}: {args.type} backup of set {outcome.set_id}, "
+              f"{result['files']} file(s), {human_bytes(result['bytes'])}{how}")
+        for component in outcome.components:
+            state_text = "ok" if component.get("succeeded", True) else "FAILED: " + "; ".join(
+                component.get("failures", []))
+            print(f"  {component['writer']} {component['component']} ({component['type']}): {state_text}")
+        for warning in outcome.warnings:
+            print(f"  warning: {warning}")
+    return 1 if failed else 0
 
 
 # ---- restore -------------------------------------------------------------------------------------
@@ -153,11 +120,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     total = sum(int(media.open_image(store, i).info.stats.get("records", 0)) for i in image.info.chain)
     total += int(image.info.stats.get("records", 0))
     progress = Progress("restore", json_lines=args.json, total=total or None)
-    result = restore(store, image.id, None if args.to is None else os.path.abspath(args.to), targets=targets,
-                     volumes=args.volume or None, progress=progress)
+    new_targets = []
+    for item in args.new_target or []:
+        source, sep, dest = item.partition("=")
+        if not sep or not os.path.isabs(source) or not os.path.isabs(dest):
+            raise cli.CliError(f"--new-target {item!r}: expected /SOURCE/DIR=/NEW/DIR (absolute paths)")
+        new_targets.append((os.path.normpath(source), os.path.normpath(dest)))
+    result, writer_failures = run_restore(
+        getattr(args, "state", None), store, image.id, None if args.to is None else os.path.abspath(args.to),
+        targets=targets, volumes=args.volume or None, new_targets=new_targets, with_writers=args.writers,
+        progress=progress)
     progress.done()
     out = {"image": result.image, "chain": result.chain, "targets": result.targets, "files": result.files,
-           "bytes": result.bytes, "removed": result.removed, "warnings": result.warnings}
+           "bytes": result.bytes, "removed": result.removed, "warnings": result.warnings,
+           "writer_failures": writer_failures}
     if args.json:
         cli.print_json(out)
     else:
@@ -165,7 +141,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
               f"{human_bytes(result.bytes)}, {result.removed} removed")
         for volume, target in sorted(result.targets.items()):
             print(f"  {volume} -> {target}")
-    return 0
+        for failure in writer_failures:
+            print(f"  {failure}")
+    return 1 if writer_failures else 0
 
 
 # ---- media ---------------------------------------------------------------------------------------
@@ -298,6 +276,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     rest.add_argument("--to", metavar="DIR", help="restore under DIR/<volume>/ (default: into each volume)")
     rest.add_argument("--volume", action="append", metavar="NAME",
                       help="restore only this volume (repeatable)")
+    rest.add_argument("--new-target", action="append", metavar="/DIR=/NEW",
+                      help="restore writer components' files under /DIR to /NEW instead (AddNewTarget; "
+                           "repeatable)")
+    rest.add_argument("--no-writers", dest="writers", action="store_false",
+                      help="restore without PreRestore/PostRestore to the image's writers")
 
     group = commands.add_parser("media", help="list or verify backup media")
     media_commands = group.add_subparsers(dest="media_command", required=True, metavar="COMMAND")

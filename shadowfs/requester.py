@@ -351,6 +351,10 @@ class BackupComponents:
         self._volumes[name] = str(uuid.uuid4())
         return self._volumes[name]
 
+    async def volumes(self) -> list[dict[str, Any]]:
+        """The protected volumes (`volume list --json` entries: name, backing, mount, ...)."""
+        return list((await self._call({"op": "volume_list"}))["volumes"])
+
     async def is_volume_supported(self, volume: str) -> bool:
         try:
             await self._volume_name(volume)

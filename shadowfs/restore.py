@@ -18,6 +18,14 @@ Order of work:
 3. at the end, every directory that was put or changed gets its metadata from
    the final state, deepest first (so its mtime is the snapshot's).
 
+With `hooks` (`backupjob`: the writers' PreRestore and PostRestore), each
+image is preceded by `before_image`, which may refuse it (nothing of it is
+written) or return relocations (new targets: component files restored under
+another directory of the same volume) and directed targets (source ranges of a
+restored file copied onto destination ranges, after the image's records), and
+followed by `after_image`. Target trees are opened only once the first
+image's checks passed.
+
 Objects of the target that the chain never mentions are left alone (restoring
 to the original place keeps newer files), except below paths an image deletes.
 
@@ -38,16 +46,28 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from shadowfs.backup import no_gc
+from shadowfs.documents import RangeError, check_directed_ranges, validate_ranges
+from shadowfs.fileset import spec_covers
 from shadowfs.media.layout import MediaError
 from shadowfs.media.reader import Image, chain_images
 from shadowfs.media.records import Record
 from shadowfs.media.state import ChainState
 from shadowfs.media.verify import check_chain
-from shadowfs.safefs import Confined, UnsafePath, fd_path, lstat_at, remove_tree_at, split_parent
+from shadowfs.safefs import (
+    Confined,
+    UnsafePath,
+    check_rel_path,
+    fd_path,
+    join,
+    lstat_at,
+    remove_tree_at,
+    split_parent,
+)
 from shadowfs.snaptree import data_regions
 
 Progress = Callable[[dict[str, Any]], None]
@@ -85,6 +105,26 @@ class _VolumeRestore:
         self.progress = progress
         self.touched: set[str] = {""}
         self.is_root = os.geteuid() == 0
+        self.moved: dict[str, str] = {}  # recorded path -> where a new target put it
+
+    def relocated(self, record: Record, moves: list[Relocation]) -> Record:
+        """The record at the path a new target gives it (parents made), or as it is."""
+        new = self.moved.get(record.path)
+        for move in moves:
+            found = move.target(record)
+            if found is not None:
+                new = found
+                break
+        if new is None or new == record.path:
+            return record
+        self.moved[record.path] = new
+        parts = split_parent(new)[0].split("/") if split_parent(new)[0] else []
+        for depth in range(1, len(parts) + 1):
+            ancestor = "/".join(parts[:depth])
+            if self.tree.lstat(ancestor) is None:
+                self.tree.make_dir(ancestor, 0o755)
+        link = self.moved.get(record.link, record.link) if record.link is not None else None
+        return replace(record, path=new, link=link)
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -311,14 +351,19 @@ def _open_target(volume: str, target: str, to: str | None, targets: Mapping[str,
 
 
 def restore(media: str, image_id: str, to: str | None = None, *, targets: Mapping[str, str] | None = None,
-            volumes: Collection[str] | None = None, progress: Progress | None = None) -> RestoreResult:
-    """Restore image `image_id` (with its chain) under `to/<volume>/`, or into `targets[volume]`."""
+            volumes: Collection[str] | None = None, progress: Progress | None = None,
+            hooks: RestoreHooks | None = None) -> RestoreResult:
+    """Restore image `image_id` (with its chain) under `to/<volume>/`, or into `targets[volume]`.
+
+    `hooks` run around each image (the writers' PreRestore and PostRestore) and may relocate
+    component files (new targets) and copy ranges (directed targets) for that image."""
     with no_gc():
-        return _restore(media, image_id, to, targets, volumes, progress)
+        return _restore(media, image_id, to, targets, volumes, progress, hooks)
 
 
 def _restore(media: str, image_id: str, to: str | None, targets: Mapping[str, str] | None,
-             volumes: Collection[str] | None, progress: Progress | None) -> RestoreResult:
+             volumes: Collection[str] | None, progress: Progress | None,
+             hooks: RestoreHooks | None) -> RestoreResult:
     check_chain(media, image_id)
     chain = chain_images(media, image_id)
     images = {image.id: image for image in chain}
@@ -333,19 +378,30 @@ def _restore(media: str, image_id: str, to: str | None, targets: Mapping[str, st
     if unknown:
         raise RestoreError(f"image {image_id} has no volume {', '.join(unknown)}")
     result = RestoreResult(image_id, [image.id for image in chain], _targets(names, to, targets))
-    done = 0
-    for volume in names:
-        try:
-            tree = _open_target(volume, result.targets[volume], to, targets)
-        except (OSError, UnsafePath) as exc:
-            raise RestoreError(f"cannot open the target of volume {volume}: {exc}") from None
-        with tree:
-            job = _VolumeRestore(tree, volume, result, progress)
-            for image, records in plan:
+    running = ChainState(lambda owner, pack: images[owner].pack_size(pack))
+    with ExitStack() as stack:
+        jobs: dict[str, _VolumeRestore] = {}
+        done = 0
+        for index, (image, records) in enumerate(plan):
+            running.apply(image.id, image.info.type, records)
+            last = index == len(plan) - 1
+            steps = hooks.before_image(image, index, last, running) if hooks is not None else ImageSteps()
+            _check_steps(steps, names)
+            for volume in names:  # opened once the first image's checks passed: nothing is written before
+                if volume not in jobs:
+                    try:
+                        tree = _open_target(volume, result.targets[volume], to, targets)
+                    except (OSError, UnsafePath) as exc:
+                        raise RestoreError(f"cannot open the target of volume {volume}: {exc}") from None
+                    jobs[volume] = _VolumeRestore(stack.enter_context(tree), volume, result, progress)
+            for volume in names:
+                job = jobs[volume]
+                moves = [r for r in steps.relocations if r.volume == volume]
                 for record in records:
                     if record.volume != volume:
                         continue
                     try:
+                        record = job.relocated(record, moves)
                         if record.op == "delete":
                             job.delete(record)
                         else:
@@ -359,8 +415,145 @@ def _restore(media: str, image_id: str, to: str | None, targets: Mapping[str, st
                     if progress is not None:
                         progress({"files": result.files, "bytes": result.bytes, "records": done,
                                   "path": f"{volume}:{record.path}"})
-            try:
-                job.finish(state)
-            except (OSError, UnsafePath) as exc:
-                raise RestoreError(f"volume {volume}: directory metadata: {exc}") from None
+            for directed in steps.directed:
+                _apply_directed(jobs, directed)
+            if last:
+                for volume in names:
+                    try:
+                        jobs[volume].finish(state)
+                    except (OSError, UnsafePath) as exc:
+                        raise RestoreError(f"volume {volume}: directory metadata: {exc}") from None
+            if hooks is not None:
+                hooks.after_image(image, index, last)
     return result
+
+
+# ---- writers' restore instructions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """A new target (AddNewTarget): files of one component matched by a spec go under `dest` instead.
+
+    Paths are relative to the volume root; `component`/`writer` None match any record (deletes too).
+    """
+
+    volume: str
+    prefix: str
+    filespec: str
+    recursive: bool
+    dest: str
+    component: str | None = None
+    writer: str | None = None
+
+    def target(self, record: Record) -> str | None:
+        """The record's new path, or None when this relocation does not apply to it."""
+        if record.volume != self.volume:
+            return None
+        if record.op == "put" and ((self.component is not None and record.component != self.component)
+                                   or (self.writer is not None and record.writer != self.writer)):
+            return None
+        if not spec_covers("/" + self.prefix, self.filespec, self.recursive, "/" + record.path):
+            return None
+        rest = record.path[len(self.prefix):].lstrip("/") if self.prefix else record.path
+        return join(self.dest, rest) if self.dest else rest
+
+
+@dataclass(frozen=True)
+class Directed:
+    """A directed target: source ranges of a restored file copied onto destination ranges of another."""
+
+    source_volume: str
+    source_path: str
+    source_ranges: tuple[tuple[int, int], ...]
+    dest_volume: str
+    dest_path: str
+    dest_ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class ImageSteps:
+    """What writers asked for around one image of the chain."""
+
+    relocations: list[Relocation] = field(default_factory=list)
+    directed: list[Directed] = field(default_factory=list)
+
+
+class RestoreHooks(Protocol):
+    """Called around each image of the chain (PreRestore / PostRestore with the writers)."""
+
+    def before_image(self, image: Image, index: int, last: bool, state: ChainState) -> ImageSteps:
+        """Before anything of `image` is written (`state`: the chain folded up to it); raise to refuse."""
+        ...
+
+    def after_image(self, image: Image, index: int, last: bool) -> None:
+        """After every record of `image` (and its directed targets) was applied."""
+        ...
+
+
+def _check_steps(steps: ImageSteps, names: Collection[str]) -> None:
+    for move in steps.relocations:
+        if move.volume not in names:
+            raise RestoreError(f"new target on volume {move.volume}, which this restore does not write")
+        for path in (move.prefix, move.dest):
+            if path:
+                check_rel_path(path)
+    for directed in steps.directed:
+        for volume, path in ((directed.source_volume, directed.source_path),
+                             (directed.dest_volume, directed.dest_path)):
+            if volume not in names:
+                raise RestoreError(f"directed target on volume {volume}, which this restore does not write")
+            check_rel_path(path)
+        try:
+            check_directed_ranges(validate_ranges(directed.source_ranges),
+                                  validate_ranges(directed.dest_ranges))
+        except RangeError as exc:
+            raise RestoreError(f"directed target {directed.source_path} -> {directed.dest_path}: "
+                               f"{exc}") from None
+
+
+def _apply_directed(jobs: Mapping[str, _VolumeRestore], directed: Directed) -> None:
+    """Read the source ranges from the restored source file, then write them at the destination ranges."""
+    source = jobs[directed.source_volume]
+    source_path = source.moved.get(directed.source_path, directed.source_path)
+    where = (f"directed target {directed.source_volume}:{source_path} -> "
+             f"{directed.dest_volume}:{directed.dest_path}")
+    try:
+        fd = source.tree.open(source_path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, UnsafePath) as exc:
+        raise RestoreError(f"{where}: cannot open the restored source: {exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RestoreError(f"{where}: the restored source is not a regular file")
+        if max(o + n for o, n in directed.source_ranges) > st.st_size:
+            raise RestoreError(f"{where}: source ranges run past the end of the file ({st.st_size} bytes)")
+        pieces = [os.pread(fd, n, o) for o, n in directed.source_ranges]
+    finally:
+        os.close(fd)
+    dest = jobs[directed.dest_volume]
+    path = dest.moved.get(directed.dest_path, directed.dest_path)
+    try:
+        dir_fd, name = dest.tree.parent(path)
+        existing = lstat_at(dir_fd, name)
+        if existing is not None and stat.S_ISREG(existing.st_mode):
+            out, temp = dest._open_existing(dir_fd, name, path)
+        elif existing is None:
+            temp = _temp_name()
+            out = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=dir_fd)
+        else:
+            raise RestoreError(f"{where}: the destination is not a regular file")
+        try:
+            for (offset, _), piece in zip(directed.dest_ranges, pieces, strict=True):
+                view = memoryview(piece)
+                while view:
+                    written = os.pwrite(out, view, offset)
+                    view, offset = view[written:], offset + written
+                    dest.result.bytes += written
+        finally:
+            os.close(out)
+        if temp is not None:
+            dest._replace(dir_fd, temp, name, path)
+    except (OSError, UnsafePath) as exc:
+        raise RestoreError(f"{where}: {exc}") from None
