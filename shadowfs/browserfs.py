@@ -261,7 +261,9 @@ class BrowserOperations(pyfuse3.Operations):
         self._set_nodes: dict[str, int] = {}
         self._node_sets: dict[int, str] = {}
         self._set_counter = itertools.count(1)
-        self._lookups: dict[int, int] = {}
+        # one total, not a count per node: the kernel may know millions of nodes, and node
+        # ids carry everything the browser needs, so per-node counts would only cost memory
+        self._lookups = 0
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
@@ -313,8 +315,8 @@ class BrowserOperations(pyfuse3.Operations):
         log.info("showing volumes %s", ", ".join(f"{v.name}#{v.index}" for v in new.values()) or "(none)")
 
     def known_nodes(self) -> int:
-        """How many node ids the kernel holds lookups on (for status and tests)."""
-        return len(self._lookups)
+        """How many lookups the kernel holds in all, not yet forgotten (for status and tests)."""
+        return self._lookups
 
     def volumes(self) -> list[BrowserVolume]:
         return [self._volumes[index] for index in sorted(self._volumes)]
@@ -474,7 +476,7 @@ class BrowserOperations(pyfuse3.Operations):
     def _counted(self, attrs: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         node = attrs.st_ino
         if node:
-            self._lookups[node] = self._lookups.get(node, 0) + 1
+            self._lookups += 1
         return attrs
 
     # ---- directory contents --------------------------------------------------------------------
@@ -554,13 +556,10 @@ class BrowserOperations(pyfuse3.Operations):
     @fuse_handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for node, count in inode_list:
-            left = self._lookups.get(node, 0) - count
-            if left > 0:
-                self._lookups[node] = left
-            else:
-                if left < 0:
-                    log.error("lookup count of node %#x went negative (%d)", node, left)
-                self._lookups.pop(node, None)
+            self._lookups -= count
+            if self._lookups < 0:
+                log.error("lookup count went negative (%d) at the forget of node %#x", self._lookups, node)
+                self._lookups = 0
 
     @fuse_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -76,7 +76,7 @@ class ControlServer:
             "volumes": [{"name": v.name, "index": v.index, "diff_area": v.diff_area,
                          "diff_area_open": v.area is not None} for v in self.ops.volumes()],
             "sets": len(self.ops.snapshot_sets()),
-            "known_nodes": self.ops.known_nodes(),
+            "known_nodes": self.ops.known_nodes(),  # lookups held by the kernel, in all
         }
 
 

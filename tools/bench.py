@@ -109,6 +109,19 @@ def median_time(work: Callable[[], Any], runs: int, before: Callable[[], Any] | 
     return statistics.median(times)
 
 
+def paired_medians(works: dict[str, Callable[[], Any]], runs: int,
+                   before: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Median times of several works run in turns (a, b, c, a, b, c, ...), so that a
+    drift of the machine (this VM's disk varies a lot) weighs on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(runs):
+        for name, work in works.items():
+            if before is not None:
+                before()
+            times[name].append(timed(work))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def write_file(path: Path, size: int, chunk: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -263,9 +276,10 @@ class Bench:
         self.results[key] = row
 
     def diff_area_file_bytes(self, volume: str) -> int:
-        """Bytes the volume's LMDB file takes on disk."""
-        st = os.stat(self.state / "volumes" / volume / "diffarea" / "data.mdb")
-        return st.st_blocks * 512
+        """Bytes the volume's diff area takes on disk: the LMDB file and blocks.dat."""
+        area = self.state / "volumes" / volume / "diffarea"
+        return sum(os.stat(area / name).st_blocks * 512 for name in ("data.mdb", "blocks.dat")
+                   if (area / name).exists())
 
     def volume_info(self, volume: str) -> dict[str, Any]:
         return next(v for v in request(str(self.state), {"op": "volume_list"})["volumes"]
@@ -292,16 +306,18 @@ class Bench:
         s = self.sizes
         chunk, other = os.urandom(MiB), os.urandom(MiB)
         mb = s.big / MiB
-        t_native = median_time(lambda: write_file(native / "big", s.big, chunk), s.runs)
-        t_live = median_time(lambda: write_file(live / "big", s.big, chunk), s.runs)
+        t = paired_medians({"native": lambda: write_file(native / "big", s.big, chunk),
+                            "live": lambda: write_file(live / "big", s.big, chunk)}, s.runs)
+        t_native, t_live = t["native"], t["live"]
         self.record("live_seq_write", f"sequential write {mb:.0f} MiB + fsync", "MiB/s",
                     native=mb / t_native, live=mb / t_live, ratio=t_native / t_live)
 
         snap = self.snapshot("bench")
         browser_big = Path(snap["snapshots"][0]["path"]) / "big"
-        t_native = median_time(lambda: read_file(native / "big"), s.runs, drop_caches)
-        t_live = median_time(lambda: read_file(live / "big"), s.runs, drop_caches)
-        t_browser = median_time(lambda: read_file(browser_big), s.runs, drop_caches)
+        t = paired_medians({"native": lambda: read_file(native / "big"),
+                            "live": lambda: read_file(live / "big"),
+                            "browser": lambda: read_file(browser_big)}, s.runs, drop_caches)
+        t_native, t_live, t_browser = t["native"], t["live"], t["browser"]
         self.record("browser_seq_read", f"sequential read {mb:.0f} MiB unchanged since the snapshot, "
                     "cold cache", "MiB/s", native=mb / t_native, live=mb / t_live,
                     browser=mb / t_browser, ratio=t_native / t_browser, live_ratio=t_native / t_live)
@@ -321,8 +337,9 @@ class Bench:
         self.record("diff_area_space", f"diff area file growth for {mb:.0f} MiB captured", "bytes",
                     captured=captured, file_growth=grown, overhead=grown / max(captured, 1) - 1)
 
-        t_native = median_time(lambda: read_file(native / "big"), s.runs, drop_caches)
-        t_browser = median_time(lambda: read_file(browser_big), s.runs, drop_caches)
+        t = paired_medians({"native": lambda: read_file(native / "big"),
+                            "browser": lambda: read_file(browser_big)}, s.runs, drop_caches)
+        t_native, t_browser = t["native"], t["browser"]
         self.record("browser_seq_read_captured", f"snapshot read of {mb:.0f} MiB overwritten since "
                     "(every block from the diff area), cold", "MiB/s",
                     native=mb / t_native, browser=mb / t_browser, ratio=t_native / t_browser)
@@ -356,8 +373,9 @@ class Bench:
 
     def metadata(self, native: Path, live: Path) -> None:
         n = self.sizes.meta_files
-        t_native = median_time(lambda: metadata(native / "meta", n), self.sizes.runs)
-        t_live = median_time(lambda: metadata(live / "meta", n), self.sizes.runs)
+        t = paired_medians({"native": lambda: metadata(native / "meta", n),
+                            "live": lambda: metadata(live / "meta", n)}, self.sizes.runs)
+        t_native, t_live = t["native"], t["live"]
         self.record("live_metadata", f"create + stat + unlink of {n} files", "files/s",
                     native=n / t_native, live=n / t_live, ratio=t_native / t_live)
 
@@ -379,8 +397,8 @@ class Bench:
             drop_caches()
 
         tb = s.tree_bytes / MiB
-        t_native = median_time(rsync(native / "tree"), s.runs, cold)
-        t_browser = median_time(rsync(browser_tree), s.runs, cold)
+        t = paired_medians({"native": rsync(native / "tree"), "browser": rsync(browser_tree)}, s.runs, cold)
+        t_native, t_browser = t["native"], t["browser"]
         self.record("browser_rsync", f"rsync -a of {s.tree_files} files / {tb:.0f} MiB out of the "
                     "snapshot, cold", "MiB/s", native=tb / t_native, browser=tb / t_browser,
                     ratio=t_native / t_browser)
