@@ -33,6 +33,11 @@ def _aligned(length: int) -> int:
     return (length + ALIGN - 1) // ALIGN * ALIGN
 
 
+def aligned_end(offset: int, length: int) -> int:
+    """Where the extent appended after one at (offset, length) starts."""
+    return _aligned(offset + length)
+
+
 class BlockStore:
     """Append-only extents in one file; readers pread, the committer appends and punches."""
 

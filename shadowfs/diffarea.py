@@ -24,16 +24,17 @@ process writes; the daemon and the browser open the environment read-only.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import lmdb
 
 from shadowfs import format as fmt
-from shadowfs.blockstore import BlockStore
+from shadowfs.blockstore import BlockStore, aligned_end
 from shadowfs.format import AttrRecord, BlockRef, DirentRecord, SnapshotRecord
 
 MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
+MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks may cover
 
 
 class DiffAreaError(Exception):
@@ -260,6 +261,38 @@ class DiffArea:
             return None
         ref = fmt.decode_block_ref(value)
         return bytes(ref.length) if ref.offset is None else self.blocks.read(ref.offset, ref.length)
+
+    def block_refs(self, txn: lmdb.Transaction, ino: int, blocks: Iterable[int],
+                   seq: int) -> dict[int, BlockRef]:
+        """The read rule for several blocks of one file: where each captured one is."""
+        cursor = txn.cursor(db=self.preimages)
+        found: dict[int, BlockRef] = {}
+        for block in blocks:
+            obj = fmt.block_object(ino, block)
+            if cursor.set_range(fmt.preimage_key(obj, seq)):
+                key = cursor.key()
+                if len(key) == len(obj) + fmt.SEQ_BYTES and key.startswith(obj):
+                    found[block] = fmt.decode_block_ref(cursor.value())
+        return found
+
+    def read_blocks(self, refs: dict[int, BlockRef]) -> dict[int, bytes]:
+        """The bytes behind `refs`; extents that follow each other in blocks.dat (blocks
+        captured together) are read with one pread."""
+        result = {block: bytes(ref.length) for block, ref in refs.items() if ref.offset is None}
+        stored = sorted((ref.offset, ref.length, block) for block, ref in refs.items()
+                        if ref.offset is not None)
+        i = 0
+        while i < len(stored):
+            j = i
+            while (j + 1 < len(stored) and stored[j + 1][0] == aligned_end(stored[j][0], stored[j][1])
+                   and stored[j + 1][0] + stored[j + 1][1] - stored[i][0] <= MAX_COALESCED_READ):
+                j += 1
+            start = stored[i][0]
+            data = self.blocks.read(start, stored[j][0] + stored[j][1] - start)
+            for offset, length, block in stored[i:j + 1]:
+                result[block] = data[offset - start:offset - start + length]
+            i = j + 1
+        return result
 
     def dirent_at(self, txn: lmdb.Transaction, dir_ino: int, name: bytes,
                   seq: int) -> DirentRecord | None:

@@ -181,31 +181,51 @@ class SnapshotView:
     # ---- data ------------------------------------------------------------
 
     def read(self, ino: int, offset: int, size: int, file_size: int) -> bytes:
-        """Bytes [offset, offset+size) of a regular file whose size at the snapshot is given."""
+        """Bytes [offset, offset+size) of a regular file whose size at the snapshot is given.
+
+        Blocks with a pre-image come from the diff area and the live file is not
+        read for them; the others are read live and then looked up once more in a
+        new transaction (read-validate): a pre-image that appeared meanwhile wins.
+        """
         size = max(0, min(size, file_size - offset))
         if size == 0:
             return b""
-        try:
-            data = os.pread(self.live.fd(ino, _READ_FLAGS), size, offset)
-        except OSError as exc:
-            if exc.errno not in _GONE:
-                raise
-            data = b""
-        if len(data) < size:
-            data += bytes(size - len(data))
+        span = block_span(offset, size)
+        images = self._block_images(ino, span)
+        missing = [block for block in span if block not in images]
+        live = b""
+        live_start = offset
+        if missing:
+            live_start = max(offset, missing[0] * BLOCK_SIZE)
+            live_end = min(offset + size, (missing[-1] + 1) * BLOCK_SIZE)
+            try:
+                live = os.pread(self.live.fd(ino, _READ_FLAGS), live_end - live_start, live_start)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+            if len(live) < live_end - live_start:  # the live file is shorter: zeros, or captured
+                live += bytes(live_end - live_start - len(live))
+            images.update(self._block_images(ino, missing))
+        if not images:
+            return live
+        buffer = bytearray(size)
+        for block in span:
+            start = block * BLOCK_SIZE
+            low, high = max(start, offset), min(start + BLOCK_SIZE, offset + size)
+            image = images.get(block)
+            if image is None:
+                buffer[low - offset:high - offset] = live[low - live_start:high - live_start]
+            else:
+                piece = image[low - start:high - start]
+                buffer[low - offset:low - offset + len(piece)] = piece  # past its end: zeros
+        return bytes(buffer)
+
+    def _block_images(self, ino: int, blocks: list[int] | range) -> dict[int, bytes]:
         txn = self._txn_checked()
         try:
             if not self.area.blocks_captured(txn, ino, self.seq):
-                return data
-            buffer = bytearray(data)
-            for block in block_span(offset, size):
-                image = self.area.block_at(txn, ino, block, self.seq)
-                if image is None:
-                    continue
-                start = block * BLOCK_SIZE
-                image = image.ljust(BLOCK_SIZE, b"\0")
-                low, high = max(start, offset), min(start + BLOCK_SIZE, offset + size)
-                buffer[low - offset:high - offset] = image[low - start:high - start]
-            return bytes(buffer)
+                return {}  # the common case: no block of this file was ever captured
+            refs = self.area.block_refs(txn, ino, blocks, self.seq)
         finally:
             txn.abort()
+        return self.area.read_blocks(refs) if refs else {}
