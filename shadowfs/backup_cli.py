@@ -296,35 +296,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     diff.add_argument("--volume", metavar="NAME", help="the volume, when A and B are set ids")
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("the shadowfs parser has no subcommands")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m shadowfs.backup_cli ...`: the `shadowfs` CLI with these commands, hooked in or not."""
-    import sys
-
-    parser = cli.build_parser()
-    commands = _subcommands(parser)
-    if "backup" not in commands.choices:
-        add_parsers(commands)
-    args = parser.parse_args(argv)
-    args.json = getattr(args, "json", False)
-    args.state = getattr(args, "state", None)
-    try:
-        return int(args.func(args))
-    except (cli.CliError, config.ConfigError) as exc:
-        print(f"shadowfs: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("shadowfs: interrupted", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        print(f"shadowfs: {exc}", file=sys.stderr)
-        return 1
+    """`python -m shadowfs.backup_cli ...`: the `shadowfs` CLI (which hooks these commands in)."""
+    return cli.main(argv)
 
 
 if __name__ == "__main__":
