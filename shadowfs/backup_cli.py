@@ -237,13 +237,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state", metavar="DIR", default=argparse.SUPPRESS,
-                        help=f"state directory (default: ${config.STATE_ENV}, "
-                             f"else {config.DEFAULT_STATE_DIR})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the result as JSON (progress as JSON lines on stderr)")
-    return common
+    return cli.common_options("print the result as JSON (progress as JSON lines on stderr)")
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

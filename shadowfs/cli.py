@@ -240,13 +240,18 @@ def state_of(args: argparse.Namespace) -> str:
     return config.resolve_state_dir(getattr(args, "state", None))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def common_options(json_help: str = "print the result as JSON") -> argparse.ArgumentParser:
+    """The options every subcommand takes (--state, --json), as a parent parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", metavar="DIR", default=argparse.SUPPRESS,
                         help=f"state directory (default: ${config.STATE_ENV}, "
                              f"else {config.DEFAULT_STATE_DIR})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the result as JSON")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
 
     parser = argparse.ArgumentParser(prog="shadowfs", parents=[common],
                                      description="VSS-style snapshot sets of Linux directory trees.")

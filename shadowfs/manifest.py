@@ -10,6 +10,7 @@ inodes its own way. ctime can be left out for copies, which cannot keep it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -18,15 +19,20 @@ from typing import Any
 Manifest = dict[str, tuple[Any, ...]]
 
 
-def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+def xattrs_of(path: str) -> tuple[tuple[str, bytes], ...]:
+    """Every xattr of `path` itself (links not followed), sorted; errors other than
+    "not supported here" propagate, so a failing listxattr is never read as "none"."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return ()
+    except OSError as exc:
+        if exc.errno == errno.ENOTSUP:
+            return ()
+        raise
     return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False)) for name in names))
 
 
-def _digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """sha256 of a file's content, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -45,12 +51,12 @@ def manifest(root: str, *, with_ctime: bool = True) -> Manifest:
         group = ""
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             group = groups.setdefault(st.st_ino, rel)
-        digest = _digest(path) if stat.S_ISREG(st.st_mode) else ""
+        digest = file_digest(path) if stat.S_ISREG(st.st_mode) else ""
         target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
         size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
         result[rel] = (kind, size, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
                        st.st_ctime_ns if with_ctime else 0, st.st_nlink, st.st_rdev, digest, target,
-                       _xattrs(path), group)
+                       xattrs_of(path), group)
         if stat.S_ISDIR(st.st_mode):
             for name in sorted(os.listdir(path)):
                 visit(os.path.join(path, name), os.path.join(rel, name))

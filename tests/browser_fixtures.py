@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 from shadowfs import fuseutil, ipc
+from shadowfs.manifest import file_digest, xattrs_of
 from tests.coresim import CoreSim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,19 +222,6 @@ ALL_FIELDS = ("kind", "size", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "nli
 COPY_FIELDS = ("kind", "mode", "uid", "gid", "mtime_ns", "rdev", "digest", "target", "xattrs")
 
 
-def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
-    names = os.listxattr(path, follow_symlinks=False)
-    return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False)) for name in names))
-
-
-def _digest(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def manifest(root: str, *, hide_shadowfs: bool = True) -> tuple[Manifest, dict[str, int]]:
     """Every object under `root` (relative paths, root is "."), and each path's st_ino."""
     result: Manifest = {}
@@ -248,9 +235,9 @@ def manifest(root: str, *, hide_shadowfs: bool = True) -> tuple[Manifest, dict[s
             nlink -= 1  # the hidden directory is left out of the root's link count too
         result[rel] = Meta(kind, st.st_size, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
                            st.st_ctime_ns, nlink, st.st_rdev,
-                           _digest(path) if stat.S_ISREG(st.st_mode) else "",
+                           file_digest(path) if stat.S_ISREG(st.st_mode) else "",
                            os.fsencode(os.readlink(path)) if stat.S_ISLNK(st.st_mode) else b"",
-                           _xattrs(path))
+                           xattrs_of(path))
         inodes[rel] = st.st_ino
         if stat.S_ISDIR(st.st_mode):
             for name in sorted(os.listdir(path)):
