@@ -65,6 +65,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "memory": ("peak_mib", 150.0, "<="),
     "diff_area_space": ("overhead", 0.10, "<="),
 }
+SECTIONS = ("sequential", "random", "metadata", "rsync", "flat", "snapshot", "memory")
 EXTRA_TARGETS: dict[str, list[tuple[str, float, str]]] = {
     "snapshot_create": [("ratio", 1.5, "<=")],
     "first_overwrite": [("second_vs_live", 0.9, ">=")],
@@ -195,9 +196,10 @@ def many_files(root: Path, count: int) -> None:
 
 
 class Bench:
-    def __init__(self, work: Path, sizes: Sizes) -> None:
+    def __init__(self, work: Path, sizes: Sizes, only: set[str] | None = None) -> None:
         self.work = work
         self.sizes = sizes
+        self.only = only
         self.state = work / "state"
         self.env = {**os.environ, "SHADOWFS_STATE": str(self.state),
                     "SHADOWFS_MOUNT_ROOT": str(work / "mnt")}
@@ -294,13 +296,18 @@ class Bench:
         live.mkdir()
         self.start()
         self.add_volume("bench", live)
-        self.sequential(native, live)
-        self.random_io(native, live)
-        self.metadata(native, live)
-        self.rsync(native, live)
-        self.flat(live)
-        self.snapshot_creation()
-        self.memory()
+        sections: dict[str, Callable[[], None]] = {
+            "sequential": lambda: self.sequential(native, live),
+            "random": lambda: self.random_io(native, live),
+            "metadata": lambda: self.metadata(native, live),
+            "rsync": lambda: self.rsync(native, live),
+            "flat": lambda: self.flat(live),
+            "snapshot": self.snapshot_creation,
+            "memory": self.memory,
+        }
+        for name, section in sections.items():
+            if self.only is None or name in self.only:
+                section()
 
     def sequential(self, native: Path, live: Path) -> None:
         s = self.sizes
@@ -508,11 +515,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a run of a few minutes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--only", metavar="SECTIONS",
+                        help=f"comma-separated sections to run ({', '.join(SECTIONS)}); all by default")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it mounts FUSE and drops the page cache)")
     work = Path(tempfile.mkdtemp(prefix="shadowfs-bench-", dir="/var/tmp"))
-    bench = Bench(work, Sizes(args.quick))
+    only = set(args.only.split(",")) if args.only else None
+    if only is not None and only - set(SECTIONS):
+        raise SystemExit(f"bench: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}; "
+                         f"known: {', '.join(SECTIONS)}")
+    bench = Bench(work, Sizes(args.quick), only)
     try:
         bench.run()
     finally:
