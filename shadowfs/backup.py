@@ -32,18 +32,20 @@ import gc
 import os
 import stat
 from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from shadowfs.changes import ObjectChanges, PathReader, changed_ranges, tree_at_new, tree_from_map
-from shadowfs.media import layout
+from shadowfs.media import layout, stateindex
 from shadowfs.media.imagewriter import ImageWriter
 from shadowfs.media.layout import ImageInfo, MediaError
 from shadowfs.media.reader import Image, find_base
 from shadowfs.media.records import KINDS, DataRef, Record, RecordError, volume_name
 from shadowfs.media.state import ChainState, VolumeState
+from shadowfs.media.stateindex import StateIndex, VolumeIndex
 from shadowfs.safefs import split_parent
 from shadowfs.snaptree import Meta, SourceTree, SparseReader
 
@@ -133,12 +135,17 @@ class _Run:
     """One backup run: the writer, the counters, progress."""
 
     def __init__(self, writer: ImageWriter, progress: Progress | None,
-                 failures: FailureSink | None = None) -> None:
+                 failures: FailureSink | None = None, index: StateIndex | None = None) -> None:
         self.writer = writer
         self.progress = progress
         self.failures = failures
         self.files = 0
         self.bytes = 0
+        # The new image's state index: the base's, which the fast path still reads while records
+        # are emitted, so they wait in `pending`; a fresh one takes every record at once.
+        self.index = index if index is not None else StateIndex()
+        self.defer = index is not None
+        self.pending: list[Record] = []
 
     def fail(self, record: Record, message: str) -> bool:
         """Report a component file that cannot be read; True when the caller should leave it out."""
@@ -165,6 +172,10 @@ class _Run:
 
     def emit(self, record: Record) -> None:
         self.writer.add_record(record)
+        if self.defer:
+            self.pending.append(record)
+        else:
+            self.index.add(self.writer.info.id, record)
         if record.op == "put" and record.kind != "dir":
             self.files += 1
         if self.progress is not None:
@@ -172,13 +183,17 @@ class _Run:
                            "path": f"{record.volume}:{record.path}"})
 
     def store(self, src: SourceTree, path: str, size: int, how: str = "full",
-              regions: list[tuple[int, int]] | None = None) -> tuple[DataRef, str | None]:
-        fd = src.open_file(path)
+              regions: list[tuple[int, int]] | None = None, fd: int = -1) -> tuple[DataRef, str | None]:
+        """Store the file at `path` (or open as `fd`, which stays the caller's) as one blob."""
+        own = fd < 0
+        if own:
+            fd = src.open_file(path)
         try:
             reader = SparseReader(fd, size, regions)
             ref = self.writer.add_blob(reader.chunks(), how)
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
         ref.extents = reader.extents
         self.bytes += reader.bytes
         return ref, reader.sha256
@@ -206,7 +221,8 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
         raise MediaError(str(exc)) from None
     volumes = sorted(sources)
     base: Image | None = None
-    state = ChainState(lambda owner, pack: None)
+    base_index: StateIndex | None = None
+    chain: ChainState | None = None
     if type in ("incremental", "differential", "log"):
         base = Image(media, base_image) if base_image else find_base(media, type, volumes)
         if base is None:
@@ -217,7 +233,10 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
         if base.info.type not in allowed:
             raise MediaError(f"image {base.id} is a {base.info.type} image: "
                              f"a {type} backup cannot build on it")
-        state = fold_chain(media, base.info.chain + [base.id])
+        base_index = stateindex.load(base)
+        if base_index is None:
+            chain = fold_chain(media, base.info.chain + [base.id])
+            base_index = stateindex.from_chain(chain)
     info = ImageInfo(id=layout.new_image_id(), created=utc_now(), type=type, set_id=set_id,
                      volumes=[{"name": v, "source": os.path.abspath(sources[v]),
                                **(volume_info or {}).get(v, {})} for v in volumes],
@@ -230,21 +249,25 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
                 writer.add_document("bcd", documents.bcd)
             for wmd in documents.wmds:
                 writer.add_document("wmd", wmd)
-        run = _Run(writer, progress, failures)
+        run = _Run(writer, progress, failures, base_index)
         for volume in volumes:
             plan = (plans or {}).get(volume) or VolumePlan()
             with SourceTree(sources[volume], hidden=hidden) as src:
                 if type == "log":
                     _log(run, volume, src, plan)
                     continue
-                if base is None or volume not in state.volumes:
+                if base is None or base_index is None or volume not in base_index.volumes:
                     _full(run, volume, src, plan)
                     continue
                 hint = (changed_hint or {}).get(volume)
-                if hint is not None and _hint_fits(base, volume, hint, state.volumes[volume], src):
-                    _fast(run, volume, src, plan, state.volumes[volume], hint)
+                if hint is not None and _hint_fits(base, volume, hint, base_index.volumes[volume], src):
+                    _fast(run, volume, src, plan, base_index.volumes[volume], hint)
                 else:
-                    _compare(run, volume, src, plan, state.volumes[volume])
+                    if chain is None:
+                        chain = fold_chain(media, base.info.chain + [base.id])
+                    _compare(run, volume, src, plan, chain.volumes[volume])
+        run.index.apply(info.id, run.pending)
+        writer.add_state_index(run.index.encode(info.id))
         if late_documents is not None:
             late = late_documents()
             if late.bcd is not None:
@@ -389,18 +412,19 @@ def _compare(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Vo
     _emit_puts(run, puts)
 
 
-def _hint_fits(base: Image, volume: str, hint: ObjectChanges, vstate: VolumeState, src: SourceTree) -> bool:
+def _hint_fits(base: Image, volume: str, hint: ObjectChanges, vindex: VolumeIndex, src: SourceTree) -> bool:
     """Whether the candidates really lead from the base image's snapshot to this tree."""
     recorded = next((v for v in base.info.volumes if v.get("name") == volume), {})
-    if recorded.get("seq") != hint.base or "" not in vstate.entries:
+    if recorded.get("seq") != hint.base or "" not in vindex.entries:
         return False
     root = src.meta("")
-    return root is not None and root.ino == vstate.entries[""].record.ino
+    return root is not None and root.ino == vindex.entries[""].ino
 
 
-def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeState,
+def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeIndex,
           changes: ObjectChanges) -> None:
-    map_b = {path: (entry.record.ino, KINDS[entry.record.kind]) for path, entry in base.entries.items()}
+    base.settle()
+    map_b = {path: (entry.ino, KINDS[entry.kind]) for path, entry in base.entries.items()}
     tree_b = tree_from_map(map_b)
     paths_b: dict[int, list[str]] = {}
     for path, (ino, _) in map_b.items():
@@ -420,7 +444,9 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
     chosen = {ino for path, (ino, _) in map_n.items()
               if not is_stable(path) or ino in changes.inodes or path in plan.alternates or plan.always(path)}
     puts: dict[str, Record] = {}
-    for ino in chosen:
+    order = sorted(chosen, key=lambda i: path_key(paths_n[i][0]))  # directory by directory
+    _warm(src, [paths_n[ino][0] for ino in order])
+    for ino in order:
         group = [p for p in paths_n[ino] if not (map_n[p][1] != stat.S_IFDIR and plan.drops(p))]
         if group and map_n[group[0]][1] != stat.S_IFDIR:
             group = [p for p in group if p not in plan.keep or plan.always(p)]
@@ -455,7 +481,26 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
     _emit_puts(run, puts)
 
 
-def _fast_data(run: _Run, src: SourceTree, record: Record, meta: Meta, base: VolumeState,
+def _warm(src: SourceTree, paths: list[str], threads: int = 8) -> None:
+    """Look `paths` up from several threads at once. On a cold cache every lookup waits for the
+    disk, one after the other in the loop that reads them; in parallel the disk (and the snapshot
+    browser, which serves requests concurrently) overlap them, and the loop then finds them cached.
+    Only lstat is done here, so a symlink on the way can mislead a lookup but never a read."""
+    if len(paths) < 2 * threads:
+        return
+
+    def look(path: str) -> None:
+        try:
+            os.stat(path, dir_fd=src.tree.root_fd, follow_symlinks=False)
+        except OSError:
+            pass
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(look, paths):
+            pass
+
+
+def _fast_data(run: _Run, src: SourceTree, record: Record, meta: Meta, base: VolumeIndex,
                changes: ObjectChanges, base_paths: list[str], stable: bool, plan: VolumePlan) -> None:
     path = record.path
     if path in plan.alternates:
@@ -464,30 +509,30 @@ def _fast_data(run: _Run, src: SourceTree, record: Record, meta: Meta, base: Vol
         record.data, record.sha256 = run.store(src, source, meta.size)
         return
     before = next((base.entries[p] for p in base_paths if p in base.entries
-                   and base.entries[p].record.ino == meta.ino and base.entries[p].record.kind == "file"),
-                  None)
+                   and base.entries[p].ino == meta.ino and base.entries[p].kind == "file"), None)
     if before is None:
         record.data, record.sha256 = run.store(src, path, meta.size)
         return
-    old_size = before.record.size
-    ranges: list[tuple[int, int]] = []
-    if meta.ino in changes.inodes:
-        fd = src.open_file(path)
-        try:
-            ranges = changed_ranges(changes, meta.ino, old_size, meta.size,
-                                    lambda off, n: os.pread(fd, n, off))
-        finally:
+    old_size = before.size
+    fd = src.open_file(path) if meta.ino in changes.inodes else -1
+    try:
+        ranges = [] if fd < 0 else changed_ranges(changes, meta.ino, old_size, meta.size,
+                                                  lambda off, n: os.pread(fd, n, off))
+        changed = bool(ranges) or old_size != meta.size
+        if stable:  # the chain restores this very object at this path: patch it in place
+            if changed:
+                record.data, _ = run.store(src, path, meta.size, "patch", ranges, fd=fd)
+            else:
+                record.data, record.sha256 = DataRef("keep"), before.sha256
+            return
+        whole = base.whole_of(before)
+        if not changed and whole is not None:
+            image, ref = whole
+            record.data = DataRef("ref", list(ref.extents), ref.pack, ref.offset, ref.length, ref.sha256,
+                                  image)
+            record.sha256 = before.sha256
+            return
+        record.data, record.sha256 = run.store(src, path, meta.size, fd=fd)
+    finally:
+        if fd >= 0:
             os.close(fd)
-    changed = bool(ranges) or old_size != meta.size
-    if stable:  # the chain restores this very object at this path: patch it in place
-        if changed:
-            record.data, _ = run.store(src, path, meta.size, "patch", ranges)
-        else:
-            record.data, record.sha256 = DataRef("keep"), before.record.sha256
-        return
-    if not changed and before.whole is not None:
-        image, ref = before.whole
-        record.data = DataRef("ref", list(ref.extents), ref.pack, ref.offset, ref.length, ref.sha256, image)
-        record.sha256 = before.record.sha256
-        return
-    record.data, record.sha256 = run.store(src, path, meta.size)

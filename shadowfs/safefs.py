@@ -55,6 +55,22 @@ _PLAIN_PATH = re.compile(r"(?:[^/\0]{1,255}/)*[^/\0]{1,255}\Z", re.ASCII)
 _DOT_PART = re.compile(r"(?:\A|/)\.\.?(?:/|\Z)")
 
 
+_PLAIN_LINES = re.compile(r"(?:(?:[^/\0\n]{1,255}/)*[^/\0\n]{1,255}\n)*\Z", re.ASCII)
+_DOT_PART_LINES = re.compile(r"(?:^|/)\.\.?(?:/|$)", re.MULTILINE)
+
+
+def check_rel_paths(paths: list[str]) -> None:
+    """`check_rel_path` of every path, in one regular-expression pass when they are all plain."""
+    rest = [p for p in paths if p != ""]
+    if rest and all(type(p) is str for p in rest):
+        joined = "\n".join(rest) + "\n"
+        if (joined.isascii() and max(map(len, rest)) <= PATH_MAX and joined.count("\n") == len(rest)
+                and _PLAIN_LINES.match(joined) and not _DOT_PART_LINES.search(joined)):
+            return
+    for path in rest:
+        check_rel_path(path)
+
+
 def check_rel_path(path: str) -> list[str]:
     """The components of a path relative to a tree root ("" is the root itself)."""
     if not isinstance(path, str):

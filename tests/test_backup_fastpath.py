@@ -10,15 +10,20 @@ fallback makes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shadowfs import changes, media
 from shadowfs.backup import backup
 from shadowfs.manifest import differences
+from shadowfs.media import layout
 from shadowfs.restore import restore
 from tests.coresim import CoreSim
 from tests.simload import BLOCK, SimLoad
@@ -123,3 +128,118 @@ def test_fast_chain_random(sim: CoreSim, tmp_path: Path, seed: int) -> None:
         assert puts == {op for op in slow_ops if op[0] == "put"}  # same decisions, without comparing all
         # the fast path also deletes a path whose object was replaced by another (and puts it again)
         assert {op for op in fast_ops - slow_ops if op[0] == "delete"} <= {("delete", p) for _, p in puts}
+
+
+# ---- the state index -----------------------------------------------------------------------------
+
+
+def _chain_with_index(sim: CoreSim, store: str) -> tuple[str, int]:
+    """A full image of a small tree, its snapshot's sequence, and a change after it."""
+    sim.mkdir("d")
+    for i in range(20):
+        sim.create(f"d/f{i}", os.urandom(2000))
+    s0 = sim.snapshot("s0")
+    full = backup({"v": sim.backing}, store, "full", volume_info={"v": {"seq": s0}})
+    sim.write("d/f3", 10, b"changed")
+    sim.unlink("d/f4")
+    return full, s0
+
+
+def _rewrite_index(store: str, image_id: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change an image's state.json and its COMPLETE entry, as a consistent (malicious) writer would."""
+    root = Path(store) / image_id
+    doc = json.loads((root / "state.json").read_bytes())
+    edit(doc)
+    data = json.dumps(doc).encode()
+    (root / "state.json").write_bytes(data)
+    complete = json.loads((root / "COMPLETE").read_bytes())
+    files = complete["files"]
+    files["state.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (root / "COMPLETE").write_bytes(layout.complete_document(image_id, files))
+
+
+def test_fast_incremental_reads_the_index_not_the_manifests(sim: CoreSim, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path / "media")
+    full, s0 = _chain_with_index(sim, store)
+    s1 = sim.snapshot("s1")
+
+    def no_fold(*args: object) -> None:
+        raise AssertionError("the fast path folded the chain's manifests")
+
+    monkeypatch.setattr("shadowfs.backup.fold_chain", no_fold)
+    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": changes.scan(sim.area, s0, s1)},
+                 volume_info={"v": {"seq": s1}})
+    monkeypatch.undo()
+    ops = {(r.op, r.path) for r in _records(store, inc)}
+    assert ops == {("put", "d"), ("put", "d/f3"), ("delete", "d/f4")}
+    assert media.verify(store) == []  # verify checks every index against the folded manifests
+    out = str(tmp_path / "out")
+    restore(store, inc, out)
+    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
+    assert not diff, "\n".join(diff)
+
+
+def test_damaged_index_is_reported_and_the_backup_folds_instead(sim: CoreSim, tmp_path: Path) -> None:
+    store = str(tmp_path / "media")
+    full, s0 = _chain_with_index(sim, store)
+    index = Path(store) / full / "state.json"
+    sound = index.read_bytes()
+    raw = bytearray(sound)
+    raw[len(raw) // 2] ^= 0x01
+    index.write_bytes(bytes(raw))
+    assert any("state.json" in str(p) for p in media.verify(store, full))
+    s1 = sim.snapshot("s1")
+    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": changes.scan(sim.area, s0, s1)},
+                 volume_info={"v": {"seq": s1}})
+    with pytest.raises(media.MediaError, match="state.json"):
+        restore(store, inc, str(tmp_path / "refused"))  # damaged media is refused, whichever file
+    index.write_bytes(sound)
+    assert media.verify(store) == []
+    out = str(tmp_path / "out")
+    restore(store, inc, out)
+    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
+    assert not diff, "\n".join(diff)
+
+
+def test_index_that_disagrees_with_the_manifests_is_reported(sim: CoreSim, tmp_path: Path) -> None:
+    store = str(tmp_path / "media")
+    full, _ = _chain_with_index(sim, store)
+
+    def grow(doc: dict[str, Any]) -> None:
+        doc["volumes"]["v"]["size"][1] += 1
+
+    _rewrite_index(store, full, grow)
+    problems = [str(p) for p in media.verify(store, full)]
+    assert problems == [f"image {full}: state.json disagrees with the manifests of its chain"]
+
+
+@pytest.mark.parametrize("bad_path", ["../outside", "/etc", "d/../../x", "a//b", "d/..", "nowhere/f"])
+def test_index_with_an_unsafe_path_is_not_used(sim: CoreSim, tmp_path: Path, bad_path: str) -> None:
+    store = str(tmp_path / "media")
+    full, s0 = _chain_with_index(sim, store)
+
+    def plant(doc: dict[str, Any]) -> None:
+        columns = doc["volumes"]["v"]
+        columns["path"].append(bad_path)
+        for name, value in (("ino", 999999), ("kind", "file"), ("size", 0), ("sha256", None),
+                            ("whole", None)):
+            columns[name].append(value)
+
+    root = Path(store) / full
+    sound = {name: (root / name).read_bytes() for name in ("state.json", "COMPLETE")}
+    _rewrite_index(store, full, plant)
+    assert media.verify(store, full) != []
+    s1 = sim.snapshot("s1")
+    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": changes.scan(sim.area, s0, s1)},
+                 volume_info={"v": {"seq": s1}})
+    assert all(r.path != bad_path for r in _records(store, inc))
+    with pytest.raises(media.MediaError, match="state.json"):
+        restore(store, inc, str(tmp_path / "refused"))
+    for name, data in sound.items():
+        (root / name).write_bytes(data)
+    out = str(tmp_path / "out")
+    restore(store, inc, out)
+    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
+    assert not diff, "\n".join(diff)
+    assert sorted(os.listdir(out)) == ["v"]

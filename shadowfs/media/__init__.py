@@ -14,6 +14,7 @@ Modules:
 | `imagewriter` | crash-safe writing of one image (`.incomplete-<id>/`, fsync, COMPLETE, rename) |
 | `reader` | complete images, their records and blobs, chains, base images |
 | `state` | the tree a chain describes; every rule a restore relies on |
+| `stateindex` | that tree saved beside each image (`state.json`), so a backup need not fold the chain |
 | `verify` | every checksum, marker and chain; problems named by image and file |
 """
 

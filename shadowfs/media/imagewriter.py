@@ -153,6 +153,10 @@ class ImageWriter:
         self._write_file(name, xml.encode() if isinstance(xml, str) else bytes(xml))
         return name
 
+    def add_state_index(self, data: bytes) -> None:
+        """Store the chain's state index (`media.stateindex`)."""
+        self._write_file(layout.STATE_INDEX, data)
+
     def _write_file(self, name: str, data: bytes) -> None:
         try:
             fd = os.open(os.path.join(self.path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,

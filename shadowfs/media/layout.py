@@ -6,6 +6,8 @@
       <image id>/                      a complete image (only ever made by a rename)
         image.json                     what the image is (ImageInfo)
         manifest.jsonl                 one record per line (records.py)
+        state.json                     what the chain up to this image restores (stateindex.py;
+                                       optional: a shortcut for the next backup, never for restore)
         documents/bcd.xml              the Backup Components Document, if any
         documents/wmd-<n>.xml          every Writer Metadata Document, n = 1, 2, ...
         data/<n>.pack                  blobs, one after another (n = 000000, 000001, ...)
@@ -50,6 +52,7 @@ VERSION = 1
 SUPPORTED_FEATURES: frozenset[str] = frozenset()
 IMAGE_JSON = "image.json"
 MANIFEST = "manifest.jsonl"
+STATE_INDEX = "state.json"
 COMPLETE = "COMPLETE"
 DOCUMENTS = "documents"
 DATA = "data"
@@ -195,7 +198,8 @@ def parse_complete(data: bytes, image_id: str) -> dict[str, dict[str, Any]]:
     if not isinstance(files, dict):
         raise MediaError(f"image {image_id}: {COMPLETE} has no file table")
     for name, item in files.items():
-        if not (name in (IMAGE_JSON, MANIFEST) or PACK_NAME_RE.match(name) or DOC_NAME_RE.match(name)):
+        if not (name in (IMAGE_JSON, MANIFEST, STATE_INDEX) or PACK_NAME_RE.match(name)
+                or DOC_NAME_RE.match(name)):
             raise MediaError(f"image {image_id}: {COMPLETE} lists an unexpected file {name!r}")
         if not isinstance(item, dict) or not isinstance(item.get("size"), int) \
                 or not isinstance(item.get("sha256"), str):

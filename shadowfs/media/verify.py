@@ -18,7 +18,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from shadowfs.media import layout
+from shadowfs.media import layout, stateindex
 from shadowfs.media.layout import MediaError
 from shadowfs.media.reader import Image, image_names
 from shadowfs.media.records import Record
@@ -131,8 +131,22 @@ def verify_image(media: str, image_id: str) -> list[Problem]:
             state.apply(earlier, images[earlier].info.type, images[earlier].records())
         state.apply(image_id, image.info.type, own)
     except MediaError as exc:
-        problems.append(Problem(image_id, str(exc)))
-    return problems
+        return problems + [Problem(image_id, str(exc))]
+    return problems + [Problem(image_id, p) for p in _check_state_index(image, state)]
+
+
+def _check_state_index(image: Image, state: ChainState) -> list[str]:
+    """The image's state index, if it has one, must say what folding its chain says."""
+    if layout.STATE_INDEX not in image.files:
+        return []
+    try:
+        index = stateindex.decode(image.read_checked(layout.STATE_INDEX), image.id,
+                                  [*image.info.chain, image.id])
+    except MediaError as exc:
+        return [str(exc)]
+    if index.comparable() != stateindex.from_chain(state).comparable():
+        return [f"image {image.id}: {layout.STATE_INDEX} disagrees with the manifests of its chain"]
+    return []
 
 
 def _check_chain_order(image: Image, images: dict[str, Image]) -> list[str]:

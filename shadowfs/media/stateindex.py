@@ -1,0 +1,264 @@
+"""The state index: what an image's chain restores, saved beside the image for the next backup.
+
+One job: keep, per image, the folded state of its chain (every path of every
+volume with its inode, kind, size, content checksum and where its whole
+content lives) in one compact file, ``state.json``, so that an incremental or
+differential backup learns its base in one JSON parse instead of parsing and
+folding every manifest of the chain (`shadowfs.media.state`), which costs
+tens of microseconds per file.
+
+Invariants:
+- the index of image I describes exactly what `ChainState` gives after
+  applying I's chain and I (`from_chain` builds that; `media verify` compares
+  the two);
+- it is listed in ``COMPLETE`` like every other file of the image, so damage is
+  caught by its checksum;
+- it is only ever a shortcut for backups: restore and verify fold the
+  manifests themselves. A missing, damaged or malformed index makes `load`
+  return None and the backup fold the chain instead; so does one whose paths
+  are unsafe (`check_rel_paths`) or lack a parent directory.
+
+Format::
+
+    {"format": "shadowfs-state", "version": 1, "image": id,
+     "volumes": {name: {"path": [...], "ino": [...], "kind": [...], "size": [...],
+                        "sha256": [hex or null, ...],
+                        "whole": [null or [image, pack, offset, length, sha256, extents], ...]}}}
+
+the lists of one volume parallel, the root ``""`` among the paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from shadowfs.media.layout import STATE_INDEX, MediaError
+from shadowfs.media.reader import Image
+from shadowfs.media.records import IMAGE_ID_RE, KINDS, SHA256_RE, DataRef, Record
+from shadowfs.media.state import ChainState
+from shadowfs.safefs import UnsafePath, check_rel_paths
+
+log = logging.getLogger(__name__)
+
+FORMAT = "shadowfs-state"
+VERSION = 1
+
+Whole = tuple[str, DataRef]
+
+
+class IndexEntry(NamedTuple):
+    """One path of a volume as the chain restores it."""
+
+    ino: int
+    kind: str
+    size: int
+    sha256: str | None
+    whole: list[Any] | None  # as stored: [image, pack, offset, length, sha256, extents]; see `whole_of`
+
+
+class VolumeIndex:
+    """Every path of one volume: path -> `IndexEntry`. Deletes are folded in lazily, in one pass.
+
+    `images` are the images an entry's content may live in (the chain); content locations are
+    checked against them when read (`whole_of`), not when loaded: a backup reads a few of them."""
+
+    def __init__(self, entries: dict[str, IndexEntry] | None = None, images: set[str] | None = None) -> None:
+        self.entries: dict[str, IndexEntry] = entries if entries is not None else {}
+        self.images: set[str] = images if images is not None else set()
+        self._dead_dirs: set[str] = set()
+
+    def whole_of(self, entry: IndexEntry) -> Whole | None:
+        """(image, blob) holding the entry's whole content, or None; MediaError if malformed."""
+        return None if entry.whole is None else _decode_whole(entry.whole, self.images, "state index")
+
+    def delete(self, path: str) -> None:
+        """Remove `path` and, if it is a directory, everything below it."""
+        entry = self.entries.pop(path, None)
+        if entry is not None and entry.kind == "dir":
+            self._dead_dirs.add(path)
+
+    def settle(self) -> None:
+        """Drop every path below a deleted directory (call before puts and reads)."""
+        if not self._dead_dirs:
+            return
+        dead = self._dead_dirs
+
+        def below_dead(path: str) -> bool:
+            while path:
+                path = path.rpartition("/")[0]
+                if path in dead:
+                    return True
+            return False
+
+        self.entries = {p: e for p, e in self.entries.items() if not below_dead(p)}
+        self._dead_dirs = set()
+
+    def put(self, image_id: str, record: Record) -> None:
+        """Apply one put record of image `image_id` (after `settle`), as `ChainState` does."""
+        existing = self.entries.get(record.path)
+        whole: list[Any] | None = None
+        if record.link is not None:
+            leader = self.entries.get(record.link)
+            whole = leader.whole if leader is not None else None
+        elif record.data is not None:
+            data = record.data
+            if data.how == "full":
+                whole = _whole_json((image_id, data))
+            elif data.how == "ref" and data.image is not None:
+                whole = _whole_json((data.image, data))
+            elif data.how == "keep":
+                whole = existing.whole if existing is not None else None
+        if record.partial is not None:
+            whole = None
+        self.images.add(image_id)
+        self.entries[record.path] = IndexEntry(record.ino, record.kind, record.size, record.sha256, whole)
+
+
+class StateIndex:
+    """Every volume of one image's chain."""
+
+    def __init__(self, volumes: dict[str, VolumeIndex] | None = None) -> None:
+        self.volumes: dict[str, VolumeIndex] = volumes if volumes is not None else {}
+
+    def apply(self, image_id: str, records: Iterable[Record]) -> None:
+        """Fold one image's records (checked ones: they come from our own writer or the manifest)."""
+        for record in records:
+            self.add(image_id, record)
+
+    def add(self, image_id: str, record: Record) -> None:
+        volume = self.volumes.setdefault(record.volume, VolumeIndex())
+        if record.op == "delete":
+            volume.delete(record.path)
+        else:
+            volume.settle()
+            volume.put(image_id, record)
+
+    def encode(self, image_id: str) -> bytes:
+        volumes: dict[str, Any] = {}
+        for name, volume in sorted(self.volumes.items()):
+            volume.settle()
+            items = volume.entries.items()
+            volumes[name] = {
+                "path": [p for p, _ in items],
+                "ino": [e.ino for _, e in items],
+                "kind": [e.kind for _, e in items],
+                "size": [e.size for _, e in items],
+                "sha256": [e.sha256 for _, e in items],
+                "whole": [e.whole for _, e in items],
+            }
+        doc = {"format": FORMAT, "version": VERSION, "image": image_id, "volumes": volumes}
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False,
+                          check_circular=False).encode("utf-8", "surrogateescape")
+
+    def comparable(self) -> dict[str, dict[str, tuple[Any, ...]]]:
+        """Every entry as plain values (how a content location was reached does not matter)."""
+        out: dict[str, dict[str, tuple[Any, ...]]] = {}
+        for name, volume in self.volumes.items():
+            volume.settle()
+            if volume.entries:
+                out[name] = {p: (e.ino, e.kind, e.size, e.sha256, e.whole) for p, e in volume.entries.items()}
+        return out
+
+
+def _whole_json(whole: Whole) -> list[Any]:
+    image, ref = whole
+    return [image, ref.pack, ref.offset, ref.length, ref.sha256, [list(e) for e in ref.extents]]
+
+
+def from_chain(state: ChainState) -> StateIndex:
+    """The index of a folded chain."""
+    index = StateIndex()
+    for name, volume in state.volumes.items():
+        entries = {}
+        for path, item in volume.entries.items():
+            record = item.record
+            entries[path] = IndexEntry(record.ino, record.kind, record.size, record.sha256,
+                                       None if item.whole is None else _whole_json(item.whole))
+        index.volumes[name] = VolumeIndex(entries, set(state.applied))
+    return index
+
+
+def decode(data: bytes, image_id: str, chain: list[str]) -> StateIndex:
+    """Parse an index; MediaError names what is wrong. `chain` is the image's chain, itself included."""
+    try:
+        doc = json.loads(data.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        raise MediaError(f"image {image_id}: {STATE_INDEX} is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION \
+            or doc.get("image") != image_id or not isinstance(doc.get("volumes"), dict):
+        raise MediaError(f"image {image_id}: {STATE_INDEX} is not a version {VERSION} state index "
+                         "of this image")
+    images = set(chain)
+    index = StateIndex()
+    for name, columns in doc["volumes"].items():
+        where = f"image {image_id}: {STATE_INDEX}: volume {name}"
+        index.volumes[name] = _decode_volume(columns, images, where)
+    return index
+
+
+def load(image: Image) -> StateIndex | None:
+    """The image's index, or None when it has none or it is damaged (the caller folds the chain)."""
+    if STATE_INDEX not in image.files:
+        return None
+    try:
+        return decode(image.read_checked(STATE_INDEX), image.id, [*image.info.chain, image.id])
+    except MediaError as exc:
+        log.warning("%s; folding the chain's manifests instead", exc)
+        return None
+
+
+_COLUMNS = ("path", "ino", "kind", "size", "sha256", "whole")
+
+
+def _decode_volume(columns: Any, images: set[str], where: str) -> VolumeIndex:
+    """Checked column by column with set and regular-expression operations: a volume of many
+    paths loads in milliseconds, and nothing in it is trusted until checked."""
+    if not isinstance(columns, dict) or not all(isinstance(columns.get(c), list) for c in _COLUMNS):
+        raise MediaError(f"{where}: missing columns")
+    paths, inos, kinds, sizes, shas, wholes = (columns[c] for c in _COLUMNS)
+    if len({len(paths), len(inos), len(kinds), len(sizes), len(shas), len(wholes)}) != 1 or not paths:
+        raise MediaError(f"{where}: columns of different lengths, or empty")
+    digests = [h for h in shas if h is not None]
+    if not (set(map(type, paths)) == {str} and set(map(type, inos)) == {int} and min(inos) >= 0
+            and set(kinds) <= KINDS.keys() and set(map(type, sizes)) == {int} and min(sizes) >= 0
+            and set(map(type, digests)) <= {str} and set(map(len, digests)) <= {64}
+            and _DIGESTS.fullmatch("\n".join(digests) + "\n")
+            and set(map(type, wholes)) <= {list, type(None)}):
+        raise MediaError(f"{where}: a value of the wrong type")
+    rows = zip(inos, kinds, sizes, shas, wholes, strict=True)
+    entries = dict(zip(paths, map(IndexEntry._make, rows), strict=True))
+    if "" not in entries or entries[""].kind != "dir" or len(entries) != len(paths):
+        raise MediaError(f"{where}: no root directory, or a path twice")
+    try:
+        check_rel_paths(paths)
+    except UnsafePath as exc:
+        raise MediaError(f"{where}: {exc}") from None
+    dirs = {p for p, k in zip(paths, kinds, strict=True) if k == "dir"}
+    orphans = {p.rpartition("/")[0] for p in paths if p} - dirs
+    if orphans:
+        raise MediaError(f"{where}: {sorted(orphans)[0]!r} is not a directory, but has entries")
+    return VolumeIndex(entries, images)
+
+
+_DIGESTS = re.compile(r"(?:[0-9a-f]{64}\n)*\n?", re.ASCII)
+
+
+def _decode_whole(value: Any, images: set[str], where: str) -> Whole:
+    if not (isinstance(value, list) and len(value) == 6):
+        raise MediaError(f"{where}: malformed content location")
+    image, pack, offset, length, sha, extents = value
+    if not (type(image) is str and IMAGE_ID_RE.match(image) and image in images and type(pack) is int
+            and type(offset) is int and type(length) is int and min(pack, offset, length) >= 0
+            and type(sha) is str and SHA256_RE.match(sha) and isinstance(extents, list)
+            and all(isinstance(e, list) and len(e) == 2 and type(e[0]) is int and type(e[1]) is int
+                    and e[0] >= 0 and e[1] > 0 for e in extents)
+            and sum(e[1] for e in extents) == length):
+        raise MediaError(f"{where}: malformed content location")
+    return image, DataRef("full", [(e[0], e[1]) for e in extents], pack, offset, length, sha)
+
+
+__all__ = ["STATE_INDEX", "IndexEntry", "StateIndex", "VolumeIndex", "decode", "from_chain", "load"]
