@@ -145,6 +145,19 @@ def _chain_with_index(sim: CoreSim, store: str) -> tuple[str, int]:
     return full, s0
 
 
+def _incremental(sim: CoreSim, store: str, base_seq: int) -> str:
+    seq = sim.snapshot(f"after-{base_seq}")
+    hint = changes.scan(sim.area, base_seq, seq)
+    return backup({"v": sim.backing}, store, "incremental", changed_hint={"v": hint},
+                  volume_info={"v": {"seq": seq}})
+
+
+def _assert_restores_the_backing(sim: CoreSim, store: str, image: str, out: str) -> None:
+    restore(store, image, out)
+    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
+    assert not diff, "\n".join(diff)
+
+
 def _rewrite_index(store: str, image_id: str, edit: Callable[[dict[str, Any]], None]) -> None:
     """Change an image's state.json and its COMPLETE entry, as a consistent (malicious) writer would."""
     root = Path(store) / image_id
@@ -162,22 +175,17 @@ def test_fast_incremental_reads_the_index_not_the_manifests(sim: CoreSim, tmp_pa
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     store = str(tmp_path / "media")
     full, s0 = _chain_with_index(sim, store)
-    s1 = sim.snapshot("s1")
 
     def no_fold(*args: object) -> None:
         raise AssertionError("the fast path folded the chain's manifests")
 
     monkeypatch.setattr("shadowfs.backup.fold_chain", no_fold)
-    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": changes.scan(sim.area, s0, s1)},
-                 volume_info={"v": {"seq": s1}})
+    inc = _incremental(sim, store, s0)
     monkeypatch.undo()
     ops = {(r.op, r.path) for r in _records(store, inc)}
     assert ops == {("put", "d"), ("put", "d/f3"), ("delete", "d/f4")}
     assert media.verify(store) == []  # verify checks every index against the folded manifests
-    out = str(tmp_path / "out")
-    restore(store, inc, out)
-    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
-    assert not diff, "\n".join(diff)
+    _assert_restores_the_backing(sim, store, inc, str(tmp_path / "out"))
 
 
 def test_damaged_index_is_reported_and_the_backup_folds_instead(sim: CoreSim, tmp_path: Path) -> None:
@@ -189,17 +197,12 @@ def test_damaged_index_is_reported_and_the_backup_folds_instead(sim: CoreSim, tm
     raw[len(raw) // 2] ^= 0x01
     index.write_bytes(bytes(raw))
     assert any("state.json" in str(p) for p in media.verify(store, full))
-    s1 = sim.snapshot("s1")
-    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": changes.scan(sim.area, s0, s1)},
-                 volume_info={"v": {"seq": s1}})
+    inc = _incremental(sim, store, s0)
     with pytest.raises(media.MediaError, match="state.json"):
         restore(store, inc, str(tmp_path / "refused"))  # damaged media is refused, whichever file
     index.write_bytes(sound)
     assert media.verify(store) == []
-    out = str(tmp_path / "out")
-    restore(store, inc, out)
-    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
-    assert not diff, "\n".join(diff)
+    _assert_restores_the_backing(sim, store, inc, str(tmp_path / "out"))
 
 
 def test_index_that_disagrees_with_the_manifests_is_reported(sim: CoreSim, tmp_path: Path) -> None:
@@ -230,16 +233,11 @@ def test_index_with_an_unsafe_path_is_not_used(sim: CoreSim, tmp_path: Path, bad
     sound = {name: (root / name).read_bytes() for name in ("state.json", "COMPLETE")}
     _rewrite_index(store, full, plant)
     assert media.verify(store, full) != []
-    s1 = sim.snapshot("s1")
-    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": changes.scan(sim.area, s0, s1)},
-                 volume_info={"v": {"seq": s1}})
+    inc = _incremental(sim, store, s0)
     assert all(r.path != bad_path for r in _records(store, inc))
     with pytest.raises(media.MediaError, match="state.json"):
         restore(store, inc, str(tmp_path / "refused"))
     for name, data in sound.items():
         (root / name).write_bytes(data)
-    out = str(tmp_path / "out")
-    restore(store, inc, out)
-    diff = differences(tree_manifest(sim.backing, HIDDEN), tree_manifest(os.path.join(out, "v")))
-    assert not diff, "\n".join(diff)
-    assert sorted(os.listdir(out)) == ["v"]
+    _assert_restores_the_backing(sim, store, inc, str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["v"]
