@@ -10,6 +10,9 @@ Invariants:
   boundaries so a freed extent can be returned to the filesystem whole.
 - ``sync`` runs before the LMDB commit that references new extents, so a
   committed reference never points at bytes that are not durable.
+- Readers may pread from several threads at once; the descriptor is opened
+  once (under a lock) and closed only when no reader uses it any more (the
+  browser defers closing a diff area until its readers are done).
 - An extent is punched out only after the commit that dropped its last
   reference (the ``freed`` database records it transactionally), so a crash
   never leaves a reference to a hole. Bytes appended by a transaction that
@@ -19,7 +22,9 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import threading
 
 ALIGN = 4096
 FILE_NAME = "blocks.dat"
@@ -45,17 +50,23 @@ class BlockStore:
         self.path = os.path.join(directory, FILE_NAME)
         self.writable = writable
         self._fd: int | None = None
+        self._open_lock = threading.Lock()
         self._tail = 0
         self._dirty = False
         if writable:
             self._open()
 
     def _open(self) -> int:
-        if self._fd is None:
-            flags = os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY
-            self._fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
-            self._tail = _aligned(os.fstat(self._fd).st_size)
-        return self._fd
+        fd = self._fd
+        if fd is not None:
+            return fd
+        with self._open_lock:  # readers of the browser open it lazily from several threads
+            if self._fd is None:
+                flags = os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY
+                fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+                self._tail = _aligned(os.fstat(fd).st_size)
+                self._fd = fd
+            return self._fd
 
     def close(self) -> None:
         if self._fd is not None:
@@ -83,6 +94,17 @@ class BlockStore:
         if len(data) != length:
             raise OSError(f"{self.path}: extent at {offset} is cut short ({len(data)} of {length} bytes)")
         return data
+
+    def readinto(self, offset: int, out: memoryview) -> None:
+        """Fill `out` with the bytes at `offset` (several threads may read at once)."""
+        fd = self._open()
+        done = 0
+        while done < len(out):
+            count = os.preadv(fd, [out[done:]], offset + done)
+            if count == 0:
+                raise OSError(errno.EIO, f"{self.path}: extent at {offset} is cut short "
+                              f"({done} of {len(out)} bytes)")
+            done += count
 
     def punch(self, offset: int, length: int) -> None:
         """Give an extent no reference needs back to the filesystem."""

@@ -3,8 +3,11 @@
 One job: run `browserfs.BrowserOperations` at ``--mount PATH`` and serve the
 daemon's control channel (``--control-fd N``, `ipc` frames)::
 
-    python -m shadowfs.browserproc --control-fd N --mount PATH
+    python -m shadowfs.browserproc --control-fd N --mount PATH [--threads T]
 
+- ``--threads T`` (default ``$SHADOWFS_BROWSER_THREADS``, else 0) serves
+  blocking reads and lookups in up to T worker threads; 0 serves them on the
+  trio thread, which is faster where cores are few and the disk is fast;
 - creates PATH if missing, mounts it ("ro,nosuid,nodev", fsname
   shadowfs-snapshots), then sends ``{"event": "ready"}``;
 - ``{"id", "op": "volumes", "volumes": [{"name", "index", "diff_area"}]}``
@@ -28,6 +31,7 @@ import argparse
 import errno
 import logging
 import os
+import resource
 import signal
 import sys
 from typing import Any
@@ -36,7 +40,7 @@ import pyfuse3
 import trio
 
 from shadowfs import fuseutil, ipc
-from shadowfs.browserfs import FSNAME, MAX_VOLUME_INDEX, BrowserOperations
+from shadowfs.browserfs import FSNAME, MAX_VOLUME_INDEX, MAX_WORKER_THREADS, BrowserOperations
 
 log = logging.getLogger("shadowfs.browserproc")
 
@@ -109,8 +113,14 @@ async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
             return
 
 
+# pyfuse3 starts a reader task whenever none is idle and ends one whenever more than
+# `min_tasks` are idle: with the default of 1, a handler that finishes without waiting
+# makes it start and end a task for every request. Two idle readers keep that churn away.
+MIN_FUSE_TASKS = 2
+
+
 async def _serve_fuse(cancel_scope: trio.CancelScope) -> None:
-    await pyfuse3.main()
+    await pyfuse3.main(min_tasks=MIN_FUSE_TASKS)
     log.info("the mount went away")
     cancel_scope.cancel()
 
@@ -134,10 +144,11 @@ def prepare_mount_point(mount: str) -> None:
     os.makedirs(mount, mode=0o755, exist_ok=True)
 
 
-async def run(control_fd: int, mount: str) -> int:
+async def run(control_fd: int, mount: str, threads: int = 0) -> int:
     """Mount, announce ready, serve until told to stop; the exit status."""
     channel = ipc.Channel.from_fd(control_fd)
-    ops = BrowserOperations()
+    _raise_fd_limit()
+    ops = BrowserOperations(threads)
     try:
         prepare_mount_point(mount)
         fuseutil.raise_readahead_after_init(ops, mount)
@@ -171,11 +182,34 @@ def main(argv: list[str] | None = None) -> int:
                                      description="shadowfs snapshot browser process")
     parser.add_argument("--control-fd", type=int, required=True, help="inherited control socket")
     parser.add_argument("--mount", required=True, help="where to mount the snapshot browser")
+    parser.add_argument("--threads", type=int, default=_default_threads(),
+                        help="worker threads for blocking reads (0: serve them on the event loop)")
     parser.add_argument("--debug", action="store_true", help="log debug messages")
     args = parser.parse_args(argv)
+    if not 0 <= args.threads <= MAX_WORKER_THREADS:
+        parser.error(f"--threads must be in 0..{MAX_WORKER_THREADS}")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="shadowfs browser[%(process)d] %(levelname)s %(name)s: %(message)s")
-    return trio.run(run, args.control_fd, os.path.abspath(args.mount))
+    return trio.run(run, args.control_fd, os.path.abspath(args.mount), args.threads)
+
+
+def _raise_fd_limit() -> None:
+    """Allow as many descriptors as the hard limit: every open file has one of its own,
+    besides the cached ones (1024 per volume), so the usual soft limit of 1024 is short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d: %s", soft, exc)
+
+
+def _default_threads() -> int:
+    """$SHADOWFS_BROWSER_THREADS (the daemon starts the browser without --threads)."""
+    try:
+        return int(os.environ.get("SHADOWFS_BROWSER_THREADS", "0"))
+    except ValueError:
+        return 0
 
 
 if __name__ == "__main__":

@@ -275,6 +275,61 @@ class DiffArea:
                     found[block] = fmt.decode_block_ref(cursor.value())
         return found
 
+    def block_refs_range(self, txn: lmdb.Transaction, ino: int, start: int, stop: int,
+                         seq: int) -> dict[int, BlockRef]:
+        """`block_refs` for the blocks [start, stop) of one file, in one cursor walk that
+        jumps over blocks without a pre-image (one ``set_range`` per captured block)."""
+        prefix = fmt.blocks_prefix(ino)
+        key_length = len(prefix) + 8 + fmt.SEQ_BYTES
+        cursor = txn.cursor(db=self.preimages)
+        found: dict[int, BlockRef] = {}
+        positioned = cursor.set_range(fmt.preimage_key(fmt.block_object(ino, start), seq))
+        while positioned:
+            key = cursor.key()
+            if len(key) != key_length or not key.startswith(prefix):
+                break
+            block = fmt.read_u64(key, len(prefix))
+            if block >= stop:
+                break
+            if fmt.read_u64(key, len(prefix) + 8) >= seq:  # the smallest sequence >= seq
+                found[block] = fmt.decode_block_ref(cursor.value())
+                block += 1
+            # else: only older pre-images of this block so far: jump to its keys >= seq
+            positioned = cursor.set_range(fmt.preimage_key(fmt.block_object(ino, block), seq))
+        return found
+
+    def read_blocks_into(self, refs: dict[int, BlockRef], out: memoryview, offset: int) -> None:
+        """Put the bytes behind `refs` (block -> ref of one file) into `out`, which holds the
+        file's bytes from `offset` on and is zero where the blocks are.
+
+        Blocks that follow each other in the file and whose extents follow each other
+        in blocks.dat (captured together) are read with one preadv straight into
+        `out`; zero blocks and the bytes past a short image need no read.
+        """
+        end = offset + len(out)
+        for first, start, length in self._extent_runs(refs):
+            low, high = max(offset, first * fmt.BLOCK_SIZE), min(end, first * fmt.BLOCK_SIZE + length)
+            if low < high:
+                self.blocks.readinto(start + low - first * fmt.BLOCK_SIZE, out[low - offset:high - offset])
+
+    @staticmethod
+    def _extent_runs(refs: dict[int, BlockRef]) -> list[tuple[int, int, int]]:
+        """(first block, extent offset, length) of each run of stored blocks that is
+        contiguous both in the file and in blocks.dat."""
+        runs: list[tuple[int, int, int]] = []
+        for block in sorted(refs):
+            ref = refs[block]
+            if ref.offset is None:
+                continue
+            if runs:
+                first, start, length = runs[-1]
+                if (first * fmt.BLOCK_SIZE + length == block * fmt.BLOCK_SIZE  # previous was full
+                        and start + length == ref.offset and length + ref.length <= MAX_COALESCED_READ):
+                    runs[-1] = (first, start, length + ref.length)
+                    continue
+            runs.append((block, ref.offset, ref.length))
+        return runs
+
     def read_blocks(self, refs: dict[int, BlockRef]) -> dict[int, bytes]:
         """The bytes behind `refs`; extents that follow each other in blocks.dat (blocks
         captured together) are read with one pread."""

@@ -13,7 +13,18 @@ Invariants:
   renames after the snapshot do not matter.
 - ``<backing>/.shadowfs`` is hidden from the volume root, whose link count
   leaves it out too.
-- A snapshot deleted while being read answers ESTALE instead of wrong data.
+- A snapshot deleted while being read answers ESTALE instead of wrong data:
+  every read ends with a transaction that checks the snapshot still exists,
+  so captured bytes read before it cannot come from an extent that its
+  deletion punched out (punching follows the deletion's commit).
+- A `SnapshotView` and `LiveObjects` may be used from several threads at
+  once: each call begins and ends its own LMDB read transaction (py-lmdb opens
+  environments with MDB_NOTLS, so a transaction is not tied to its thread
+  but must not be shared), and cached descriptors are borrowed, never closed
+  while borrowed. Directory listings use a descriptor of their own (a
+  directory's read position is per open file).
+- Data reads assemble their result in place: live runs and captured extents
+  are read with preadv straight into one buffer.
 """
 
 from __future__ import annotations
@@ -21,19 +32,44 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import lmdb
 
 from shadowfs import format as fmt
 from shadowfs.capture import attr_from_stat, block_span
 from shadowfs.diffarea import DiffArea
-from shadowfs.format import BLOCK_SIZE, AttrRecord, DirentRecord
+from shadowfs.format import BLOCK_SIZE, AttrRecord, BlockRef, DirentRecord
 from shadowfs.osutil import list_xattrs, open_by_ino
+
+_GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+@dataclass
+class _Cached:
+    """One cached descriptor; `pins` counts the threads using it right now."""
+
+    fd: int
+    pins: int = 0
+    dead: bool = False  # dropped from the cache (closed LiveObjects): close at the last give-back
 
 
 class LiveObjects:
     """Descriptors of live backing objects of one volume, by inode, least recently used out.
+
+    Safe to use from several threads at once: a descriptor is *borrowed* for
+    the length of one use, and the LRU never closes a borrowed descriptor (it
+    may hold more than `capacity` for as long as that many are borrowed), so a
+    thread can never find its descriptor closed, or its number reused for
+    another file, in the middle of a call. The lock is never held across a
+    system call that can wait on the disk.
 
     A cached descriptor keeps its inode allocated, which is harmless: shadowfs
     only reaches inodes that a snapshot still needs.
@@ -43,30 +79,75 @@ class LiveObjects:
         self.root_fd = root_fd
         self.root_ino = os.fstat(root_fd).st_ino
         self._capacity = capacity
-        self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._fds: OrderedDict[tuple[int, int], _Cached] = OrderedDict()
+        self._closed = False
 
-    def fd(self, ino: int, flags: int = os.O_PATH | os.O_NOFOLLOW) -> int:
+    @contextmanager
+    def borrow(self, ino: int, flags: int = _PATH_FLAGS) -> Iterator[int]:
+        """A descriptor of inode `ino` opened with `flags`, open until the block ends."""
+        entry = self._acquire(ino, flags)
+        try:
+            yield entry.fd
+        finally:
+            self._give_back(entry)
+
+    def open(self, ino: int, flags: int = _READ_FLAGS) -> int:
+        """A new descriptor of `ino`, owned by the caller (not cached)."""
+        return open_by_ino(self.root_fd, ino, flags)
+
+    def _acquire(self, ino: int, flags: int) -> _Cached:
         key = (ino, flags)
-        fd = self._fds.get(key)
-        if fd is not None:
-            self._fds.move_to_end(key)
-            return fd
-        fd = open_by_ino(self.root_fd, ino, flags)
-        self._fds[key] = fd
-        if len(self._fds) > self._capacity:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
-        return fd
+        with self._lock:
+            entry = self._fds.get(key)
+            if entry is not None:
+                entry.pins += 1
+                self._fds.move_to_end(key)
+                return entry
+        fd = open_by_ino(self.root_fd, ino, flags)  # may read the inode from disk: unlocked
+        with self._lock:
+            entry = self._fds.get(key)
+            if entry is not None or self._closed:  # another thread was quicker, or closed
+                if entry is None:
+                    return _Cached(fd, pins=1, dead=True)
+                os.close(fd)
+                entry.pins += 1
+                self._fds.move_to_end(key)
+                return entry
+            entry = self._fds[key] = _Cached(fd, pins=1)
+            self._evict()
+            return entry
+
+    def _evict(self) -> None:
+        """Close the least recently used unborrowed descriptors beyond the capacity (lock held)."""
+        excess = len(self._fds) - self._capacity
+        if excess <= 0:
+            return
+        victims = []
+        for key, entry in self._fds.items():
+            if entry.pins == 0:
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            os.close(self._fds.pop(key).fd)
+
+    def _give_back(self, entry: _Cached) -> None:
+        with self._lock:
+            entry.pins -= 1
+            if entry.dead and entry.pins == 0:
+                os.close(entry.fd)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
-_GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        """Close every descriptor; one still borrowed is closed when it is given back."""
+        with self._lock:
+            self._closed = True
+            for entry in self._fds.values():
+                if entry.pins == 0:
+                    os.close(entry.fd)
+                else:
+                    entry.dead = True
+            self._fds.clear()
 
 
 class SnapshotView:
@@ -87,22 +168,25 @@ class SnapshotView:
 
     # ---- attributes ------------------------------------------------------
 
-    def _live_attr(self, ino: int, with_xattrs: bool) -> AttrRecord | None:
+    def _live_attr(self, ino: int, with_xattrs: bool, fd: int | None = None) -> AttrRecord | None:
+        if fd is not None:  # the caller's own descriptor of a regular file
+            return attr_from_stat(os.fstat(fd), b"", list_xattrs(fd) if with_xattrs else None)
         try:
-            fd = self.live.fd(ino)
-            st = os.fstat(fd)
-            target = b""
-            if (st.st_mode & 0o170000) == 0o120000:
-                target = os.fsencode(os.readlink("", dir_fd=fd))
-            return attr_from_stat(st, target, list_xattrs(fd) if with_xattrs else None)
+            with self.live.borrow(ino) as fd:
+                st = os.fstat(fd)
+                target = b""
+                if (st.st_mode & 0o170000) == 0o120000:
+                    target = os.fsencode(os.readlink("", dir_fd=fd))
+                return attr_from_stat(st, target, list_xattrs(fd) if with_xattrs else None)
         except OSError as exc:
             if exc.errno in _GONE:
                 return None
             raise
 
-    def attr(self, ino: int, *, with_xattrs: bool = False) -> AttrRecord:
-        """The object's attributes at the snapshot; ENOENT if it did not exist then."""
-        live = self._live_attr(ino, with_xattrs)
+    def attr(self, ino: int, *, with_xattrs: bool = False, fd: int | None = None) -> AttrRecord:
+        """The object's attributes at the snapshot; ENOENT if it did not exist then. `fd`: the
+        caller's descriptor of the live object, if it has one (saves opening another)."""
+        live = self._live_attr(ino, with_xattrs, fd)
         txn = self._txn_checked()
         try:
             record = self.area.attr_at(txn, ino, self.seq)
@@ -137,7 +221,8 @@ class SnapshotView:
             raise OSError(errno.ENOENT, "no such entry")
         live: DirentRecord | None = None
         try:
-            st = os.stat(name, dir_fd=self.live.fd(dir_ino), follow_symlinks=False)
+            with self.live.borrow(dir_ino) as dir_fd:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             live = DirentRecord(st.st_ino, (st.st_mode & 0o170000) >> 12)
         except OSError as exc:
             if exc.errno not in _GONE:
@@ -157,10 +242,16 @@ class SnapshotView:
         """Every entry of `dir_ino` at the snapshot, sorted by name."""
         entries: dict[bytes, DirentRecord] = {}
         try:
-            with os.scandir(self.live.fd(dir_ino, _DIR_FLAGS)) as scan:
-                for entry in scan:
-                    name = os.fsencode(entry.name)
-                    entries[name] = DirentRecord(entry.inode(), 0)
+            # a descriptor of its own: a directory's read position is shared by every user
+            # of one descriptor, so two threads listing through a cached one would mix up
+            dir_fd = self.live.open(dir_ino, _DIR_FLAGS)
+            try:
+                with os.scandir(dir_fd) as scan:
+                    for entry in scan:
+                        name = os.fsencode(entry.name)
+                        entries[name] = DirentRecord(entry.inode(), 0)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
             if exc.errno not in _GONE:
                 raise
@@ -181,51 +272,135 @@ class SnapshotView:
     # ---- data ------------------------------------------------------------
 
     def read(self, ino: int, offset: int, size: int, file_size: int) -> bytes:
-        """Bytes [offset, offset+size) of a regular file whose size at the snapshot is given.
+        """Bytes [offset, offset+size) of a regular file whose size at the snapshot is given."""
+        return bytes(self.read_buffer(ino, offset, size, file_size))
+
+    def read_buffer(self, ino: int, offset: int, size: int, file_size: int,
+                    fd: int | None = None) -> bytes | bytearray:
+        """`read`, but the result may be a bytearray (no copy); `fd` is the caller's descriptor
+        of the live file open for reading (else one is borrowed from the cache)."""
+        return self.read_hinted(ino, offset, size, file_size, fd)[0]
+
+    def read_hinted(self, ino: int, offset: int, size: int, file_size: int, fd: int | None = None,
+                    *, live_first: bool = False) -> tuple[bytes | bytearray, bool]:
+        """`read_buffer`, and whether any block came from the diff area.
+
+        `live_first` (for a file that had no captured block when last read): read
+        everything live and look up only once, afterwards: by the read-validate
+        argument one lookup after the live read is enough, so the common case costs
+        one transaction. Captured blocks found then are read over the live bytes.
+        Without it:
 
         Blocks with a pre-image come from the diff area and the live file is not
-        read for them; the others are read live and then looked up once more in a
-        new transaction (read-validate): a pre-image that appeared meanwhile wins.
+        read for them; the others are read live straight into the result. Then a
+        new transaction checks that the snapshot still exists (so captured bytes
+        read meanwhile were not punched out by its deletion: ESTALE instead) and
+        looks the live blocks up once more (read-validate): a pre-image that
+        appeared meanwhile wins, and the check repeats for the bytes it brought.
         """
         size = max(0, min(size, file_size - offset))
         if size == 0:
-            return b""
+            return b"", False
         span = block_span(offset, size)
-        images = self._block_images(ino, span)
-        missing = [block for block in span if block not in images]
-        live = b""
-        live_start = offset
-        if missing:
-            live_start = max(offset, missing[0] * BLOCK_SIZE)
-            live_end = min(offset + size, (missing[-1] + 1) * BLOCK_SIZE)
+        refs = {} if live_first else self._block_refs(ino, span.start, span.stop)
+        captured = bool(refs)
+        live = [block for block in span if block not in refs]
+        if not refs:  # the common case: one pread, no buffer to assemble
+            result: bytes | bytearray = self._pread_live(ino, fd, offset, size)
+        else:
+            result = bytearray(size)
+            self._read_live_runs(ino, fd, memoryview(result), offset, live)
+            self.area.read_blocks_into(refs, memoryview(result), offset)
+        while True:
+            refs = self._block_refs(ino, span.start, span.stop, only=live)
+            if not refs:
+                return result, captured
+            captured = True
+            if not isinstance(result, bytearray):
+                result = bytearray(result)
+            out = memoryview(result)
+            self._clear_blocks(out, offset, refs)
+            self.area.read_blocks_into(refs, out, offset)
+            live = [block for block in live if block not in refs]
+
+    def _block_refs(self, ino: int, start: int, stop: int,
+                    only: list[int] | None = None) -> dict[int, BlockRef]:
+        """Where the captured blocks among [start, stop) (or among `only`) of `ino` are, in a
+        transaction that first checks that the snapshot exists."""
+        if only is not None and not only:
+            start = stop  # nothing to look up, but the snapshot check still runs
+        txn = self._txn_checked()
+        try:
+            if start >= stop or not self.area.blocks_captured(txn, ino, self.seq):
+                return {}  # the common case: no block of this file was ever captured
+            refs = self.area.block_refs_range(txn, ino, start, stop, self.seq)
+        finally:
+            txn.abort()
+        if only is not None:
+            wanted = set(only)
+            refs = {block: ref for block, ref in refs.items() if block in wanted}
+        return refs
+
+    def _pread_live(self, ino: int, fd: int | None, offset: int, size: int) -> bytes:
+        """Live bytes [offset, offset+size); zeros past the live file's end or if it is gone."""
+        data = b""
+        try:
+            if fd is not None:
+                data = os.pread(fd, size, offset)
+            else:
+                with self.live.borrow(ino, _READ_FLAGS) as own:
+                    data = os.pread(own, size, offset)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        if len(data) < size:  # the live file is shorter: zeros, or captured (validated later)
+            data += bytes(size - len(data))
+        return data
+
+    def _read_live_runs(self, ino: int, fd: int | None, out: memoryview, offset: int,
+                        blocks: list[int]) -> None:
+        """Read the live bytes of `blocks` (ascending) into `out`, which holds the file from
+        `offset`; one preadv per run of adjacent blocks. Bytes past the live end stay zero."""
+        if not blocks:
+            return
+        if fd is None:
+            with self.live.borrow(ino, _READ_FLAGS) as own:
+                self._read_live_runs(ino, own, out, offset, blocks)
+            return
+        end = offset + len(out)
+        for first, last in _runs(blocks):
+            low, high = max(offset, first * BLOCK_SIZE), min(end, (last + 1) * BLOCK_SIZE)
             try:
-                live = os.pread(self.live.fd(ino, _READ_FLAGS), live_end - live_start, live_start)
+                _preadv_full(fd, out[low - offset:high - offset], low)
             except OSError as exc:
                 if exc.errno not in _GONE:
                     raise
-            if len(live) < live_end - live_start:  # the live file is shorter: zeros, or captured
-                live += bytes(live_end - live_start - len(live))
-            images.update(self._block_images(ino, missing))
-        if not images:
-            return live
-        buffer = bytearray(size)
-        for block in span:
-            start = block * BLOCK_SIZE
-            low, high = max(start, offset), min(start + BLOCK_SIZE, offset + size)
-            image = images.get(block)
-            if image is None:
-                buffer[low - offset:high - offset] = live[low - live_start:high - live_start]
-            else:
-                piece = image[low - start:high - start]
-                buffer[low - offset:low - offset + len(piece)] = piece  # past its end: zeros
-        return bytes(buffer)
 
-    def _block_images(self, ino: int, blocks: list[int] | range) -> dict[int, bytes]:
-        txn = self._txn_checked()
-        try:
-            if not self.area.blocks_captured(txn, ino, self.seq):
-                return {}  # the common case: no block of this file was ever captured
-            refs = self.area.block_refs(txn, ino, blocks, self.seq)
-        finally:
-            txn.abort()
-        return self.area.read_blocks(refs) if refs else {}
+    @staticmethod
+    def _clear_blocks(out: memoryview, offset: int, blocks: dict[int, BlockRef]) -> None:
+        """Zero the bytes of `blocks` in `out` (live bytes read before a pre-image was found)."""
+        end = offset + len(out)
+        for block in blocks:
+            low, high = max(offset, block * BLOCK_SIZE), min(end, (block + 1) * BLOCK_SIZE)
+            out[low - offset:high - offset] = bytes(high - low)
+
+
+def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive numbers in an ascending list."""
+    first = last = blocks[0]
+    for block in blocks[1:]:
+        if block != last + 1:
+            yield first, last
+            first = block
+        last = block
+    yield first, last
+
+
+def _preadv_full(fd: int, out: memoryview, offset: int) -> None:
+    """Fill `out` from `offset`; stops early (rest untouched) at the end of the file."""
+    done = 0
+    while done < len(out):
+        count = os.preadv(fd, [out[done:]], offset + done)
+        if count == 0:
+            return
+        done += count
