@@ -34,7 +34,7 @@ Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
     {"op": "volume_remove", "name", "force": bool} -> {"removed", "snapshots_deleted"}
     {"op": "snapshot_create", "volumes": [names], "context"?, "writers"?: bool|[ids], "freeze_timeout"?, ...}
         -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
-            "writers": [...]}                          (shadowfs.service.broker)
+            "held_ms": {volume: ms}, "writers": [...]}  (shadowfs.service.broker)
     {"op": "snapshot_list"} -> {"snapshots": [{id, set_id, volume, created, seq, path, diff_area_bytes,
                                                context, attributes}]}
     {"op": "snapshot_delete", "snapshot": SNAPSHOT_ID|SET_ID} -> {"deleted": [...], "freed"}
@@ -61,6 +61,7 @@ from shadowfs import config, fuseutil, ipc
 from shadowfs.config import ConfigError, Volume, VolumeTable
 from shadowfs.diffarea import DiffArea, DiffAreaError
 from shadowfs.service import BoundedChannel, Service, protocol
+from shadowfs.service.broker import TakenSet
 
 log = logging.getLogger("shadowfs.daemon")
 
@@ -683,7 +684,7 @@ class Daemon:
             self._ready_channel(name)
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
-                       created: str) -> dict[str, int]:
+                       created: str) -> TakenSet:
         channels = {name: self._ready_channel(name) for name in names}
         return await self._take_set(channels, set_id, ids, created)
 
@@ -699,40 +700,55 @@ class Daemon:
         return await self._all_snapshots()
 
     async def _take_set(self, channels: dict[str, ipc.Channel], set_id: str, ids: dict[str, str],
-                        created: str) -> dict[str, int]:
-        """Hold all, commit each, release all (always); on failure undo what was committed."""
-        committed: dict[str, int] = {}
+                        created: str) -> TakenSet:
+        """Hold all, then commit-and-release each; release all still held (always); on failure
+        undo what was committed.
+
+        Each volume's gate opens in the same request that records its snapshot: every
+        volume was held at the moment the last hold answered, and none changed between
+        that moment and its own commit, so the set is that one instant, and a change
+        reaching a volume after its release is captured under the new snapshot. This saves
+        the hold a round trip to the daemon. The replies say how long each mount process
+        kept its gate closed.
+        """
+        taken = TakenSet()
         try:
             errors = await self._on_all(channels, lambda _n: {"op": "hold", "timeout": HOLD_TIMEOUT},
                                         HOLD_TIMEOUT, "hold")
             if not errors:
-                seqs: dict[str, int] = {}
                 errors = await self._on_all(
                     channels, lambda n: {"op": "commit", "snapshot_id": ids[n], "set_id": set_id,
-                                         "created": created}, HOLD_TIMEOUT, "commit", seqs)
-                committed.update(seqs)
+                                         "created": created, "release": True}, HOLD_TIMEOUT, "commit",
+                    taken.note_commit)
             if errors:
                 raise ipc.RequestError("snapshot set aborted: " + "; ".join(errors))
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._undo(channels, committed)
+                await self._undo(channels, taken.seqs)
             raise
         finally:
+            held = {n: c for n, c in channels.items() if n not in taken.held_ms}
             with trio.CancelScope(shield=True):
-                await self._on_all(channels, lambda _n: {"op": "release"}, RELEASE_TIMEOUT, "release")
-        return committed
+                await self._on_all(held, lambda _n: {"op": "release"}, RELEASE_TIMEOUT, "release",
+                                   taken.note_release)
+        return taken
 
     async def _on_all(self, channels: dict[str, ipc.Channel], make: Callable[[str], ipc.Frame],
-                      timeout: float, what: str, seqs: dict[str, int] | None = None) -> list[str]:
-        """Send one request to every volume at once; return one error line per failure."""
+                      timeout: float, what: str,
+                      collect: Callable[[str, ipc.Frame], None] | None = None) -> list[str]:
+        """Send one request to every volume at once; return one error line per failure.
+
+        `collect(volume, reply)` reads each successful reply (KeyError, ValueError or
+        TypeError there counts as that volume's failure).
+        """
         errors: list[str] = []
         answered: set[str] = set()
 
         async def one(name: str, channel: ipc.Channel) -> None:
             try:
                 reply = await channel.call(make(name), timeout=timeout)
-                if seqs is not None:
-                    seqs[name] = int(reply["seq"])
+                if collect is not None:
+                    collect(name, reply)
             except (ipc.RemoteError, ipc.CallTimeout, ipc.ChannelClosed, OSError, KeyError, ValueError,
                     TypeError) as exc:
                 errors.append(f"{what} on volume {name} failed: {exc}")

@@ -35,6 +35,12 @@ Invariants:
   ENOENT, listings omit it, the root's link count leaves it out, nothing can
   be created or renamed onto it.
 - Only `FUSEError` leaves a handler (`fuseutil.fuse_handler`).
+- The kernel may cache names and attributes for long (`IN_PLACE_CACHE_TIMEOUT`)
+  only when the mount is in place: then every change reaches the kernel
+  first, and it invalidates what the change makes stale itself.
+- A file opened write-only is served with direct I/O (`_file_info`); every
+  other open is cached. No writeback cache: a write reaches the handler
+  before write() returns, so the hold gate sees every change.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -55,7 +62,7 @@ import pyfuse3
 import trio
 
 from shadowfs import format as fmt
-from shadowfs.capture import CaptureEngine, block_span
+from shadowfs.capture import CaptureEngine, block_span, blocks_below
 from shadowfs.committer import Committer
 from shadowfs.diffarea import DiffArea
 from shadowfs.fuseutil import fuse_handler
@@ -63,8 +70,15 @@ from shadowfs.osutil import RENAME_EXCHANGE, RENAME_NOREPLACE, open_by_ino, proc
 
 log = logging.getLogger(__name__)
 
-ENTRY_TIMEOUT = 1.0
-ATTR_TIMEOUT = 1.0
+# How long the kernel may trust a name or attributes it got from the mount without asking again.
+# Every change to the volume goes through the mount's handlers, and the kernel invalidates what a
+# change it passed on makes stale, so only a change behind the kernel's back could leave it stale.
+# Mounted in place nothing can make one (the backing tree is hidden under the mount and the mount
+# process itself changes only the hidden .shadowfs), so the kernel may trust its caches for long:
+# that saves a LOOKUP or GETATTR per name touched again (stat, unlink after create...). A separate
+# mount leaves the backing tree reachable beside it, so its caches expire quickly.
+CACHE_TIMEOUT = 1.0
+IN_PLACE_CACHE_TIMEOUT = 60.0
 CAPTURE_AHEAD_MIN = 1 << 20
 CAPTURE_AHEAD_MAX = 16 << 20
 CACHE_LIMIT = 1 << 17  # (ino, block) pairs remembered as captured before the cache is dropped
@@ -114,6 +128,8 @@ class HoldGate:
 
     Changes run concurrently while the gate is open; in-flight tracking is a
     counter and an event. A closed gate parks new changes until `release`.
+    The gate measures how long it stays closed (`release` returns it): that
+    is how long changes on the volume were held for a snapshot.
     """
 
     def __init__(self) -> None:
@@ -121,6 +137,8 @@ class HoldGate:
         self._opened = trio.Event()
         self._opened.set()
         self._in_flight = 0
+        self._entered = 0
+        self._closed_at = 0.0
         self._drained: trio.Event | None = None
         self.on_idle: Callable[[], None] | None = None  # runs whenever no change is in flight
 
@@ -132,11 +150,17 @@ class HoldGate:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def entered(self) -> int:
+        """How many changes have passed the gate so far (a change counter, never reset)."""
+        return self._entered
+
     @asynccontextmanager
     async def change(self) -> AsyncIterator[None]:
         while self._held:
             await self._opened.wait()
         self._in_flight += 1
+        self._entered += 1
         try:
             yield
         finally:
@@ -152,6 +176,7 @@ class HoldGate:
         if self._held:
             raise RuntimeError("the gate is already held")
         self._held = True
+        self._closed_at = time.perf_counter()
         self._opened = trio.Event()
         if self._in_flight == 0:
             return
@@ -165,35 +190,60 @@ class HoldGate:
         finally:
             self._drained = None
 
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._opened.set()
+    def release(self) -> float | None:
+        """Open the gate; returns how many seconds it was closed (None if it was open)."""
+        if not self._held:
+            return None
+        self._held = False
+        self._opened.set()
+        return time.perf_counter() - self._closed_at
 
 
 class CaptureCache:
-    """What is known to need no capture under snapshot `seq`: born objects, captured blocks."""
+    """What is known to need no capture under snapshot `seq`: born objects, captured blocks,
+    and per file the number of blocks that held data at `seq` (blocks from there on, appends
+    included, never need a pre-image), so that a write it covers asks the diff area nothing.
+
+    Everything here stays true while `seq` is the newest snapshot (pre-images at `seq` are
+    written once and never change); `reset` drops it when the newest snapshot changes.
+    """
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self.limit = limit
         self.seq: int | None = None
         self.born: set[int] = set()
         self.blocks: dict[int, set[int]] = {}
+        self.data_blocks: dict[int, int] = {}
         self._count = 0
 
     def reset(self, seq: int | None) -> None:
         self.seq = seq
         self.born.clear()
         self.blocks.clear()
+        self.data_blocks.clear()
         self._count = 0
+
+    def is_born(self, seq: int, ino: int) -> bool:
+        """Whether `ino` is known to be born after snapshot `seq` (False: unknown)."""
+        return seq == self.seq and ino in self.born
 
     def covers(self, seq: int, ino: int, blocks: range) -> bool:
         if seq != self.seq:
             return False
         if ino in self.born:
             return True
+        limit = self.data_blocks.get(ino)
+        if limit is not None and blocks.start >= limit:
+            return True
         known = self.blocks.get(ino)
-        return known is not None and all(block in known for block in blocks)
+        return known is not None and all(block in known for block in blocks
+                                         if limit is None or block < limit)
+
+    def add_data_blocks(self, seq: int, ino: int, count: int) -> None:
+        """`ino` held data in its first `count` blocks at `seq` (from its attribute pre-image)."""
+        if seq == self.seq:
+            self._grow(1)
+            self.data_blocks[ino] = count
 
     def add_born(self, seq: int, ino: int) -> None:
         if seq == self.seq:
@@ -302,8 +352,9 @@ class LiveOperations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, root_fd: int, graveyard_fd: int, area: DiffArea, committer: Committer,
-                 newest: int | None = None) -> None:
+                 newest: int | None = None, *, cache_timeout: float = CACHE_TIMEOUT) -> None:
         super().__init__()
+        self.cache_timeout = cache_timeout  # entry and attribute timeout of every reply
         self.root_fd = root_fd
         self.graveyard_fd = graveyard_fd
         self.area = area
@@ -387,8 +438,8 @@ class LiveOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self._inode(st.st_ino)
         attr.generation = 0
-        attr.entry_timeout = ENTRY_TIMEOUT
-        attr.attr_timeout = ATTR_TIMEOUT
+        attr.entry_timeout = self.cache_timeout
+        attr.attr_timeout = self.cache_timeout
         attr.st_mode = st.st_mode
         # The root's link count leaves the hidden .shadowfs subdirectory out (as snapview does).
         attr.st_nlink = st.st_nlink - 1 if st.st_ino == self.root_ino else st.st_nlink
@@ -412,21 +463,38 @@ class LiveOperations(pyfuse3.Operations):
 
     def _status(self, n: int, attrs: Iterable[int],
                 entries: Iterable[tuple[int, bytes]]) -> tuple[bool, dict[int, bool]]:
-        """(every listed object has its pre-image at >= n, born-after-n flag of each attrs ino)."""
+        """(every listed object has its pre-image at >= n, born-after-n flag of each attrs ino).
+
+        Objects known to be born after `n` (the capture cache) need nothing and no lookup:
+        creating and removing names in a directory made since the newest snapshot costs
+        no diff-area transaction at all.
+        """
+        attrs = list(attrs)
+        entries = list(entries)
+        if all(self.cache.is_born(n, ino) for ino in attrs) and all(
+                self.cache.is_born(n, dir_ino) for dir_ino, _name in entries):
+            return True, dict.fromkeys(attrs, True)
         done = True
         born: dict[int, bool] = {}
         with self.area.read() as txn:
             for ino in attrs:
-                record = self.area.attr_at(txn, ino, n)
+                record = self._attr_record(txn, n, ino)
                 if record is None:
                     done = False
                 born[ino] = record is not None and not record.exists
             for dir_ino, name in entries:
-                record = self.area.attr_at(txn, dir_ino, n)
+                record = self._attr_record(txn, n, dir_ino)
                 if record is None or (record.exists
                                       and self.area.dirent_at(txn, dir_ino, name, n) is None):
                     done = False
         return done, born
+
+    def _attr_record(self, txn: lmdb.Transaction, n: int, ino: int) -> fmt.AttrRecord | None:
+        """The attribute pre-image of `ino` at >= n; one saying "born after n" is remembered."""
+        record = self.area.attr_at(txn, ino, n)
+        if record is not None and not record.exists:
+            self.cache.add_born(n, ino)
+        return record
 
     def _capture_job(self, n: int, attrs: Sequence[int],
                      entries: Sequence[tuple[int, bytes]]) -> Callable[[lmdb.Transaction], None]:
@@ -461,9 +529,11 @@ class LiveOperations(pyfuse3.Operations):
         if self.cache.covers(n, handle.ino, blocks):
             return False
         with self.area.read() as txn:
-            if self.engine.born_after(txn, n, handle.ino):
-                self.cache.add_born(n, handle.ino)
-                return False
+            record = self._attr_record(txn, n, handle.ino)  # remembers a born file
+            if record is not None:
+                if not record.exists:
+                    return False
+                self.cache.add_data_blocks(n, handle.ino, blocks_below(record.size))
             needed = self.engine.write_needs_capture(txn, n, handle.ino, offset, length)
         if not needed:
             self.cache.add_blocks(n, handle.ino, blocks)
@@ -679,17 +749,18 @@ class LiveOperations(pyfuse3.Operations):
                 keep = self._special_bits(ctx, mode, gid)
                 if keep:
                     os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | keep)
-                path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
                 st = os.fstat(fd)
             except BaseException:
                 os.close(fd)
                 self._discard(parent_fd, name, stat.S_IFREG)
                 raise
             self._note_new(n, st.st_ino)
-        self._remember(path_fd, st)
+        # No O_PATH descriptor is cached for the new file: while it is open `_fd` finds its
+        # handle, afterwards it is reopened by number if ever needed (most new files are
+        # only written and closed), which spares every create an open and the cache an eviction.
         fh = self._new_fh()
         self._files[fh] = _File(fd, st.st_ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(st)
+        return _file_info(fh, flags), self._entry(st)
 
     @fuse_handler
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -846,7 +917,7 @@ class LiveOperations(pyfuse3.Operations):
             fd = os.open(path, reopen)
         fh = self._new_fh()
         self._files[fh] = _File(fd, ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return _file_info(fh, flags)
 
     def _file(self, fh: int) -> _File:
         handle = self._files.get(fh)
@@ -962,6 +1033,20 @@ class LiveOperations(pyfuse3.Operations):
         async with self.gate.change():
             await self._capture(self._newest_for(fd), attrs=[ino])
             os.removexattr(proc_path(fd), name)
+
+
+def _file_info(fh: int, flags: int) -> pyfuse3.FileInfo:
+    """The open reply: cached I/O, except direct I/O for a file opened write-only.
+
+    A write-only descriptor can neither read nor be mapped, so the kernel's page
+    cache of the file gains nothing from its writes; with direct I/O the kernel
+    hands the writer's own pages to this process instead of first copying them
+    into that cache (one copy of every byte less, and no second cached copy of
+    the data). Every write still reaches the handler before write() returns, as
+    with cached writes (there is no writeback cache), and the kernel drops the
+    cached pages of the written range, so other descriptors see the new bytes.
+    """
+    return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=flags & os.O_ACCMODE == os.O_WRONLY)
 
 
 def _next_ahead(handle: _File, offset: int, length: int) -> int:

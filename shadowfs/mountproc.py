@@ -14,6 +14,9 @@ Invariants:
   before the gate can open again, so no change slips between the instant and
   the capture rule that protects it. A hold that outlives its timeout opens
   the gate itself, and a later commit fails.
+- The gate measures how long it stays closed; whatever opens it (`release`,
+  or `commit` with `"release": true`, which saves the daemon a round trip
+  while writes wait) replies with that time as `held_ms`.
 - `newest` is always re-read from the diff area after a job that may change
   it, so concurrent commits and deletes cannot leave it stale.
 - When the diff area outgrows its limit the oldest snapshot is deleted (with a
@@ -48,7 +51,7 @@ from shadowfs.capture import remove_from_graveyard
 from shadowfs.committer import Committer
 from shadowfs.diffarea import DiffArea, DiffAreaError
 from shadowfs.format import SnapshotRecord
-from shadowfs.livefs import LiveOperations, run_job
+from shadowfs.livefs import CACHE_TIMEOUT, IN_PLACE_CACHE_TIMEOUT, LiveOperations, run_job
 
 log = logging.getLogger("shadowfs.mountproc")
 
@@ -252,18 +255,7 @@ class MountService:
         scope = self._hold_scope = trio.CancelScope()
         with scope:
             try:
-                await trio.to_thread.run_sync(self._sync_mount)
-                await trio.to_thread.run_sync(osutil.syncfs, self.root_fd)
-                try:
-                    await self.ops.gate.hold(timeout)
-                except trio.TooSlowError:
-                    raise ipc.RequestError(f"changes in flight on volume {self.volume} did not drain "
-                                           f"within {timeout:g} s") from None
-                try:
-                    await trio.to_thread.run_sync(osutil.syncfs, self.root_fd)
-                except BaseException:
-                    self.ops.gate.release()
-                    raise
+                await self._flush_and_close(timeout)
             finally:
                 self._holding = False
         self._hold_scope = None
@@ -276,6 +268,32 @@ class MountService:
         self._hold_committed = False
         self.nursery.start_soon(self._expire_hold, self._hold_id, timeout)
         return {}
+
+    async def _flush_and_close(self, timeout: float) -> None:
+        """DESIGN section 4, step 2: flush while changes flow, close the gate, drain, flush again.
+
+        The second flush covers what changes applied after the first one began left
+        in the backing filesystem's cache; when no change passed the gate since then
+        (none in flight either), there is nothing for it to do and it is skipped, so
+        an idle volume is held only for the commit of the snapshot record.
+        """
+        assert self.ops is not None
+        gate = self.ops.gate
+        entered, busy = gate.entered, gate.in_flight > 0
+        await trio.to_thread.run_sync(self._sync_mount)
+        await trio.to_thread.run_sync(osutil.syncfs, self.root_fd)
+        try:
+            await gate.hold(timeout)
+        except trio.TooSlowError:
+            raise ipc.RequestError(f"changes in flight on volume {self.volume} did not drain "
+                                   f"within {timeout:g} s") from None
+        if not busy and gate.entered == entered:
+            return
+        try:
+            await trio.to_thread.run_sync(osutil.syncfs, self.root_fd)
+        except BaseException:
+            gate.release()
+            raise
 
     def _sync_mount(self) -> None:
         fd = os.open(self.mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -297,6 +315,7 @@ class MountService:
     async def _commit(self, request: ipc.Frame) -> ipc.Frame:
         assert self.ops is not None and self._commit_lock is not None
         fields = {key: _string(request, key) for key in ("snapshot_id", "set_id", "created")}
+        release = request.get("release", False) is True
         async with self._commit_lock:
             if not self.ops.gate.held:
                 if self._hold_expired:
@@ -309,16 +328,26 @@ class MountService:
                 self.committer, lambda txn: self.area.record_snapshot(txn, **fields))
             self._hold_committed = True
             self._refresh_newest()
+            reply: ipc.Frame = {"seq": record.seq}
+            if release:
+                # only now that `newest` names the new snapshot: changes let through are
+                # captured under it
+                reply.update(self._open_gate())
         log.info("snapshot %s recorded as sequence %d", record.snapshot_id, record.seq)
-        return {"seq": record.seq}
+        return reply
 
     async def _release(self, request: ipc.Frame) -> ipc.Frame:
-        assert self.ops is not None
+        """Open the gate (a hold still flushing is cancelled); see `_open_gate` for the reply."""
         if self._hold_scope is not None:
             self._hold_scope.cancel()
-        self._hold_id += 1
-        self.ops.gate.release()
-        return {}
+        return self._open_gate()
+
+    def _open_gate(self) -> ipc.Frame:
+        """Open the gate; `{"held_ms"}`: how long it was closed, if it was (else `{}`)."""
+        assert self.ops is not None
+        self._hold_id += 1  # the hold's expiry timer has nothing left to do
+        held = self.ops.gate.release()
+        return {} if held is None else {"held_ms": round(held * 1000.0, 3)}
 
     async def _delete(self, request: ipc.Frame) -> ipc.Frame:
         seq = _integer(request, "seq")
@@ -506,7 +535,9 @@ def run(args: argparse.Namespace) -> int:
     service = MountService(args, control, root_fd, graveyard_fd, area)
     try:
         service.reconcile_graveyard()
-        ops = LiveOperations(root_fd, graveyard_fd, area, service.committer, service.newest())
+        timeout = IN_PLACE_CACHE_TIMEOUT if mount == backing else CACHE_TIMEOUT
+        ops = LiveOperations(root_fd, graveyard_fd, area, service.committer, service.newest(),
+                             cache_timeout=timeout)
         try:
             fuseutil.raise_readahead_after_init(ops, mount)
             pyfuse3.init(ops, mount, fuseutil.mount_options(f"shadowfs-{args.volume}", read_only=False))

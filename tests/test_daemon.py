@@ -231,6 +231,17 @@ def test_volumes_and_snapshot_sets(daemon: DaemonRun) -> None:
     assert (a / "f").read_text() == "two"
 
 
+def test_snapshot_create_reports_how_long_each_volume_was_held(daemon: DaemonRun) -> None:
+    daemon.add_volume("a")
+    daemon.add_volume("b")
+    daemon.wait_ready()
+    for volumes in (("a", "b"), ("b",)):
+        held = daemon.snapshot(*volumes)["held_ms"]
+        assert sorted(held) == sorted(volumes)
+        assert all(isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0
+                   for ms in held.values())
+
+
 @needs_mountproc
 def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     a = daemon.add_volume("a")

@@ -426,6 +426,34 @@ def test_permission_checks(volume: LiveVolume) -> None:
 # ---- hold, commit, release, delete -----------------------------------------------------------
 
 
+def test_write_only_writers_and_cached_readers_agree(volume: LiveVolume) -> None:
+    """Write-only opens bypass the kernel's page cache; readers and mappings that cached the
+    old bytes see the new ones, and appends grow the size every descriptor sees."""
+    import mmap
+
+    path = volume.path("f")
+    write(path, b"a" * 8192)
+    with open(path, "r+b") as reader:
+        assert reader.read() == b"a" * 8192  # the old bytes are now cached by the kernel
+        mapped = mmap.mmap(reader.fileno(), 8192)
+        try:
+            assert mapped[:4] == b"aaaa"
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                assert os.pwrite(fd, b"b" * 4096, 0) == 4096
+            finally:
+                os.close(fd)
+            reader.seek(0)
+            assert reader.read() == b"b" * 4096 + b"a" * 4096
+            assert mapped[:4] == b"bbbb" and mapped[4096:4100] == b"aaaa"
+        finally:
+            mapped.close()
+    with open(path, "ab") as appender:
+        appender.write(b"c" * 100)
+    assert os.stat(path).st_size == 8292
+    assert read(path)[-101:] == b"a" + b"c" * 100
+
+
 def test_hold_blocks_changes_until_release(separate_volume: LiveVolume) -> None:
     vol = separate_volume
     client = vol.client
@@ -452,6 +480,23 @@ def test_hold_blocks_changes_until_release(separate_volume: LiveVolume) -> None:
     assert done.is_set()
     assert read(vol.path("f")) == b"after!"
     with vol.reader(seq) as snap:
+        assert snap.read("f") == b"before"
+
+
+def test_commit_can_release_and_both_report_the_time_held(separate_volume: LiveVolume) -> None:
+    vol = separate_volume
+    client = vol.client
+    assert client is not None
+    write(vol.path("f"), b"before")
+    client.call("hold", timeout=10.0)
+    reply = client.call("commit", snapshot_id="s1", set_id="set1", created="2026-01-01T00:00:00Z",
+                        release=True)
+    assert reply["held_ms"] >= 0
+    write(vol.path("f"), b"after")  # the gate is open again
+    assert "held_ms" not in client.call("release")  # nothing was left to open
+    client.call("hold", timeout=10.0)
+    assert client.call("release")["held_ms"] >= 0
+    with vol.reader(reply["seq"]) as snap:
         assert snap.read("f") == b"before"
 
 

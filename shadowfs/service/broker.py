@@ -9,7 +9,8 @@ Snapshot-set creation (`Broker.snapshot_create`), DESIGN section 4:
 
     PrepareForSnapshot (all involved writers, concurrently)
     Freeze (all, concurrently, bounded by the freeze timeout)
-    hold / commit / release on every volume (`VolumeOps.take_set`, writes held <= 10 s)
+    hold / commit / release on every volume (`VolumeOps.take_set`, writes held <= 10 s;
+                             the reply's `held_ms` says how long each volume held them)
     Thaw (all, concurrently)
     PostSnapshot (all, concurrently)
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -47,6 +49,31 @@ from shadowfs.service.registry import Outcome, Registry, WriterRecord
 from shadowfs.service.setstore import SetStore
 
 log = logging.getLogger("shadowfs.service")
+
+
+@dataclass
+class TakenSet:
+    """What `VolumeOps.take_set` made: each volume's snapshot sequence, and for how long each
+    volume's changes were held (milliseconds, as its mount process measured its closed gate)."""
+
+    seqs: dict[str, int] = field(default_factory=dict)
+    held_ms: dict[str, float] = field(default_factory=dict)
+
+    def note_commit(self, volume: str, reply: dict[str, Any]) -> None:
+        """Read a commit reply: the sequence, and `held_ms` if the commit also released."""
+        seq = reply["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError(f"seq must be an integer, not {seq!r}")
+        self.seqs[volume] = seq
+        self.note_release(volume, reply)
+
+    def note_release(self, volume: str, reply: dict[str, Any]) -> None:
+        """Read a release reply; one without `held_ms` (its hold had already ended) adds nothing."""
+        held = reply.get("held_ms")
+        if held is not None:
+            if isinstance(held, bool) or not isinstance(held, int | float) or held < 0:
+                raise ValueError(f"held_ms must be a non-negative number, not {held!r}")
+            self.held_ms[volume] = float(held)
 
 
 class VolumeOps(Protocol):
@@ -63,8 +90,9 @@ class VolumeOps(Protocol):
         """RequestError unless every named volume's mount process is ready."""
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
-                       created: str) -> dict[str, int]:
-        """Hold all, commit each, release all; on failure nothing stays and RequestError is raised."""
+                       created: str) -> TakenSet:
+        """Hold all, then commit and release each; on failure nothing stays and RequestError is
+        raised."""
 
     async def delete_set(self, set_id: str) -> int:
         """Delete every snapshot of the set; return how many."""
@@ -223,8 +251,8 @@ class Broker:
                 session.auto_release.append(set_id)
             payload = {**self.payload(session, {**request, "context": context.value}, roots)}
             try:
-                committed, post = await self._sequence(involved, payload, names, set_id, ids, created,
-                                                       event_timeout, freeze_timeout)
+                taken, post = await self._sequence(involved, payload, names, set_id, ids, created,
+                                                   event_timeout, freeze_timeout)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     session.release(involved)
@@ -232,16 +260,17 @@ class Broker:
                     if set_id in session.auto_release:
                         session.auto_release.remove(set_id)
                 raise
-            await trio.to_thread.run_sync(self.sets.finish, set_id)
+            await trio.to_thread.run_sync(self.sets.finish, set_id, taken.held_ms)
             if not context.involves_writers or protocol.document(request, "bcd") is None:
                 session.release(involved)  # no backup document: nothing follows PostSnapshot
         log.info("created snapshot set %s (%s) of %s with %d writer(s)", set_id, context.value,
                  ", ".join(names), len(involved))
         return {"set_id": set_id, "created": created, "context": context.value,
                 "attributes": int(protocol.context_attributes(context)),
-                "snapshots": [{"id": ids[n], "volume": n, "seq": committed[n],
+                "snapshots": [{"id": ids[n], "volume": n, "seq": taken.seqs[n],
                                "path": config.snapshot_path(self.volumes.mount_root, set_id, n)}
                               for n in names],
+                "held_ms": taken.held_ms,
                 "writers": [o.to_json() for o in post]}
 
     @staticmethod
@@ -294,24 +323,24 @@ class Broker:
 
     async def _sequence(self, involved: list[WriterRecord], payload: dict[str, Any], names: list[str],
                         set_id: str, ids: dict[str, str], created: str, event_timeout: float,
-                        freeze_timeout: float | None) -> tuple[dict[str, int], list[Outcome]]:
+                        freeze_timeout: float | None) -> tuple[TakenSet, list[Outcome]]:
         """PrepareForSnapshot, Freeze, hold/commit/release, Thaw, PostSnapshot; abort on any failure."""
-        committed: dict[str, int] = {}
+        taken = TakenSet()
         try:
             await self._step(involved, Event.PREPARE_SNAPSHOT, payload, event_timeout)
             limits = [w.freeze_timeout for w in involved] + ([freeze_timeout] if freeze_timeout else [])
             timeout = min(limits, default=protocol.DEFAULT_FREEZE_TIMEOUT)
             await self._step(involved, Event.FREEZE, payload, timeout)
-            committed = await self.volumes.take_set(names, set_id, ids, created)
+            taken = await self.volumes.take_set(names, set_id, ids, created)
             await self._step(involved, Event.THAW, payload, event_timeout)
         except BaseException:
             with trio.CancelScope(shield=True):
-                if committed:
+                if taken.seqs:
                     await self._delete_quietly(set_id)
                 await self._abort(involved, payload)
             raise
         post = await self.broadcast(involved, Event.POST_SNAPSHOT, payload, event_timeout)
-        return committed, post
+        return taken, post
 
     async def _step(self, involved: list[WriterRecord], event: Event, payload: dict[str, Any],
                     timeout: float) -> None:

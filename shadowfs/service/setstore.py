@@ -6,7 +6,7 @@ set is auto-release survive a daemon restart.
 
 Layout: {"version": 1, "sets": {SET_ID: {"context", "attributes", "created",
 "state": "creating"|"done", "auto_release": bool, "owner_pid", "volumes",
-"writers"}}}.
+"writers", "held_ms": {VOLUME: ms} once done}}}.
 
 Invariants:
 - An entry is written ("creating") before the set's first snapshot is
@@ -73,10 +73,13 @@ class SetStore:
                              "volumes": volumes, "writers": writers}
         self.save()
 
-    def finish(self, set_id: str) -> None:
+    def finish(self, set_id: str, held_ms: dict[str, float] | None = None) -> None:
+        """Mark the set whole; `held_ms` (volume -> how long its changes were held) is kept with it."""
         entry = self.sets.get(set_id)
         if entry is not None:
             entry["state"] = "done"
+            if held_ms is not None:
+                entry["held_ms"] = held_ms
             self.save()
 
     def forget(self, set_ids: list[str]) -> None:
