@@ -23,7 +23,7 @@ import pytest
 from shadowfs import fuseutil, ipc, osutil
 from shadowfs.format import BLOCK_SIZE
 from tests import livefs_fixtures
-from tests.livefs_fixtures import LiveVolume, needs_fuse
+from tests.livefs_fixtures import LiveVolume, MountClient, needs_fuse
 
 volume = livefs_fixtures.volume
 separate_volume = livefs_fixtures.separate_volume
@@ -454,12 +454,18 @@ def test_write_only_writers_and_cached_readers_agree(volume: LiveVolume) -> None
     assert read(path)[-101:] == b"a" + b"c" * 100
 
 
-def test_hold_blocks_changes_until_release(separate_volume: LiveVolume) -> None:
-    vol = separate_volume
+def _held_after_writing_before(vol: LiveVolume) -> MountClient:
+    """The mount's control client, with "before" written to f and the gate then closed."""
     client = vol.client
     assert client is not None
     write(vol.path("f"), b"before")
     client.call("hold", timeout=10.0)
+    return client
+
+
+def test_hold_blocks_changes_until_release(separate_volume: LiveVolume) -> None:
+    vol = separate_volume
+    client = _held_after_writing_before(vol)
     done = threading.Event()
 
     def writer() -> None:
@@ -485,10 +491,7 @@ def test_hold_blocks_changes_until_release(separate_volume: LiveVolume) -> None:
 
 def test_commit_can_release_and_both_report_the_time_held(separate_volume: LiveVolume) -> None:
     vol = separate_volume
-    client = vol.client
-    assert client is not None
-    write(vol.path("f"), b"before")
-    client.call("hold", timeout=10.0)
+    client = _held_after_writing_before(vol)
     reply = client.call("commit", snapshot_id="s1", set_id="set1", created="2026-01-01T00:00:00Z",
                         release=True)
     assert reply["held_ms"] >= 0
