@@ -233,7 +233,8 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
         if base.info.type not in allowed:
             raise MediaError(f"image {base.id} is a {base.info.type} image: "
                              f"a {type} backup cannot build on it")
-        base_index = stateindex.load(base)
+        with no_gc():  # one parse makes many objects at once: collections over them would double its time
+            base_index = stateindex.load(base)
         if base_index is None:
             chain = fold_chain(media, base.info.chain + [base.id])
             base_index = stateindex.from_chain(chain)
@@ -445,6 +446,7 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
               if not is_stable(path) or ino in changes.inodes or path in plan.alternates or plan.always(path)}
     puts: dict[str, Record] = {}
     order = sorted(chosen, key=lambda i: path_key(paths_n[i][0]))  # directory by directory
+    changes.prefetch(order)
     _warm(src, [paths_n[ino][0] for ino in order])
     for ino in order:
         group = [p for p in paths_n[ino] if not (map_n[p][1] != stat.S_IFDIR and plan.drops(p))]
@@ -483,9 +485,11 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
 
 def _warm(src: SourceTree, paths: list[str], threads: int = 8) -> None:
     """Look `paths` up from several threads at once. On a cold cache every lookup waits for the
-    disk, one after the other in the loop that reads them; in parallel the disk (and the snapshot
-    browser, which serves requests concurrently) overlap them, and the loop then finds them cached.
-    Only lstat is done here, so a symlink on the way can mislead a lookup but never a read."""
+    disk, one after the other in the loop that reads them; from threads the kernel overlaps part
+    of those waits (measured: 200 changed files of 20,000, their metadata 0.18 s -> 0.10 s plus
+    0.03 s here), and the loop then finds the entries cached. Only lstat is done here, so a
+    symlink on the way can mislead a lookup but never a read. (Reading the files' data from
+    threads as well gained nothing: the snapshot browser serves one request at a time.)"""
     if len(paths) < 2 * threads:
         return
 

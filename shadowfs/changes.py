@@ -153,6 +153,17 @@ class ObjectChanges:
                 raise DiffAreaError(f"{self.area.path}: base snapshot {self.base} was deleted meanwhile")
             return self.area.block_at(txn, ino, block, self.base)
 
+    def prefetch(self, inos: Iterable[int]) -> None:
+        """Start reading the base pre-images of the captured blocks of `inos` (see `block_at_base`)."""
+        with self.area.read() as txn:
+            for ino in inos:
+                delta = self.inodes.get(ino)
+                if delta is None or not delta.blocks:
+                    continue
+                for ref in self.area.block_refs(txn, ino, sorted(delta.blocks), self.base).values():
+                    if ref.offset is not None:
+                        self.area.blocks.will_need(ref.offset, ref.length)
+
     def entry_names(self) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
         for dir_ino, name in self.entries:

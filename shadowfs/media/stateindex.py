@@ -34,6 +34,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, NamedTuple
 
 from shadowfs.media.layout import STATE_INDEX, MediaError
@@ -230,7 +231,8 @@ def _decode_volume(columns: Any, images: set[str], where: str) -> VolumeIndex:
             and set(map(type, wholes)) <= {list, type(None)}):
         raise MediaError(f"{where}: a value of the wrong type")
     rows = zip(inos, kinds, sizes, shas, wholes, strict=True)
-    entries = dict(zip(paths, map(IndexEntry._make, rows), strict=True))
+    # tuple.__new__ through partial stays in C: IndexEntry._make is a Python call per row
+    entries = dict(zip(paths, map(partial(tuple.__new__, IndexEntry), rows), strict=True))
     if "" not in entries or entries[""].kind != "dir" or len(entries) != len(paths):
         raise MediaError(f"{where}: no root directory, or a path twice")
     try:
