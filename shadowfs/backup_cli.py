@@ -83,7 +83,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     summary = media.open_image(store, outcome.image).summary()
     result = {"image": outcome.image, "set_id": outcome.set_id, "type": args.type, "files": summary["files"],
               "bytes": summary["bytes"], "components": outcome.components, "base": summary["base"],
-              "fast_path": outcome.fast_path, "live_volumes": outcome.live_volumes,
+              "fast_path": outcome.fast_path, "direct": outcome.direct, "live_volumes": outcome.live_volumes,
               "snapshot_kept": bool(args.keep_snapshot), "warnings": outcome.warnings}
     failed = [c for c in outcome.components if not c.get("succeeded", True)]
     if args.json:

@@ -60,6 +60,7 @@ from typing import Any
 
 from shadowfs import changes, config
 from shadowfs.backup import HIDDEN, Documents, Progress, VolumePlan, backup
+from shadowfs.cli import CliError, request_fds
 from shadowfs.diffarea import DiffArea, DiffAreaError
 from shadowfs.documents import (
     BackupComponents as BackupComponentsDocument,
@@ -82,12 +83,14 @@ from shadowfs.documents import (
 )
 from shadowfs.documents.rules import full_path
 from shadowfs.fileset import ComponentFiles, Spec, build_file_sets, spec_covers, specs_for_type
+from shadowfs.frames import close_fds
 from shadowfs.media import Image, MediaError, find_base, open_image
 from shadowfs.media.reader import chain_images
 from shadowfs.media.state import ChainState
 from shadowfs.requester import RequesterError, SyncBackupComponents
 from shadowfs.restore import Directed, ImageSteps, Relocation, RestoreError, RestoreResult, restore
 from shadowfs.snaptree import SourceTree
+from shadowfs.snapview import LiveObjects, SnapshotView
 
 log = logging.getLogger("shadowfs.backupjob")
 
@@ -351,12 +354,29 @@ def _plan_partial(item: Chosen, partial: Any, roots: Mapping[str, str], sources:
 # ---- backup ----------------------------------------------------------------------------------------
 
 
+class _Hints:
+    """Per volume: the diff area's candidates since the base image's snapshot, and a reader of
+    the new snapshot in this process (by inode, no path walk, no round trip through the snapshot
+    browser) where the daemon hands over the volume's backing directory. Close after use."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, changes.ObjectChanges] = {}
+        self.readers: dict[str, changes.ViewReader] = {}
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.view.live.close()
+            os.close(reader.view.live.root_fd)
+        for hint in self.changes.values():
+            hint.area.close()
+
+
 def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[Mapping[str, Any]],
-                alive: set[str]) -> dict[str, changes.ObjectChanges]:
+                alive: set[str], direct: bool) -> _Hints:
     """Diff-area candidates per volume, where the base image's snapshot still exists."""
+    hints = _Hints()
     if base is None:
-        return {}
-    hints: dict[str, changes.ObjectChanges] = {}
+        return hints
     for snap in snapshots:
         recorded = next((v for v in base.info.volumes if v.get("name") == snap["volume"]), None)
         if recorded is None or recorded.get("snapshot_id") not in alive \
@@ -367,10 +387,38 @@ def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[Mapping[
         except DiffAreaError:
             continue
         try:
-            hints[snap["volume"]] = changes.scan(area, recorded["seq"], int(snap["seq"]))
+            hints.changes[snap["volume"]] = changes.scan(area, recorded["seq"], int(snap["seq"]))
         except DiffAreaError:
             area.close()
+            continue
+        reader = _direct_reader(state_dir, snap["volume"], area, int(snap["seq"])) if direct else None
+        if reader is not None:
+            hints.readers[snap["volume"]] = reader
     return hints
+
+
+def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> changes.ViewReader | None:
+    """Snapshot `seq` of `volume` read in this process, or None where that cannot be (the daemon
+    does not hand out the backing directory, or opening by inode is not allowed: not root)."""
+    try:
+        reply, fds = request_fds(state_dir, {"op": "volume_backing", "name": volume})
+    except CliError as exc:
+        log.info("volume %s: reading the snapshot through the browser (%s)", volume, exc)
+        return None
+    if len(fds) != 1 or reply.get("volume") != volume:
+        close_fds(fds)
+        log.info("volume %s: reading the snapshot through the browser (no backing descriptor)", volume)
+        return None
+    live = LiveObjects(fds[0])
+    try:
+        os.close(live.open(live.root_ino, os.O_PATH))
+    except OSError as exc:
+        live.close()
+        os.close(fds[0])
+        log.info("volume %s: reading the snapshot through the browser (open by inode: %s)", volume,
+                 exc.strerror)
+        return None
+    return changes.ViewReader(SnapshotView(area, live, seq))
 
 
 def _base_document(base: Image | None) -> BackupComponentsDocument | None:
@@ -399,12 +447,17 @@ class BackupOutcome:
     live_volumes: list[str]
     fast_path: list[str]
     warnings: list[str]
+    direct: list[str] = field(default_factory=list)  # volumes whose snapshot was read in-process
 
 
 def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: str = "full", *,
                base_id: str | None = None, keep_snapshot: bool = False, with_writers: bool = True,
-               progress: Progress | None = None) -> BackupOutcome:
-    """One VSS backup of `volumes` onto `media` as an image of `backup_type` (see the module docstring)."""
+               progress: Progress | None = None, direct: bool = True) -> BackupOutcome:
+    """One VSS backup of `volumes` onto `media` as an image of `backup_type` (see the module docstring).
+
+    `direct`: an incremental or differential whose base snapshot still exists reads the new
+    snapshot in this process, by inode, where the daemon allows it (root); otherwise, and with
+    `direct` False, every byte comes through the snapshot browser."""
     wanted = _TYPES.get(backup_type)
     if wanted is None:
         raise BackupJobError(f"unknown backup type {backup_type!r}")
@@ -422,7 +475,7 @@ def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: 
         raise BackupJobError(str(exc)) from None
     try:
         return _backup(bc, state_dir, media, list(volumes), wanted, base, chain_types, keep_snapshot,
-                       with_writers, progress)
+                       with_writers, progress, direct)
     except RequesterError as exc:
         raise BackupJobError(str(exc)) from None
     finally:
@@ -431,7 +484,7 @@ def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: 
 
 def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: BackupType,
             base: Image | None, chain_types: list[str], keep_snapshot: bool, with_writers: bool,
-            progress: Progress | None) -> BackupOutcome:
+            progress: Progress | None, direct: bool) -> BackupOutcome:
     known = {v["name"]: v for v in bc.volumes()}
     missing = [v for v in volumes if v not in known]
     if missing:
@@ -474,7 +527,7 @@ def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: Bac
             reply = bc.do_snapshot_set()
             snapshots = list(reply["snapshots"])
         outcome = _write_image(bc, state_dir, media, volumes, wanted, base, base_doc, chosen, wmds, roots,
-                               live, snapshots, set_id, progress)
+                               live, snapshots, set_id, progress, direct)
     except BaseException:
         try:
             bc.abort_backup()
@@ -499,7 +552,8 @@ def _check_results(results: Sequence[Mapping[str, Any]], event: str) -> None:
 def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: BackupType,
                  base: Image | None, base_doc: BackupComponentsDocument | None, chosen: list[Chosen],
                  wmds: Mapping[str, WriterMetadata], roots: Mapping[str, str], live: set[str],
-                 snapshots: list[dict[str, Any]], set_id: str, progress: Progress | None) -> BackupOutcome:
+                 snapshots: list[dict[str, Any]], set_id: str, progress: Progress | None,
+                 direct: bool) -> BackupOutcome:
     sources = {s["volume"]: s["path"] for s in snapshots}
     sources.update({volume: roots[volume] for volume in live})
     last_ns = 0
@@ -515,10 +569,10 @@ def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted
         info[snap["volume"]].update({"snapshot_id": snap["id"], "seq": snap["seq"]})
     for volume in live:
         info[volume]["live"] = True
-    hints: dict[str, changes.ObjectChanges] = {}
+    hints = _Hints()
     if base is not None and snapshots:
         alive = {p.snapshot_id for p in bc.query_snapshots()}
-        hints = _diff_hints(state_dir, base, snapshots, alive)
+        hints = _diff_hints(state_dir, base, snapshots, alive, direct)
     by_ident = {(item.key, item.instance_id): item for item in chosen}
 
     def failed(volume: str, path: str, component: str, writer: str, message: str) -> None:
@@ -539,18 +593,18 @@ def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted
     summary = [{"writer": item.writer_name, "instance_id": item.instance_id, "component": item.key,
                 "type": item.effective.value} for item in chosen]
     try:
-        image_id = backup(sources, media, wanted.value, base.id if base else None, hints, set_id=set_id,
-                          plans=planned.plans, components=summary, volume_info=info, progress=progress,
-                          failures=failed, late_documents=documents)
+        image_id = backup(sources, media, wanted.value, base.id if base else None, hints.changes,
+                          set_id=set_id, plans=planned.plans, components=summary, volume_info=info,
+                          progress=progress, failures=failed, late_documents=documents,
+                          readers=hints.readers)
     finally:
-        for hint in hints.values():
-            hint.area.close()
+        hints.close()
     for entry, item in zip(summary, chosen, strict=True):
         entry["succeeded"] = not item.failures
         if item.failures:
             entry["failures"] = item.failures
     return BackupOutcome(image_id, set_id, wanted.value, base.id if base else None, summary, sorted(live),
-                         sorted(hints), planned.warnings)
+                         sorted(hints.changes), planned.warnings, sorted(hints.readers))
 
 
 # ---- restore ---------------------------------------------------------------------------------------

@@ -106,11 +106,6 @@ class BlockStore:
                               f"({done} of {len(out)} bytes)")
             done += count
 
-    def will_need(self, offset: int, length: int) -> None:
-        """Ask the kernel to start reading an extent now (readers that know what they will read
-        next overlap the disk's waits instead of taking them one after the other)."""
-        os.posix_fadvise(self._open(), offset, length, os.POSIX_FADV_WILLNEED)
-
     def punch(self, offset: int, length: int) -> None:
         """Give an extent no reference needs back to the filesystem."""
         fd = self._open()

@@ -26,6 +26,8 @@ From the candidates:
   differ, plus every block holding bytes beyond the old size. Blocks that were
   not captured are unchanged, whatever their size: appends and new files cost
   no pre-image, and are exactly the bytes beyond the old size.
+  `captured_ranges` gives the same without comparing (so without reading):
+  every captured block, for backups, which then read each block once.
 
 Nothing here reads an unchanged file or lists an unchanged directory.
 """
@@ -36,6 +38,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,12 +47,15 @@ from shadowfs.diffarea import DiffArea, DiffAreaError
 from shadowfs.format import BLOCK_SIZE, AttrRecord, DirentRecord
 from shadowfs.media.records import KIND_OF_FMT
 from shadowfs.safefs import join
-from shadowfs.snaptree import Meta, SourceTree
+from shadowfs.snaptree import ByteSource, Meta, PathSource, SourceTree
 from shadowfs.snapview import SnapshotView
 
 
 class SnapshotReader(Protocol):
     """One snapshot of one volume, by inode (diff-area identity) and path, whichever the reader uses."""
+
+    def root(self) -> int | None:
+        """The inode of the volume's root directory (None if it cannot be read)."""
 
     def lookup(self, dir_ino: int, dir_path: str, name: str) -> tuple[int, int] | None:
         """(inode, S_IFMT) of entry `name` of a directory, or None."""
@@ -63,12 +69,30 @@ class SnapshotReader(Protocol):
     def read(self, ino: int, path: str, offset: int, length: int) -> bytes:
         """Bytes of a regular file (short only at its end)."""
 
+    def source(self, ino: int, path: str, size: int) -> ClosingSource:
+        """The bytes of a regular file whose size at the snapshot is `size`; close it after use."""
+
+    def prefetch(self, objects: list[tuple[int, str, list[int]]]) -> None:
+        """Warm what the caller reads next: (inode, path, data blocks) of each object, in order."""
+
+
+class ClosingSource(ByteSource, Protocol):
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ClosingSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 class PathReader:
     """A snapshot as a directory tree (the snapshot browser, or a quiet backing directory)."""
 
     def __init__(self, tree: SourceTree) -> None:
         self.tree = tree
+
+    def root(self) -> int | None:
+        meta = self.tree.meta("")
+        return None if meta is None else meta.ino
 
     def lookup(self, dir_ino: int, dir_path: str, name: str) -> tuple[int, int] | None:
         return self.tree.lookup(dir_path, name)
@@ -86,12 +110,32 @@ class PathReader:
         finally:
             os.close(fd)
 
+    def source(self, ino: int, path: str, size: int) -> PathSource:
+        return self.tree.source(path)
+
+    def prefetch(self, objects: list[tuple[int, str, list[int]]]) -> None:
+        """Look the paths up from several threads: on a cold cache each lookup waits for the disk,
+        and from threads the kernel overlaps part of those waits (measured through the snapshot
+        browser: 200 changed files of 20,000, their metadata 0.18 s -> 0.10 s plus 0.03 s here).
+        Only lstat: a symlink on the way can mislead a lookup but never a read."""
+
+        def look(item: tuple[int, str, list[int]]) -> None:
+            try:
+                os.stat(item[1], dir_fd=self.tree.tree.root_fd, follow_symlinks=False)
+            except OSError:
+                pass
+
+        _in_threads(look, objects)
+
 
 class ViewReader:
     """A snapshot through the read model (`SnapshotView`), by inode; paths are ignored."""
 
     def __init__(self, view: SnapshotView) -> None:
         self.view = view
+
+    def root(self) -> int | None:
+        return self.view.root_ino
 
     def lookup(self, dir_ino: int, dir_path: str, name: str) -> tuple[int, int] | None:
         try:
@@ -117,6 +161,76 @@ class ViewReader:
     def read(self, ino: int, path: str, offset: int, length: int) -> bytes:
         size = self.view.attr(ino).size
         return self.view.read(ino, offset, length, size)
+
+    def source(self, ino: int, path: str, size: int) -> ViewSource:
+        return ViewSource(self.view, ino, size)
+
+    def prefetch(self, objects: list[tuple[int, str, list[int]]]) -> None:
+        """Open the objects (the descriptors stay in the view's cache for the reads that follow) and
+        ask the kernel to start reading their live data blocks, all before the first read waits:
+        the disk then serves those reads together. (Measured, 200 changed files of 20,000 on a
+        cold cache: their metadata and a block each 0.04-0.08 s one after the other, 0.016 s
+        after this; from eight threads instead 0.03-0.05 s, the hand-over costing more.)"""
+        live = self.view.live
+        for ino, _, blocks in objects:
+            try:
+                if not blocks:
+                    with live.borrow(ino):
+                        continue
+                with live.borrow(ino, os.O_RDONLY | os.O_NOFOLLOW) as fd:
+                    for start, length in blocks_to_ranges(blocks, (max(blocks) + 1) * BLOCK_SIZE):
+                        os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                continue  # gone, or not a regular file: the read that follows says what is wrong
+
+
+class ViewSource:
+    """The bytes of one regular file of a snapshot, through the read model, by inode.
+
+    The last few reads are kept: a backup reads a changed block to compare it with its
+    pre-image and then the same range again to store it, and a snapshot's bytes never change
+    (a read that would see a deleted snapshot fails instead)."""
+
+    KEEP = 8  # reads of at most KEEP_BYTES each
+    KEEP_BYTES = 4 * BLOCK_SIZE
+
+    def __init__(self, view: SnapshotView, ino: int, size: int) -> None:
+        self.view = view
+        self.ino = ino
+        self.size = size
+        self._kept: dict[tuple[int, int], bytes] = {}
+
+    def pread(self, length: int, offset: int) -> bytes:
+        data = self._kept.get((offset, length))
+        if data is None:
+            data = bytes(self.view.read_buffer(self.ino, offset, length, self.size))
+            if length > self.KEEP_BYTES:
+                return data
+            if len(self._kept) >= self.KEEP:
+                del self._kept[next(iter(self._kept))]
+            self._kept[(offset, length)] = data
+        return data
+
+    def data_regions(self, size: int) -> list[tuple[int, int]]:
+        return self.view.data_regions(self.ino, min(size, self.size))
+
+    def close(self) -> None:
+        self._kept.clear()
+
+    def __enter__(self) -> ViewSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _in_threads(work: Callable[[tuple[int, str, list[int]]], None], items: list[tuple[int, str, list[int]]],
+                threads: int = 8) -> None:
+    if len(items) < 2 * threads:
+        return  # too few to gain from the hand-over
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(work, items):
+            pass
 
 
 # ---- candidates from the diff area --------------------------------------------------------------
@@ -152,17 +266,6 @@ class ObjectChanges:
             if self.area.snapshot(txn, self.base) is None:
                 raise DiffAreaError(f"{self.area.path}: base snapshot {self.base} was deleted meanwhile")
             return self.area.block_at(txn, ino, block, self.base)
-
-    def prefetch(self, inos: Iterable[int]) -> None:
-        """Start reading the base pre-images of the captured blocks of `inos` (see `block_at_base`)."""
-        with self.area.read() as txn:
-            for ino in inos:
-                delta = self.inodes.get(ino)
-                if delta is None or not delta.blocks:
-                    continue
-                for ref in self.area.block_refs(txn, ino, sorted(delta.blocks), self.base).values():
-                    if ref.offset is not None:
-                        self.area.blocks.will_need(ref.offset, ref.length)
 
     def entry_names(self) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -215,6 +318,10 @@ class Tree:
 
     root: int
     children: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    # set by `tree_at_new`: the path of every directory reached, and the directories whose
+    # entries were looked up or listed (every other one shares its entries with the base tree)
+    dir_paths: dict[int, str] = field(default_factory=dict)
+    touched: set[int] = field(default_factory=set)
 
     def walk(self) -> Iterable[tuple[str, int, int, int]]:
         """(path, inode, S_IFMT, parent inode) of every object but the root, parents first, names sorted."""
@@ -326,7 +433,8 @@ def walk_tree(reader: SnapshotReader, root: int) -> Tree:
 
 def tree_at_new(base: Tree, changes: ObjectChanges, reader: SnapshotReader) -> Tree:
     """The tree at `changes.new`, from the tree at `changes.base`: only candidate entries are looked
-    up, only directories unknown at base are listed."""
+    up, only directories unknown at base are listed; a directory with neither shares its entries
+    with `base` (neither tree is changed afterwards)."""
     names = changes.entry_names()
     tree = Tree(base.root)
     queue: deque[tuple[int, str]] = deque([(base.root, "")])
@@ -334,23 +442,77 @@ def tree_at_new(base: Tree, changes: ObjectChanges, reader: SnapshotReader) -> T
         dir_ino, dir_path = queue.popleft()
         if dir_ino in tree.children:
             continue
+        tree.dir_paths[dir_ino] = dir_path
         delta = changes.inodes.get(dir_ino)
         known = dir_ino in base.children and not (delta is not None and delta.born_after_base)
-        if known:
+        if known and dir_ino not in names:
+            kids = base.children[dir_ino]
+        elif known:
+            tree.touched.add(dir_ino)
             kids = dict(base.children[dir_ino])
-            for name in names.get(dir_ino, ()):
+            for name in names[dir_ino]:
                 value = reader.lookup(dir_ino, dir_path, name)
                 if value is None:
                     kids.pop(name, None)
                 else:
                     kids[name] = value
         else:
+            tree.touched.add(dir_ino)
             kids = {name: (ino, kind) for name, ino, kind in reader.listdir(dir_ino, dir_path)}
         tree.children[dir_ino] = kids
         for name, (ino, kind) in sorted(kids.items()):
             if kind == stat.S_IFDIR:
                 queue.append((ino, join(dir_path, name)))
     return tree
+
+
+@dataclass
+class TreeDelta:
+    """Where a tree at new (`tree_at_new`) differs from the tree at base, as paths.
+
+    Every path at or below a directory entry whose value changed is *moved*: `moved_in` holds
+    those at new (path -> (inode, S_IFMT)), `moved_out` those at base. Every other path of
+    either tree is *stable*: the same object at the same path in both. A path at new that is
+    not moved in and a path at base that is not moved out are therefore the same path."""
+
+    moved_in: dict[str, tuple[int, int]] = field(default_factory=dict)
+    moved_out: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def tree_delta(base: Tree, base_dirs: dict[int, str], new: Tree) -> TreeDelta:
+    """The delta from `base` (with `base_dirs`: directory inode -> its path) to `new`, from the
+    directories `tree_at_new` touched only: nothing proportional to the unchanged tree."""
+    delta = TreeDelta()
+    for dir_ino in new.touched:
+        kids_n = new.children[dir_ino]
+        kids_b = base.children.get(dir_ino, {})
+        for name in kids_n.keys() | kids_b.keys():
+            value_n, value_b = kids_n.get(name), kids_b.get(name)
+            if value_n == value_b:
+                continue
+            if value_n is not None:
+                _subtree(new, join(new.dir_paths[dir_ino], name), value_n, delta.moved_in)
+            if value_b is not None and dir_ino in base_dirs:
+                _subtree(base, join(base_dirs[dir_ino], name), value_b, delta.moved_out)
+    return delta
+
+
+def _subtree(tree: Tree, path: str, value: tuple[int, int], out: dict[str, tuple[int, int]]) -> None:
+    """Every path at and below `path` (whose entry is `value`) into `out`; a directory is entered
+    once, whatever a malformed tree says."""
+    out[path] = value
+    if value[1] != stat.S_IFDIR:
+        return
+    seen = {value[0]}
+    stack = [(value[0], path)]
+    while stack:
+        dir_ino, dir_path = stack.pop()
+        for name, kid in tree.children.get(dir_ino, {}).items():
+            kid_path = join(dir_path, name)
+            out[kid_path] = kid
+            if kid[1] == stat.S_IFDIR and kid[0] not in seen:
+                seen.add(kid[0])
+                stack.append((kid[0], kid_path))
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -379,6 +541,19 @@ def changed_blocks(changes: ObjectChanges, ino: int, size_before: int, size_afte
     return sorted(b for b in out if b * BLOCK_SIZE < size_after)
 
 
+def captured_ranges(changes: ObjectChanges, ino: int, size_before: int,
+                    size_after: int) -> list[tuple[int, int]]:
+    """Byte ranges (below size_after) that may differ from base without reading anything: the
+    captured blocks and the blocks past size_before. A superset of `changed_ranges` (a block
+    written back with its old bytes is in it), as an incremental ZFS send sends every block
+    born since the base, whatever its bytes."""
+    delta = changes.inodes.get(ino)
+    blocks = set(delta.blocks) if delta is not None else set()
+    if size_after > size_before:
+        blocks.update(range(size_before // BLOCK_SIZE, (size_after + BLOCK_SIZE - 1) // BLOCK_SIZE))
+    return blocks_to_ranges(blocks, size_after)
+
+
 def blocks_to_ranges(blocks: Iterable[int], size: int) -> list[tuple[int, int]]:
     """Merge block numbers into (offset, length) byte ranges cut at `size`."""
     ranges: list[tuple[int, int]] = []
@@ -400,6 +575,6 @@ def changed_ranges(changes: ObjectChanges, ino: int, size_before: int, size_afte
     return blocks_to_ranges(changed_blocks(changes, ino, size_before, size_after, read_after), size_after)
 
 
-__all__ = ["InodeDelta", "ObjectChanges", "PathReader", "SnapshotReader", "Tree", "ViewReader",
-           "blocks_to_ranges", "changed_blocks", "changed_ranges", "scan", "tree_at_new",
-           "tree_from_map", "tree_from_paths", "walk_tree"]
+__all__ = ["InodeDelta", "ObjectChanges", "PathReader", "SnapshotReader", "Tree", "TreeDelta", "ViewReader",
+           "ViewSource", "blocks_to_ranges", "captured_ranges", "changed_blocks", "changed_ranges", "scan",
+           "tree_at_new", "tree_delta", "tree_from_map", "tree_from_paths", "walk_tree"]

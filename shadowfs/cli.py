@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shadowfs import __version__, config, ipc
+from shadowfs import __version__, config, frames
 
 REQUEST_TIMEOUT = 300.0
 
@@ -39,6 +39,14 @@ class CliError(Exception):
 
 def request(state_dir: str, obj: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
     """Send one request to the daemon on `state_dir` and return its successful reply."""
+    reply, fds = request_fds(state_dir, obj, timeout)
+    frames.close_fds(fds)
+    return reply
+
+
+def request_fds(state_dir: str, obj: dict[str, Any],
+                timeout: float = REQUEST_TIMEOUT) -> tuple[dict[str, Any], list[int]]:
+    """`request`, and the descriptors that came with the reply (the caller's to close)."""
     path = config.socket_path(state_dir)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -49,18 +57,18 @@ def request(state_dir: str, obj: dict[str, Any], timeout: float = REQUEST_TIMEOU
         except PermissionError:
             raise CliError(f"permission denied: cannot connect to {path}") from None
         try:
-            ipc.send_frame(sock, {**obj, "id": 1})
-            reply, fds = ipc.recv_frame(sock)
-        except (ipc.ChannelClosed, BrokenPipeError, ConnectionResetError):
+            frames.send_frame(sock, {**obj, "id": 1})
+            reply, fds = frames.recv_frame(sock)
+        except (frames.ChannelClosed, BrokenPipeError, ConnectionResetError):
             raise CliError("shadowfs daemon closed the connection without replying") from None
         except TimeoutError:
             raise CliError(f"no reply from the shadowfs daemon within {timeout:g} s") from None
-        except ipc.ProtocolError as exc:
+        except frames.ProtocolError as exc:
             raise CliError(f"bad reply from the shadowfs daemon: {exc}") from None
-    ipc.close_fds(fds)
     if not reply.get("ok", False):
+        frames.close_fds(fds)
         raise CliError(str(reply.get("error", "request failed")))
-    return {k: v for k, v in reply.items() if k not in ("id", "ok")}
+    return {k: v for k, v in reply.items() if k not in ("id", "ok")}, fds
 
 
 # --- output -------------------------------------------------------------------------------------

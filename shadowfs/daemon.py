@@ -32,6 +32,9 @@ Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
     {"op": "volume_list"} -> {"volumes": [{name, index, backing, mount, snapshots, diff_area_bytes,
                                            max_diff_area_bytes, created, state}]}
     {"op": "volume_remove", "name", "force": bool} -> {"removed", "snapshots_deleted"}
+    {"op": "volume_backing", "name"} -> {"volume", "root_ino"} with a read-only descriptor of the
+        volume's backing directory (for a backup that reads a snapshot in its own process, by
+        inode, with `snapview.SnapshotView`; only root and the daemon's own user may connect)
     {"op": "snapshot_create", "volumes": [names], "context"?, "writers"?: bool|[ids], "freeze_timeout"?, ...}
         -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
             "held_ms": {volume: ms}, "writers": [...]}  (shadowfs.service.broker)
@@ -60,8 +63,10 @@ import shadowfs
 from shadowfs import config, fuseutil, ipc
 from shadowfs.config import ConfigError, Volume, VolumeTable
 from shadowfs.diffarea import DiffArea, DiffAreaError
-from shadowfs.service import BoundedChannel, Service, protocol
+from shadowfs.service import protocol
 from shadowfs.service.broker import TakenSet
+from shadowfs.service.connection import BoundedChannel
+from shadowfs.service.core import Service
 
 log = logging.getLogger("shadowfs.daemon")
 
@@ -368,9 +373,9 @@ class Daemon:
         self.mutation = trio.Lock()
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
-        self._ops: dict[str, Callable[[ipc.Frame], Awaitable[ipc.Frame]]] = {
+        self._ops: dict[str, Callable[[ipc.Frame], Awaitable[ipc.Frame | tuple[ipc.Frame, list[int]]]]] = {
             "volume_add": self.op_volume_add, "volume_list": self.op_volume_list,
-            "volume_remove": self.op_volume_remove,
+            "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
             "status": self.op_status,
         }
@@ -525,7 +530,8 @@ class Daemon:
         ipc.close_fds(fds)
         raise ipc.RequestError("permission denied")
 
-    async def _request(self, client: Any, request: ipc.Frame, fds: list[int]) -> ipc.Frame:
+    async def _request(self, client: Any, request: ipc.Frame,
+                       fds: list[int]) -> ipc.Frame | tuple[ipc.Frame, list[int]]:
         ipc.close_fds(fds)
         op = request.get("op")
         try:
@@ -590,6 +596,15 @@ class Daemon:
                 "mount_root": self.mount_root, "browser": browser, "volumes": volumes}
 
     # ---- volumes -------------------------------------------------------------------------------
+
+    async def op_volume_backing(self, request: ipc.Frame) -> tuple[ipc.Frame, list[int]]:
+        name = _field(request, "name", str)
+        fd = self.backing_fds.get(name)
+        if name not in self.table.volumes:
+            raise ipc.RequestError(f"no volume {name!r}")
+        if fd is None:
+            raise ipc.RequestError(f"volume {name}: its backing directory is not open (see the daemon log)")
+        return {"volume": name, "root_ino": os.fstat(fd).st_ino}, [fd]
 
     async def op_volume_add(self, request: ipc.Frame) -> ipc.Frame:
         name = _field(request, "name", str)

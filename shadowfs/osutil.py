@@ -1,8 +1,9 @@
 """Thin wrappers over Linux system calls that Python's os module lacks.
 
 One job: give the rest of shadowfs typed access to file handles
-(`open_by_handle_at`), `renameat2`, `syncfs`, and symlink-safe xattr calls on
-descriptors, raising `OSError` with the right errno like the os module does.
+(`open_by_handle_at`), `renameat2`, `syncfs`, symlink-safe xattr calls on
+descriptors and the data regions of a sparse file (SEEK_DATA/SEEK_HOLE),
+raising `OSError` with the right errno like the os module does.
 
 Invariants:
 - Handles are built from an inode number alone (handle type FILEID_INO32_GEN
@@ -136,3 +137,25 @@ def list_xattrs(fd: int) -> dict[bytes, bytes]:
                 continue  # removed between list and get
             raise
     return result
+
+
+def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, end) regions that may hold data, from SEEK_DATA/SEEK_HOLE (the whole file if unknown)."""
+    regions = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if start >= size:
+                break
+            regions.append((start, end))
+            pos = end
+    except OSError:
+        return [(0, size)] if size else []
+    return regions

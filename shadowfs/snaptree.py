@@ -5,9 +5,10 @@ tree shows them. `SourceTree.walk` visits every object in pre-order with names
 sorted (so parents come before children and the first path of a hard-link
 group comes first), through directory descriptors opened with O_NOFOLLOW; a
 symlink is recorded, never entered or followed. `SparseReader` reads a regular
-file's bytes as data extents: holes (SEEK_HOLE where the filesystem knows
-them, and every 4 KiB block of zeros) are skipped, so sparse files stay sparse
-on the media and after a restore.
+file's bytes (any `ByteSource`: a file of the tree opened lazily, `PathSource`,
+or a snapshot's file by inode, `changes.ViewSource`) as data extents: holes
+(SEEK_HOLE where the filesystem knows them, and every 4 KiB block of zeros) are
+skipped, so sparse files stay sparse on the media and after a restore.
 
 Invariants:
 - Inode numbers are recorded masked to 32 bits: in the snapshot browser the
@@ -25,8 +26,10 @@ import os
 import stat
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shadowfs.media.records import KIND_OF_FMT
+from shadowfs.osutil import data_regions
 from shadowfs.safefs import DIR_FLAGS, Confined, at_path, join
 
 INO_MASK = 0xFFFFFFFF
@@ -186,27 +189,51 @@ class SourceTree:
             raise OSError(errno.EINVAL, f"{path}: not a regular file")
         return fd
 
+    def source(self, path: str) -> PathSource:
+        """The bytes of the regular file at `path`, opened at the first read; close it after use."""
+        return PathSource(self, path)
 
-def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
-    """(offset, end) regions that may hold data, from SEEK_DATA/SEEK_HOLE (the whole file if unknown)."""
-    regions = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            if start >= size:
-                break
-            regions.append((start, end))
-            pos = end
-    except OSError:
-        return [(0, size)] if size else []
-    return regions
+
+class ByteSource(Protocol):
+    """The bytes of one regular file as a backup reads them."""
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to `length` bytes at `offset` (short only at the end of the file)."""
+
+    def data_regions(self, size: int) -> list[tuple[int, int]]:
+        """(offset, end) regions below `size` that may hold data; the rest reads as zeros."""
+
+
+class PathSource:
+    """A regular file of a `SourceTree`, opened at the first read (a file that turns out to
+    need no read is never opened); `close` releases the descriptor."""
+
+    def __init__(self, tree: SourceTree, path: str) -> None:
+        self.tree = tree
+        self.path = path
+        self.fd = -1
+
+    def _open(self) -> int:
+        if self.fd < 0:
+            self.fd = self.tree.open_file(self.path)
+        return self.fd
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self._open(), length, offset)
+
+    def data_regions(self, size: int) -> list[tuple[int, int]]:
+        return data_regions(self._open(), size)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PathSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SparseReader:
@@ -217,11 +244,11 @@ class SparseReader:
     and `sha256` is the checksum of the whole content.
     """
 
-    def __init__(self, fd: int, size: int, regions: list[tuple[int, int]] | None = None) -> None:
-        self.fd = fd
+    def __init__(self, source: ByteSource, size: int, regions: list[tuple[int, int]] | None = None) -> None:
+        self.source = source
         self.size = size
         self.patch = regions is not None
-        self.regions = [(o, o + n) for o, n in regions] if regions is not None else data_regions(fd, size)
+        self.regions = [(o, o + n) for o, n in regions] if regions is not None else source.data_regions(size)
         self.extents: list[tuple[int, int]] = []
         self.bytes = 0
         self._digest = None if self.patch else hashlib.sha256()
@@ -252,7 +279,7 @@ class SparseReader:
                 self._zeros(start - pos)
             pos = start
             while pos < end:
-                data = os.pread(self.fd, min(READ_CHUNK, end - pos), pos)
+                data = self.source.pread(min(READ_CHUNK, end - pos), pos)
                 if not data:
                     break  # shorter than it said (live trees only): the rest reads as zeros
                 if self._digest is not None:

@@ -44,7 +44,7 @@ from shadowfs import format as fmt
 from shadowfs.capture import attr_from_stat, block_span
 from shadowfs.diffarea import DiffArea
 from shadowfs.format import BLOCK_SIZE, AttrRecord, BlockRef, DirentRecord
-from shadowfs.osutil import list_xattrs, open_by_ino
+from shadowfs.osutil import data_regions, list_xattrs, open_by_ino
 
 _GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW
@@ -322,6 +322,30 @@ class SnapshotView:
             self._clear_blocks(out, offset, refs)
             self.area.read_blocks_into(refs, out, offset)
             live = [block for block in live if block not in refs]
+
+    def data_regions(self, ino: int, size: int) -> list[tuple[int, int]]:
+        """(offset, end) regions below `size` (the file's size at the snapshot) that may hold data
+        at the snapshot: the live file's data regions, then, looked up afterwards (read-validate),
+        every captured block. A block that was a hole at the snapshot and is one live is in
+        neither; one whose data was punched out or cut off since was captured first."""
+        regions: list[tuple[int, int]] = []
+        try:
+            with self.live.borrow(ino, _READ_FLAGS) as fd:
+                regions = data_regions(fd, size)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        captured = self._block_refs(ino, 0, (size + BLOCK_SIZE - 1) // BLOCK_SIZE)
+        for first, last in _runs(sorted(captured)) if captured else ():
+            regions.append((first * BLOCK_SIZE, min(size, (last + 1) * BLOCK_SIZE)))
+        regions.sort()
+        merged: list[tuple[int, int]] = []
+        for start, end in regions:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
 
     def _block_refs(self, ino: int, start: int, stop: int,
                     only: list[int] | None = None) -> dict[int, BlockRef]:

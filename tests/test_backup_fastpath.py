@@ -94,7 +94,7 @@ def test_hint_for_another_base_is_ignored(sim: CoreSim, tmp_path: Path) -> None:
     assert {"f", "g"} <= paths  # the fallback compared everything
 
 
-@pytest.mark.parametrize("seed", [5, 6, 7])
+@pytest.mark.parametrize("seed", range(5, 12))
 def test_fast_chain_random(sim: CoreSim, tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     load = SimLoad(sim, rng)
@@ -226,7 +226,8 @@ def test_index_with_an_unsafe_path_is_not_used(sim: CoreSim, tmp_path: Path, bad
         columns = doc["volumes"]["v"]
         columns["path"].append(bad_path)
         for name, value in (("ino", 999999), ("kind", "file"), ("size", 0), ("sha256", None),
-                            ("whole", None)):
+                            ("whole_image", -1), ("whole_pack", 0), ("whole_offset", 0), ("whole_length", 0),
+                            ("whole_sha256", None), ("whole_extents", 0)):
             columns[name].append(value)
 
     root = Path(store) / full

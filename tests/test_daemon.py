@@ -242,6 +242,29 @@ def test_snapshot_create_reports_how_long_each_volume_was_held(daemon: DaemonRun
                    for ms in held.values())
 
 
+def test_volume_backing_hands_over_the_backing_directory(daemon: DaemonRun) -> None:
+    """volume_backing: a descriptor of the backing directory under the in-place mount (for a backup
+    that reads a snapshot in its own process); an unknown volume is an error."""
+    backing = daemon.add_volume("a")
+    daemon.wait_ready()
+    (backing / "seen").write_bytes(b"x")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(60)
+        sock.connect(str(daemon.state / "daemon.sock"))
+        ipc.send_frame(sock, {"op": "volume_backing", "name": "a", "id": 1})
+        reply, fds = ipc.recv_frame(sock)
+    try:
+        assert reply["ok"] and reply["volume"] == "a" and len(fds) == 1
+        assert os.fstat(fds[0]).st_ino == reply["root_ino"]
+        names = os.listdir(fds[0])
+        assert "seen" in names and ".shadowfs" in names  # the backing directory itself, not the mount
+        assert ".shadowfs" not in os.listdir(backing)
+    finally:
+        ipc.close_fds(fds)
+    assert raw_request(daemon.state, {"op": "volume_backing", "name": "nope"})["error"] == "no volume 'nope'"
+    assert "missing" in raw_request(daemon.state, {"op": "volume_backing"})["error"]
+
+
 @needs_mountproc
 def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     a = daemon.add_volume("a")

@@ -51,7 +51,7 @@ def _set(column: str, row: int, value: Any) -> Callable[[dict[str, Any]], None]:
 
 BAD: dict[str, Callable[[dict[str, Any]], None]] = {
     "format": lambda doc: doc.update(format="other"),
-    "version": lambda doc: doc.update(version=2),
+    "version": lambda doc: doc.update(version=1),
     "image": lambda doc: doc.update(image="20261121T000000Z-00000002"),
     "lengths": lambda doc: doc["volumes"]["v"]["ino"].pop(),
     "missing column": lambda doc: doc["volumes"]["v"].pop("sha256"),
@@ -62,7 +62,16 @@ BAD: dict[str, Callable[[dict[str, Any]], None]] = {
     "size type": _set("size", 2, 5.0),
     "digest": _set("sha256", 2, "AB" * 32),
     "digest with newline": _set("sha256", 2, SHA[:32] + "\n" + SHA[:31]),
-    "whole type": _set("whole", 2, {"image": IMAGE}),
+    "whole image type": _set("whole_image", 2, "0"),
+    "whole image out of range": _set("whole_image", 2, 1),
+    "whole image below -1": _set("whole_image", 2, -2),
+    "image outside the chain": lambda doc: doc["volumes"]["v"].update(images=["20261121T000000Z-00000009"]),
+    "whole digest": _set("whole_sha256", 2, "x"),
+    "whole digest upper case": _set("whole_sha256", 2, "AB" * 32),
+    "extent count": _set("whole_extents", 2, 2),
+    "negative extent count": _set("whole_extents", 2, -1),
+    "extent type": lambda doc: doc["volumes"]["v"]["extents"].__setitem__(0, "0"),
+    "missing images": lambda doc: doc["volumes"]["v"].pop("images"),
     "no root": _set("path", 0, "r"),
     "duplicate path": _set("path", 3, "d/f"),
     "unsafe path": _set("path", 3, "d/.."),
@@ -81,16 +90,38 @@ def test_malformed_index_is_refused(case: str) -> None:
         stateindex.decode(json.dumps(bad).encode(), IMAGE, [IMAGE])
 
 
-@pytest.mark.parametrize("whole", [
-    ["20261121T000000Z-00000009", 0, 0, 5, SHA, [[0, 5]]],  # an image outside the chain
-    [IMAGE, 0, 0, 6, SHA, [[0, 5]]],  # extents do not add up to the length
-    [IMAGE, -1, 0, 5, SHA, [[0, 5]]],
-    [IMAGE, 0, 0, 5, "x", [[0, 5]]],
-    [IMAGE, 0, 0, 5, SHA],
+@pytest.mark.parametrize("edit", [
+    _set("whole_length", 2, 6),  # the extents do not add up to the length
+    _set("whole_pack", 2, -1),
+    _set("whole_offset", 2, -1),
+    lambda doc: doc["volumes"]["v"]["extents"].__setitem__(1, 0),  # an empty extent
+    lambda doc: doc["volumes"]["v"]["extents"].__setitem__(0, -1),
 ])
-def test_malformed_content_location_is_refused_when_read(whole: list[Any]) -> None:
+def test_malformed_content_location_is_refused_when_read(edit: Callable[[dict[str, Any]], None]) -> None:
     doc = json.loads(_index().encode(IMAGE))
-    doc["volumes"]["v"]["whole"][2] = whole
+    edit(doc)
     volume = stateindex.decode(json.dumps(doc).encode(), IMAGE, [IMAGE]).volumes["v"]
     with pytest.raises(MediaError):
         volume.whole_of(volume.entries["d/f"])
+
+
+def test_loaded_rows_are_written_again_unchanged() -> None:
+    """An index loaded and encoded again (rows copied from its table), then with new puts on top."""
+    index = _index()
+    data = index.encode(IMAGE)
+    loaded = stateindex.decode(data, IMAGE, [IMAGE])
+    assert loaded.encode(IMAGE) == data
+    later = "20261121T000000Z-00000002"
+    g = Record("put", "v", "d/h", "file", 0o100644, size=3, ino=9, sha256="cd" * 32)
+    g.data = DataRef("full", [(0, 2), (4, 1)], 1, 7, 3, "ef" * 32)
+    loaded.add(later, g)
+    loaded.add(later, Record("put", "v", "d/f", "file", 0o100644, size=5, ino=4, sha256=SHA,
+                             data=DataRef("keep")))
+    again = stateindex.decode(loaded.encode(later), later, [IMAGE, later])
+    assert again.comparable() == loaded.comparable()
+    volume = again.volumes["v"]
+    new = volume.whole_of(volume.entries["d/h"])
+    assert new is not None and new[0] == later and new[1].extents == [(0, 2), (4, 1)]
+    assert new[1].sha256 == "ef" * 32
+    kept = volume.whole_of(volume.entries["d/f"])
+    assert kept is not None and kept[0] == IMAGE and kept[1].sha256 == SHA

@@ -20,21 +20,31 @@ Invariants:
 
 Format::
 
-    {"format": "shadowfs-state", "version": 1, "image": id,
+    {"format": "shadowfs-state", "version": 2, "image": id,
      "volumes": {name: {"path": [...], "ino": [...], "kind": [...], "size": [...],
                         "sha256": [hex or null, ...],
-                        "whole": [null or [image, pack, offset, length, sha256, extents], ...]}}}
+                        "images": [image id, ...],
+                        "whole_image": [index into images, or -1 for no whole content, ...],
+                        "whole_pack": [...], "whole_offset": [...], "whole_length": [...],
+                        "whole_sha256": [hex, or null for the path's own sha256, ...],
+                        "whole_extents": [number of extents, ...],
+                        "extents": [offset, length, offset, length, ...]}}}
 
-the lists of one volume parallel, the root ``""`` among the paths.
+the lists of one volume parallel (but ``images`` and ``extents``), the root ``""``
+among the paths. Only flat lists of numbers and strings: they parse several
+times faster than a list per path, and a loaded path keeps its row number
+instead of its content location, which is put together only when read
+(`VolumeIndex.whole_of`) or written again (`StateIndex.encode`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable
-from functools import partial
+from functools import cached_property, partial
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 from shadowfs.media.layout import STATE_INDEX, MediaError
@@ -46,7 +56,7 @@ from shadowfs.safefs import UnsafePath, check_rel_paths
 log = logging.getLogger(__name__)
 
 FORMAT = "shadowfs-state"
-VERSION = 1
+VERSION = 2
 
 Whole = tuple[str, DataRef]
 
@@ -58,7 +68,40 @@ class IndexEntry(NamedTuple):
     kind: str
     size: int
     sha256: str | None
-    whole: list[Any] | None  # as stored: [image, pack, offset, length, sha256, extents]; see `whole_of`
+    # None, or where the whole content lives: a row of the loaded columns (`WholeTable`), or
+    # [image, pack, offset, length, sha256, extents] for a path put since; see `whole_of`
+    whole: int | list[Any] | None
+
+
+class WholeTable:
+    """The content-location columns of one loaded volume (see the module docstring), unchecked
+    until a row is read."""
+
+    def __init__(self, images: list[Any], image: list[int], pack: list[int], offset: list[int],
+                 length: list[int], sha256: list[Any], own_sha256: list[Any], counts: list[int],
+                 extents: list[Any]) -> None:
+        self.images = images
+        self.image = image
+        self.pack = pack
+        self.offset = offset
+        self.length = length
+        self.sha256 = sha256  # None: the path's own, in `own_sha256`
+        self.own_sha256 = own_sha256
+        self.counts = counts
+        self.extents = extents
+
+    @cached_property
+    def starts(self) -> list[int]:
+        """Where each row's extents begin in `extents` (and, last, where they end)."""
+        return [0, *accumulate(c + c for c in self.counts)]
+
+    def row(self, row: int) -> list[Any]:
+        """Row `row` as [image, pack, offset, length, sha256, extents] (values still unchecked)."""
+        flat = self.extents[self.starts[row]:self.starts[row + 1]]
+        image = self.images[self.image[row]] if 0 <= self.image[row] < len(self.images) else None
+        sha = self.sha256[row] if self.sha256[row] is not None else self.own_sha256[row]
+        return [image, self.pack[row], self.offset[row], self.length[row], sha,
+                [flat[i:i + 2] for i in range(0, len(flat), 2)]]
 
 
 class VolumeIndex:
@@ -67,14 +110,25 @@ class VolumeIndex:
     `images` are the images an entry's content may live in (the chain); content locations are
     checked against them when read (`whole_of`), not when loaded: a backup reads a few of them."""
 
-    def __init__(self, entries: dict[str, IndexEntry] | None = None, images: set[str] | None = None) -> None:
+    def __init__(self, entries: dict[str, IndexEntry] | None = None, images: set[str] | None = None,
+                 table: WholeTable | None = None) -> None:
         self.entries: dict[str, IndexEntry] = entries if entries is not None else {}
         self.images: set[str] = images if images is not None else set()
+        self.table = table
         self._dead_dirs: set[str] = set()
+
+    def whole_list(self, whole: int | list[Any] | None) -> list[Any] | None:
+        """An entry's content location as [image, pack, offset, length, sha256, extents] (unchecked)."""
+        if whole is None or isinstance(whole, list):
+            return whole
+        if self.table is None:
+            raise MediaError("state index: a content location refers to no loaded table")
+        return self.table.row(whole)
 
     def whole_of(self, entry: IndexEntry) -> Whole | None:
         """(image, blob) holding the entry's whole content, or None; MediaError if malformed."""
-        return None if entry.whole is None else _decode_whole(entry.whole, self.images, "state index")
+        whole = self.whole_list(entry.whole)
+        return None if whole is None else _decode_whole(whole, self.images, "state index")
 
     def delete(self, path: str) -> None:
         """Remove `path` and, if it is a directory, everything below it."""
@@ -139,18 +193,7 @@ class StateIndex:
             volume.put(image_id, record)
 
     def encode(self, image_id: str) -> bytes:
-        volumes: dict[str, Any] = {}
-        for name, volume in sorted(self.volumes.items()):
-            volume.settle()
-            items = volume.entries.items()
-            volumes[name] = {
-                "path": [p for p, _ in items],
-                "ino": [e.ino for _, e in items],
-                "kind": [e.kind for _, e in items],
-                "size": [e.size for _, e in items],
-                "sha256": [e.sha256 for _, e in items],
-                "whole": [e.whole for _, e in items],
-            }
+        volumes = {name: _encode_volume(volume) for name, volume in sorted(self.volumes.items())}
         doc = {"format": FORMAT, "version": VERSION, "image": image_id, "volumes": volumes}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False,
                           check_circular=False).encode("utf-8", "surrogateescape")
@@ -161,8 +204,50 @@ class StateIndex:
         for name, volume in self.volumes.items():
             volume.settle()
             if volume.entries:
-                out[name] = {p: (e.ino, e.kind, e.size, e.sha256, e.whole) for p, e in volume.entries.items()}
+                out[name] = {p: (e.ino, e.kind, e.size, e.sha256, volume.whole_list(e.whole))
+                             for p, e in volume.entries.items()}
         return out
+
+
+def _encode_volume(volume: VolumeIndex) -> dict[str, list[Any]]:
+    """The columns of one volume. Column by column, in comprehensions: a row loaded from the base
+    index is copied from its table, a path put since from its list."""
+    volume.settle()
+    paths = list(volume.entries)
+    values = list(volume.entries.values())
+    wholes = [e.whole for e in values]
+    shas = [e.sha256 for e in values]
+    table = volume.table or WholeTable([], [], [], [], [], [], [], [], [])
+    images = list(table.images)
+    number = {image: i for i, image in enumerate(images)}
+    for whole in wholes:
+        if isinstance(whole, list) and whole[0] not in number:
+            number[whole[0]] = len(images)
+            images.append(whole[0])
+    t_image, t_pack, t_offset, t_length = table.image, table.pack, table.offset, table.length
+    t_sha, t_own, t_extents, t_counts = table.sha256, table.own_sha256, table.extents, table.counts
+    t_starts = table.starts if any(w.__class__ is int for w in wholes) else []
+    flatten = itertools.chain.from_iterable
+    whole_sha = [(t_sha[w] or t_own[w]) if w.__class__ is int else w[4] if w is not None else None
+                 for w in wholes]
+    return {
+        "path": paths,
+        "ino": [e.ino for e in values],
+        "kind": [e.kind for e in values],
+        "size": [e.size for e in values],
+        "sha256": shas,
+        "images": images,
+        "whole_image": [-1 if w is None else t_image[w] if w.__class__ is int else number[w[0]]
+                        for w in wholes],
+        "whole_pack": [0 if w is None else t_pack[w] if w.__class__ is int else w[1] for w in wholes],
+        "whole_offset": [0 if w is None else t_offset[w] if w.__class__ is int else w[2] for w in wholes],
+        "whole_length": [0 if w is None else t_length[w] if w.__class__ is int else w[3] for w in wholes],
+        "whole_sha256": [None if w == s else w for w, s in zip(whole_sha, shas, strict=True)],
+        "whole_extents": [0 if w is None else t_counts[w] if w.__class__ is int else len(w[5])
+                          for w in wholes],
+        "extents": list(flatten(t_extents[t_starts[w]:t_starts[w + 1]] if w.__class__ is int
+                                else flatten(w[5]) for w in wholes if w is not None)),
+    }
 
 
 def _whole_json(whole: Whole) -> list[Any]:
@@ -212,24 +297,33 @@ def load(image: Image) -> StateIndex | None:
         return None
 
 
-_COLUMNS = ("path", "ino", "kind", "size", "sha256", "whole")
+_COLUMNS = ("path", "ino", "kind", "size", "sha256", "whole_image", "whole_pack", "whole_offset",
+            "whole_length", "whole_sha256", "whole_extents")
+_INT_COLUMNS = ("ino", "size", "whole_image", "whole_pack", "whole_offset", "whole_length", "whole_extents")
 
 
-def _decode_volume(columns: Any, images: set[str], where: str) -> VolumeIndex:
+def _decode_volume(columns: Any, chain: set[str], where: str) -> VolumeIndex:
     """Checked column by column with set and regular-expression operations: a volume of many
-    paths loads in milliseconds, and nothing in it is trusted until checked."""
-    if not isinstance(columns, dict) or not all(isinstance(columns.get(c), list) for c in _COLUMNS):
+    paths loads in milliseconds, and nothing in it is trusted until checked. Content locations
+    are checked for shape here and for values when read (`VolumeIndex.whole_of`)."""
+    if not isinstance(columns, dict) or not all(isinstance(columns.get(c), list)
+                                                for c in (*_COLUMNS, "images", "extents")):
         raise MediaError(f"{where}: missing columns")
-    paths, inos, kinds, sizes, shas, wholes = (columns[c] for c in _COLUMNS)
-    if len({len(paths), len(inos), len(kinds), len(sizes), len(shas), len(wholes)}) != 1 or not paths:
+    paths, inos, kinds, sizes, shas, w_image, w_pack, w_offset, w_length, w_sha, w_counts = \
+        (columns[c] for c in _COLUMNS)
+    images, extents = columns["images"], columns["extents"]
+    if len({len(columns[c]) for c in _COLUMNS}) != 1 or not paths:
         raise MediaError(f"{where}: columns of different lengths, or empty")
-    digests = [h for h in shas if h is not None]
-    if not (set(map(type, paths)) == {str} and set(map(type, inos)) == {int} and min(inos) >= 0
-            and set(kinds) <= KINDS.keys() and set(map(type, sizes)) == {int} and min(sizes) >= 0
+    digests = [h for h in shas if h is not None] + [h for h in w_sha if h is not None]
+    if not (set(map(type, paths)) == {str} and set(kinds) <= KINDS.keys()
+            and all(set(map(type, columns[c])) == {int} for c in _INT_COLUMNS)
+            and min(inos) >= 0 and min(sizes) >= 0 and min(w_image) >= -1 and max(w_image) < len(images)
+            and min(w_counts) >= 0 and set(map(type, extents)) <= {int}
+            and 2 * sum(w_counts) == len(extents) and set(images) <= chain
             and set(map(type, digests)) <= {str} and set(map(len, digests)) <= {64}
-            and _DIGESTS.fullmatch("\n".join(digests) + "\n")
-            and set(map(type, wholes)) <= {list, type(None)}):
+            and _lower_hex("".join(digests))):
         raise MediaError(f"{where}: a value of the wrong type")
+    wholes = [None if i < 0 else row for row, i in enumerate(w_image)]
     rows = zip(inos, kinds, sizes, shas, wholes, strict=True)
     # tuple.__new__ through partial stays in C: IndexEntry._make is a Python call per row
     entries = dict(zip(paths, map(partial(tuple.__new__, IndexEntry), rows), strict=True))
@@ -243,10 +337,19 @@ def _decode_volume(columns: Any, images: set[str], where: str) -> VolumeIndex:
     orphans = {p.rpartition("/")[0] for p in paths if p} - dirs
     if orphans:
         raise MediaError(f"{where}: {sorted(orphans)[0]!r} is not a directory, but has entries")
-    return VolumeIndex(entries, images)
+    table = WholeTable(images, w_image, w_pack, w_offset, w_length, w_sha, shas, w_counts, extents)
+    return VolumeIndex(entries, chain, table)
 
 
-_DIGESTS = re.compile(r"(?:[0-9a-f]{64}\n)*\n?", re.ASCII)
+def _lower_hex(text: str) -> bool:
+    """Whether `text` is lower-case hexadecimal digits only (C-speed checks: no regular
+    expression over megabytes; `fromhex` alone would skip white space)."""
+    try:
+        raw = text.encode("ascii")
+        bytes.fromhex(text)
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return not raw or (raw.isalnum() and raw == raw.lower())
 
 
 def _decode_whole(value: Any, images: set[str], where: str) -> Whole:

@@ -4,8 +4,8 @@ One job: say what a well-formed service request is, in one place that the daemon
 (`service.broker`), the writer library and the requester library all import.
 Nothing here does I/O.
 
-Frames are `ipc` frames (4-byte length + one JSON object, at most
-`ipc.MAX_FRAME` bytes). Every service request may carry `"protocol": "1.0"`;
+Frames are `shadowfs.frames` frames (4-byte length + one JSON object, at most
+`frames.MAX_FRAME` bytes). Every service request may carry `"protocol": "1.0"`;
 `hello` and `writer_register` must. A different *major* version is refused
 with an error reply naming both versions; a newer minor version is accepted
 (minor versions only add optional fields).
@@ -36,7 +36,7 @@ import math
 import uuid
 from typing import Any
 
-from shadowfs import ipc
+from shadowfs import frames
 from shadowfs.documents.enums import SnapshotContext, WriterState
 
 PROTOCOL = "1.0"
@@ -125,33 +125,33 @@ def context_attributes(context: SnapshotContext) -> SnapshotAttr:
     return attrs | SnapshotAttr.DIFFERENTIAL | SnapshotAttr.EXPOSED_LOCALLY
 
 
-# --- field checks (raise ipc.RequestError, which becomes the error reply) ------------------------
+# --- field checks (raise frames.RequestError, which becomes the error reply) ------------------------
 
 
-def check_protocol(request: ipc.Frame, *, required: bool = False) -> str:
+def check_protocol(request: frames.Frame, *, required: bool = False) -> str:
     """The request's protocol version; refuses a missing (when required) or foreign major version."""
     value = request.get("protocol")
     if value is None and not required:
         return PROTOCOL
     if not isinstance(value, str) or len(value) > 16:
-        raise ipc.RequestError(f"request field 'protocol' must be a version string such as {PROTOCOL!r}")
+        raise frames.RequestError(f"request field 'protocol' must be a version string such as {PROTOCOL!r}")
     major, _, minor = value.partition(".")
     if not major.isdigit() or (minor and not minor.isdigit()):
-        raise ipc.RequestError(f"malformed protocol version {value!r} (expected MAJOR.MINOR)")
+        raise frames.RequestError(f"malformed protocol version {value!r} (expected MAJOR.MINOR)")
     if int(major) != PROTOCOL_MAJOR:
-        raise ipc.RequestError(f"protocol version {value} is not supported: this daemon speaks "
+        raise frames.RequestError(f"protocol version {value} is not supported: this daemon speaks "
                                f"{PROTOCOL_MAJOR}.x ({PROTOCOL})")
     return value
 
 
-def text(request: ipc.Frame, name: str, *, default: str | None = None, limit: int = MAX_TEXT) -> str:
+def text(request: frames.Frame, name: str, *, default: str | None = None, limit: int = MAX_TEXT) -> str:
     value = request.get(name, default)
     if not isinstance(value, str) or len(value) > limit or "\0" in value:
-        raise ipc.RequestError(f"request field {name!r} must be a string of at most {limit} characters")
+        raise frames.RequestError(f"request field {name!r} must be a string of at most {limit} characters")
     return value
 
 
-def guid(request: ipc.Frame, name: str, *, optional: bool = False) -> str | None:
+def guid(request: frames.Frame, name: str, *, optional: bool = False) -> str | None:
     """A UUID field in canonical lower-case form."""
     value = request.get(name)
     if value is None and optional:
@@ -161,28 +161,28 @@ def guid(request: ipc.Frame, name: str, *, optional: bool = False) -> str | None
             return str(uuid.UUID(value))
         except ValueError:
             pass
-    raise ipc.RequestError(f"request field {name!r} must be a UUID")
+    raise frames.RequestError(f"request field {name!r} must be a UUID")
 
 
-def seconds(request: ipc.Frame, name: str, default: float | None) -> float | None:
+def seconds(request: frames.Frame, name: str, default: float | None) -> float | None:
     value = request.get(name)
     if value is None:
         return default
     if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
             or not MIN_TIMEOUT <= value <= MAX_TIMEOUT):
-        raise ipc.RequestError(f"request field {name!r} must be a number of seconds in "
+        raise frames.RequestError(f"request field {name!r} must be a number of seconds in "
                                f"[{MIN_TIMEOUT:g}, {MAX_TIMEOUT:g}]")
     return float(value)
 
 
-def flag(request: ipc.Frame, name: str, default: bool) -> bool:
+def flag(request: frames.Frame, name: str, default: bool) -> bool:
     value = request.get(name, default)
     if not isinstance(value, bool):
-        raise ipc.RequestError(f"request field {name!r} must be true or false")
+        raise frames.RequestError(f"request field {name!r} must be true or false")
     return value
 
 
-def enum_field(request: ipc.Frame, name: str, kind: type[enum.StrEnum], default: Any) -> Any:
+def enum_field(request: frames.Frame, name: str, kind: type[enum.StrEnum], default: Any) -> Any:
     value = request.get(name, default)
     if isinstance(value, kind):
         return value
@@ -190,23 +190,24 @@ def enum_field(request: ipc.Frame, name: str, kind: type[enum.StrEnum], default:
         return kind(value)
     except (ValueError, TypeError):
         choices = ", ".join(m.value for m in kind)
-        raise ipc.RequestError(f"request field {name!r} must be one of: {choices}") from None
+        raise frames.RequestError(f"request field {name!r} must be one of: {choices}") from None
 
 
-def string_list(request: ipc.Frame, name: str, *, limit: int, optional: bool = False,
+def string_list(request: frames.Frame, name: str, *, limit: int, optional: bool = False,
                 item_limit: int = 4096) -> list[str] | None:
     value = request.get(name)
     if value is None and optional:
         return None
     if (not isinstance(value, list) or len(value) > limit
             or not all(isinstance(v, str) and 0 < len(v) <= item_limit and "\0" not in v for v in value)):
-        raise ipc.RequestError(f"request field {name!r} must be a list of at most {limit} non-empty strings")
+        raise frames.RequestError(
+            f"request field {name!r} must be a list of at most {limit} non-empty strings")
     return value
 
 
-def document(request: ipc.Frame, name: str) -> str | None:
+def document(request: frames.Frame, name: str) -> str | None:
     """An optional XML document carried as a string (its size is bounded by the frame cap)."""
     value = request.get(name)
     if value is not None and not isinstance(value, str):
-        raise ipc.RequestError(f"request field {name!r} must be an XML document (a string)")
+        raise frames.RequestError(f"request field {name!r} must be an XML document (a string)")
     return value
