@@ -278,8 +278,10 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
                     if chain is None:
                         chain = fold_chain(media, base.info.chain + [base.id])
                     _compare(run, volume, src, plan, chain.volumes[volume])
-        run.index.apply(info.id, run.pending)
-        writer.add_state_index(run.index.encode(info.id))
+        delta = run.index.delta_for(info.id, len(run.pending)) if run.defer else None
+        if delta is None:
+            run.index.apply(info.id, run.pending)
+        writer.add_state_index(delta if delta is not None else run.index.encode(info.id))
         if late_documents is not None:
             late = late_documents()
             if late.bcd is not None:

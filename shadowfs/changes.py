@@ -38,7 +38,6 @@ import os
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -228,6 +227,8 @@ def _in_threads(work: Callable[[tuple[int, str, list[int]]], None], items: list[
                 threads: int = 8) -> None:
     if len(items) < 2 * threads:
         return  # too few to gain from the hand-over
+    from concurrent.futures import ThreadPoolExecutor  # here: an import a CLI call need not pay
+
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(work, items):
             pass

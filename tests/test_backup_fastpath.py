@@ -242,3 +242,87 @@ def test_index_with_an_unsafe_path_is_not_used(sim: CoreSim, tmp_path: Path, bad
         (root / name).write_bytes(data)
     _assert_restores_the_backing(sim, store, inc, str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["v"]
+
+
+# ---- delta state indexes -----------------------------------------------------------------------
+
+
+def _index_doc(store: str, image: str) -> dict[str, Any]:
+    return json.loads((Path(store) / image / "state.json").read_bytes())
+
+
+def _seq_of(store: str, image: str) -> int:
+    return int(media.open_image(store, image).info.volumes[0]["seq"])
+
+
+def test_small_incrementals_keep_a_delta_and_the_next_one_loads_it(sim: CoreSim, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path / "media")
+    full, s0 = _chain_with_index(sim, store)
+    first = _incremental(sim, store, s0)
+    sim.create("d/new", b"new file")
+    second = _incremental(sim, store, _seq_of(store, first))
+    counts = [len(_records(store, image)) for image in (first, second)]
+    assert _index_doc(store, first) == {"format": "shadowfs-state", "version": 2, "image": first,
+                                        "delta_of": full, "records": counts[0]}
+    assert _index_doc(store, second)["delta_of"] == full
+    assert _index_doc(store, second)["records"] == sum(counts)
+    assert media.verify(store) == []  # each delta resolved and compared with the folded manifests
+
+    def no_fold(*args: object) -> None:
+        raise AssertionError("the fast path folded the chain's manifests")
+
+    monkeypatch.setattr("shadowfs.backup.fold_chain", no_fold)
+    sim.write("d/f5", 0, b"third")
+    third = _incremental(sim, store, _seq_of(store, second))
+    monkeypatch.undo()
+    assert {(r.op, r.path) for r in _records(store, third)} == {("put", "d/f5")}
+    _assert_restores_the_backing(sim, store, third, str(tmp_path / "out"))
+
+
+def test_a_full_index_is_written_again_once_a_delta_would_grow(sim: CoreSim, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path / "media")
+    monkeypatch.setattr("shadowfs.media.stateindex.DELTA_RECORDS", 3)
+    full, s0 = _chain_with_index(sim, store)
+    first = _incremental(sim, store, s0)  # put d, put d/f3, delete d/f4: 3 records
+    assert _index_doc(store, first)["delta_of"] == full
+    sim.write("d/f6", 0, b"more")
+    second = _incremental(sim, store, _seq_of(store, first))  # 5 records since the full index
+    assert "volumes" in _index_doc(store, second) and "delta_of" not in _index_doc(store, second)
+    sim.write("d/f7", 0, b"more")
+    third = _incremental(sim, store, _seq_of(store, second))
+    assert _index_doc(store, third)["delta_of"] == second
+    assert media.verify(store) == []
+    _assert_restores_the_backing(sim, store, third, str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("edit", ["outside the chain", "records", "delta of a delta"])
+def test_a_bad_delta_is_reported_and_the_backup_folds_instead(sim: CoreSim, tmp_path: Path,
+                                                              edit: str) -> None:
+    store = str(tmp_path / "media")
+    full, s0 = _chain_with_index(sim, store)
+    first = _incremental(sim, store, s0)
+    sim.create("d/new", b"new")
+    second = _incremental(sim, store, _seq_of(store, first))
+
+    def change(doc: dict[str, Any]) -> None:
+        if edit == "outside the chain":
+            doc["delta_of"] = "20261121T000000Z-00000009"
+        elif edit == "records":
+            doc["records"] += 1
+        else:
+            doc["delta_of"] = first
+
+    root = Path(store) / second
+    sound = {name: (root / name).read_bytes() for name in ("state.json", "COMPLETE")}
+    _rewrite_index(store, second, change)
+    assert [p.image for p in media.verify(store, second)] == [second]
+    sim.write("d/f8", 0, b"after")
+    third = _incremental(sim, store, _seq_of(store, second))  # the chain is folded: still right
+    assert {(r.op, r.path) for r in _records(store, third)} == {("put", "d/f8")}
+    with pytest.raises(media.MediaError, match="state.json"):
+        restore(store, third, str(tmp_path / "refused"))  # damaged media is refused, whichever file
+    for name, data in sound.items():
+        (root / name).write_bytes(data)
+    _assert_restores_the_backing(sim, store, third, str(tmp_path / "out"))

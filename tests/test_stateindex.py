@@ -125,3 +125,26 @@ def test_loaded_rows_are_written_again_unchanged() -> None:
     assert new[1].sha256 == "ef" * 32
     kept = volume.whole_of(volume.entries["d/f"])
     assert kept is not None and kept[0] == IMAGE and kept[1].sha256 == SHA
+
+
+LATER = "20261121T000000Z-00000002"
+
+
+def test_delta_round_trip() -> None:
+    doc = {"format": "shadowfs-state", "version": 2, "image": LATER, "delta_of": IMAGE, "records": 3}
+    assert stateindex.decode(json.dumps(doc).encode(), LATER, [IMAGE, LATER]) == stateindex.Delta(IMAGE, 3)
+
+
+@pytest.mark.parametrize("fields", [
+    {"delta_of": LATER, "records": 1},  # itself
+    {"delta_of": "20261121T000000Z-00000009", "records": 1},  # not in the chain
+    {"delta_of": IMAGE, "records": -1},
+    {"delta_of": IMAGE, "records": "1"},
+    {"delta_of": IMAGE, "records": True},
+    {"delta_of": 5, "records": 1},
+    {"delta_of": IMAGE},
+])
+def test_malformed_delta_is_refused(fields: dict[str, Any]) -> None:
+    doc = {"format": "shadowfs-state", "version": 2, "image": LATER, **fields}
+    with pytest.raises(MediaError):
+        stateindex.decode(json.dumps(doc).encode(), LATER, [IMAGE, LATER])

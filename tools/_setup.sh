@@ -36,8 +36,12 @@ shadowfs_ensure_packages() {
     "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
 }
 
+# The editable install is a plain path entry (compat mode), not an import hook: the hook
+# costs every Python start of the CLI and the daemon's children about 15 ms.
+SHADOWFS_EDITABLE_MODE=compat
+
 shadowfs_stamp() {
-    sha256sum "$SHADOWFS_ROOT/pyproject.toml" | cut -d' ' -f1
+    echo "$(sha256sum "$SHADOWFS_ROOT/pyproject.toml" | cut -d' ' -f1) $SHADOWFS_EDITABLE_MODE"
 }
 
 shadowfs_ensure_venv() {
@@ -50,12 +54,21 @@ shadowfs_ensure_venv() {
     if [[ ! -f "$stamp_file" || "$(cat "$stamp_file")" != "$want" ]] \
         || ! "$SHADOWFS_VENV/bin/python" -c "import shadowfs, pyfuse3, trio, lmdb, pytest" 2>/dev/null; then
         shadowfs_log "installing shadowfs and its test tools into $SHADOWFS_VENV"
-        "$SHADOWFS_VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$SHADOWFS_ROOT[test]" </dev/null
+        "$SHADOWFS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            --config-settings editable_mode="$SHADOWFS_EDITABLE_MODE" -e "$SHADOWFS_ROOT[test]" </dev/null
         echo "$want" >"$stamp_file"
     fi
+}
+
+# Compiled modules for the daemon, its children and the CLI, which start often: where
+# PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile every shadowfs module from
+# source at each start (0.14 s of a CLI call). Quick when they are up to date.
+shadowfs_ensure_bytecode() {
+    "$SHADOWFS_VENV/bin/python" -m compileall -q "$SHADOWFS_ROOT/shadowfs" >/dev/null
 }
 
 shadowfs_setup() {
     shadowfs_ensure_packages
     shadowfs_ensure_venv
+    shadowfs_ensure_bytecode
 }

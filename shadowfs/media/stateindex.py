@@ -31,7 +31,16 @@ Format::
                         "extents": [offset, length, offset, length, ...]}}}
 
 the lists of one volume parallel (but ``images`` and ``extents``), the root ``""``
-among the paths. Only flat lists of numbers and strings: they parse several
+among the paths. An incremental or differential image that changed few paths
+keeps a *delta* instead, which costs nothing to write::
+
+    {"format": "shadowfs-state", "version": 2, "image": id, "delta_of": full_id, "records": n}
+
+meaning: the full index of image ``full_id`` (an earlier image of the chain,
+itself with a full index), then the manifests of every image after it in the
+chain, this one included (``n`` records in all), folded on top. A delta is
+written while ``n`` stays within `DELTA_RECORDS` and a fiftieth of the full
+index's paths, so loading one never folds much. Only flat lists of numbers and strings: they parse several
 times faster than a list per path, and a loaded path keeps its row number
 instead of its content location, which is put together only when read
 (`VolumeIndex.whole_of`) or written again (`StateIndex.encode`).
@@ -57,6 +66,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "shadowfs-state"
 VERSION = 2
+DELTA_RECORDS = 256  # a delta may always hold this many records, more for a big index
 
 Whole = tuple[str, DataRef]
 
@@ -178,6 +188,23 @@ class StateIndex:
 
     def __init__(self, volumes: dict[str, VolumeIndex] | None = None) -> None:
         self.volumes: dict[str, VolumeIndex] = volumes if volumes is not None else {}
+        # set by `load`: the image whose full index this one starts from, the records folded on
+        # top of it since, and how many paths that full index had
+        self.full_image: str | None = None
+        self.records_since_full = 0
+        self.full_paths = 0
+
+    def delta_for(self, image_id: str, new_records: int) -> bytes | None:
+        """The delta index of image `image_id` (whose base this index is, `new_records` records
+        on top), or None when a full index is due (see the module docstring)."""
+        if self.full_image is None:
+            return None
+        records = self.records_since_full + new_records
+        if records > max(DELTA_RECORDS, self.full_paths // 50):
+            return None
+        doc = {"format": FORMAT, "version": VERSION, "image": image_id, "delta_of": self.full_image,
+               "records": records}
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     def apply(self, image_id: str, records: Iterable[Record]) -> None:
         """Fold one image's records (checked ones: they come from our own writer or the manifest)."""
@@ -268,16 +295,30 @@ def from_chain(state: ChainState) -> StateIndex:
     return index
 
 
-def decode(data: bytes, image_id: str, chain: list[str]) -> StateIndex:
+class Delta(NamedTuple):
+    """A delta index: the full index of `of`, and `records` records folded on top since."""
+
+    of: str
+    records: int
+
+
+def decode(data: bytes, image_id: str, chain: list[str]) -> StateIndex | Delta:
     """Parse an index; MediaError names what is wrong. `chain` is the image's chain, itself included."""
     try:
         doc = json.loads(data.decode("utf-8", "surrogateescape"))
     except ValueError:
         raise MediaError(f"image {image_id}: {STATE_INDEX} is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION \
-            or doc.get("image") != image_id or not isinstance(doc.get("volumes"), dict):
+            or doc.get("image") != image_id:
         raise MediaError(f"image {image_id}: {STATE_INDEX} is not a version {VERSION} state index "
                          "of this image")
+    if "delta_of" in doc:
+        of, records = doc["delta_of"], doc.get("records")
+        if not (isinstance(of, str) and of in chain[:-1] and type(records) is int and records >= 0):
+            raise MediaError(f"image {image_id}: {STATE_INDEX}: a delta of no earlier image of its chain")
+        return Delta(of, records)
+    if not isinstance(doc.get("volumes"), dict):
+        raise MediaError(f"image {image_id}: {STATE_INDEX} has no volumes")
     images = set(chain)
     index = StateIndex()
     for name, columns in doc["volumes"].items():
@@ -286,12 +327,48 @@ def decode(data: bytes, image_id: str, chain: list[str]) -> StateIndex:
     return index
 
 
+def resolve(image: Image) -> StateIndex:
+    """What the chain up to `image` restores, from its index (a delta resolved through the full
+    index it starts from and the manifests after that); MediaError if any of it is missing,
+    damaged or malformed."""
+    if STATE_INDEX not in image.files:
+        raise MediaError(f"image {image.id} has no {STATE_INDEX}")
+    chain = [*image.info.chain, image.id]
+    found = decode(image.read_checked(STATE_INDEX), image.id, chain)
+    if isinstance(found, StateIndex):
+        found.full_image = image.id
+        found.full_paths = sum(len(v.entries) for v in found.volumes.values())
+        return found
+    start = Image(image.media, found.of)
+    if STATE_INDEX not in start.files:
+        raise MediaError(f"image {image.id}: {STATE_INDEX} is a delta of image {found.of}, which has none")
+    index = decode(start.read_checked(STATE_INDEX), start.id, chain[:chain.index(found.of) + 1])
+    if not isinstance(index, StateIndex):
+        raise MediaError(f"image {image.id}: {STATE_INDEX} is a delta of a delta")
+    index.full_image = found.of
+    index.full_paths = sum(len(v.entries) for v in index.volumes.values())
+    folded = 0
+    for later in chain[chain.index(found.of) + 1:]:
+        records = list(Image(image.media, later).records())
+        folded += len(records)
+        index.apply(later, records)
+    if folded != found.records:
+        raise MediaError(f"image {image.id}: {STATE_INDEX} says {found.records} records since image "
+                         f"{found.of}, the manifests hold {folded}")
+    for name, volume in index.volumes.items():
+        volume.settle()
+        _check_tree(list(volume.entries), [e.kind for e in volume.entries.values()],
+                    f"image {image.id}: {STATE_INDEX} resolved: volume {name}")
+    index.records_since_full = folded
+    return index
+
+
 def load(image: Image) -> StateIndex | None:
     """The image's index, or None when it has none or it is damaged (the caller folds the chain)."""
     if STATE_INDEX not in image.files:
         return None
     try:
-        return decode(image.read_checked(STATE_INDEX), image.id, [*image.info.chain, image.id])
+        return resolve(image)
     except MediaError as exc:
         log.warning("%s; folding the chain's manifests instead", exc)
         return None
@@ -333,12 +410,19 @@ def _decode_volume(columns: Any, chain: set[str], where: str) -> VolumeIndex:
         check_rel_paths(paths)
     except UnsafePath as exc:
         raise MediaError(f"{where}: {exc}") from None
+    _check_tree(paths, kinds, where)
+    table = WholeTable(images, w_image, w_pack, w_offset, w_length, w_sha, shas, w_counts, extents)
+    return VolumeIndex(entries, chain, table)
+
+
+def _check_tree(paths: list[str], kinds: list[str], where: str) -> None:
+    """Every path's parent is a directory of the same volume, and the root is one."""
     dirs = {p for p, k in zip(paths, kinds, strict=True) if k == "dir"}
+    if "" not in dirs:
+        raise MediaError(f"{where}: no root directory")
     orphans = {p.rpartition("/")[0] for p in paths if p} - dirs
     if orphans:
         raise MediaError(f"{where}: {sorted(orphans)[0]!r} is not a directory, but has entries")
-    table = WholeTable(images, w_image, w_pack, w_offset, w_length, w_sha, shas, w_counts, extents)
-    return VolumeIndex(entries, chain, table)
 
 
 def _lower_hex(text: str) -> bool:
@@ -366,4 +450,5 @@ def _decode_whole(value: Any, images: set[str], where: str) -> Whole:
     return image, DataRef("full", [(e[0], e[1]) for e in extents], pack, offset, length, sha)
 
 
-__all__ = ["STATE_INDEX", "IndexEntry", "StateIndex", "VolumeIndex", "decode", "from_chain", "load"]
+__all__ = ["DELTA_RECORDS", "STATE_INDEX", "Delta", "IndexEntry", "StateIndex", "VolumeIndex", "decode",
+           "from_chain", "load", "resolve"]

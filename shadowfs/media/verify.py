@@ -140,8 +140,7 @@ def _check_state_index(image: Image, state: ChainState) -> list[str]:
     if layout.STATE_INDEX not in image.files:
         return []
     try:
-        index = stateindex.decode(image.read_checked(layout.STATE_INDEX), image.id,
-                                  [*image.info.chain, image.id])
+        index = stateindex.resolve(image)
     except MediaError as exc:
         return [str(exc)]
     if index.comparable() != stateindex.from_chain(state).comparable():
