@@ -226,6 +226,10 @@ class BrowserVolume:
                 log.warning("volume %s: %s", self.name, exc)
         return self.area
 
+    def retry_area_now(self) -> None:
+        """Let the next `ensure_area` try to open the diff area without waiting."""
+        self._next_try = 0.0
+
     def replace_root(self, root_fd: int) -> None:
         """Serve the backing data from a new root descriptor (the old one is closed once
         no worker thread uses it)."""
@@ -391,6 +395,9 @@ class BrowserOperations(pyfuse3.Operations):
                 kept = old.pop(index)
                 kept.name = name
                 kept.replace_root(fd)
+                # the daemon sends the list again once a volume's mount process is ready, and
+                # only then is its diff area sure to exist: look for it again at once
+                kept.retry_area_now()
                 new[index] = kept
         for volume in old.values():
             volume.close()

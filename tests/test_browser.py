@@ -277,7 +277,9 @@ def test_rsync_out_of_the_snapshot(workspace: Workspace) -> None:
     workspace.browser([v])
     dest = os.path.join(workspace.base, "restore")
     source = os.path.join(workspace.mount, SET_A, "data") + "/"
-    result = subprocess.run(["rsync", "-aHAX", "--numeric-ids", source, dest + "/"],
+    # --modify-window=-1: rsync otherwise takes times within the same second as equal, and
+    # leaves a directory it made in that second with the time its own writes gave it
+    result = subprocess.run(["rsync", "-aHAX", "--modify-window=-1", "--numeric-ids", source, dest + "/"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     copied, copied_inodes = manifest(dest)
@@ -608,6 +610,26 @@ def test_a_live_mount_is_not_stacked_on(workspace: Workspace) -> None:
     assert second.sock is not None
     second.sock.close()  # never second.stop(): it would unmount the first browser's mount
     assert os.listdir(workspace.mount) == ["by-time"]  # the first one still serves
+
+
+def test_volumes_message_again_finds_a_diff_area_made_meanwhile_at_once(workspace: Workspace) -> None:
+    """The daemon sends the volume list when the browser starts (a new volume's mount process may
+    not have made its diff area yet) and again once that mount process is ready: from then on
+    its sets show without the browser's retry delay (a snapshot taken right away is readable)."""
+    backing = os.path.join(workspace.base, "late-backing")
+    os.makedirs(backing)
+    area = os.path.join(workspace.base, "late-area")
+    browser = workspace.browser()
+    assert browser.set_volumes([("late", 3, area, backing)])["ok"]
+    assert os.listdir(workspace.mount) == ["by-time"]  # no diff area yet: retried in a second
+    v = Volume("late", 3, backing, area)
+    workspace.volumes.append(v)
+    _write(v.path("f"), b"late")
+    v.take(SET_C)
+    assert browser.set_volumes([("late", 3, area, backing)])["ok"]
+    assert SET_C in os.listdir(workspace.mount)
+    with open(os.path.join(workspace.mount, SET_C, "late", "f"), "rb") as f:
+        assert f.read() == b"late"
 
 
 # ---- direct handler calls (no mount): the refusals the kernel's "ro" never lets through --------
