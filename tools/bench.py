@@ -348,7 +348,7 @@ class Bench:
             "random": lambda: self.random_io(native, live),
             "metadata": lambda: self.metadata(native, live),
             "rsync": lambda: self.rsync(native, live),
-            "flat": lambda: self.flat(live),
+            "flat": self.flat,
             "snapshot": self.snapshot_creation,
             "memory": self.memory,
             "backup": self.backup_jobs,
@@ -462,43 +462,49 @@ class Bench:
         shutil.rmtree(native / "tree")
         shutil.rmtree(live / "tree")
 
-    def flat(self, live: Path) -> None:
-        """Overwrite and snapshot-read throughput with 1 snapshot vs many."""
+    def flat(self) -> None:
+        """Overwrite and snapshot-read throughput on a volume with 1 snapshot vs one with many,
+        measured in turns (one, many, one, many, ...) so that the disk's swings weigh on both."""
         s = self.sizes
         chunk = os.urandom(MiB)
         mb = s.flat_file / MiB
-
-        def delete_all() -> None:
-            for record in request(str(self.state), {"op": "snapshot_list"})["snapshots"]:
-                self.cli("snapshot", "delete", record["id"])
-
-        def measure(alone: bool) -> tuple[float, float]:
-            # each overwrite is the first after a snapshot of its own (the capture path), so
-            # every run writes the file anew and takes a snapshot first; medians of the runs
-            overwrites: list[float] = []
-            for _ in range(s.runs):
-                write_file(live / "flat", s.flat_file, chunk)
-                if alone:
-                    delete_all()
-                snap = self.snapshot("bench")
-                overwrites.append(timed(lambda: overwrite_file(live / "flat", s.flat_file, os.urandom(MiB))))
-            path = Path(snap["snapshots"][0]["path"]) / "flat"
-            t_read = median_time(lambda: read_file(path), s.runs, drop_caches)
-            return mb / statistics.median(overwrites), mb / t_read
-
-        over_one, read_one = measure(alone=True)
-        delete_all()
+        trees = {"one": self.work / "flat-one", "many": self.work / "flat-many"}
+        for name, tree in trees.items():
+            tree.mkdir()
+            self.add_volume(f"flat-{name}", tree)
         for _ in range(s.flat_snapshots - 1):
-            self.snapshot("bench")
-        over_many, read_many = measure(alone=False)
+            self.snapshot("flat-many")
+
+        def delete_sets(volume: str) -> None:
+            for record in request(str(self.state), {"op": "snapshot_list"})["snapshots"]:
+                if record["volume"] == volume:
+                    request(str(self.state), {"op": "snapshot_delete", "snapshot": record["id"]})
+
+        # each overwrite is the first after a snapshot of its own (the capture path): every run
+        # writes the file anew and takes a snapshot first ("one" keeps only that snapshot)
+        overwrites: dict[str, list[float]] = {"one": [], "many": []}
+        paths: dict[str, Path] = {}
+        for _ in range(s.runs):
+            for name, tree in trees.items():
+                write_file(tree / "flat", s.flat_file, chunk)
+                if name == "one":
+                    delete_sets("flat-one")
+                snap = self.snapshot(f"flat-{name}")
+                paths[name] = Path(snap["snapshots"][0]["path"]) / "flat"
+                overwrites[name].append(timed(lambda tree=tree: overwrite_file(
+                    tree / "flat", s.flat_file, os.urandom(MiB))))
+        reads = paired_medians({name: lambda path=path: read_file(path) for name, path in paths.items()},
+                               s.runs, drop_caches)
+        over_one, over_many = (mb / statistics.median(overwrites[n]) for n in ("one", "many"))
+        read_one, read_many = mb / reads["one"], mb / reads["many"]
         self.record("flat_in_snapshots", f"overwrite and snapshot read of {mb:.0f} MiB, 1 vs "
-                    f"{s.flat_snapshots} snapshots", "MiB/s", overwrite_1=over_one,
+                    f"{s.flat_snapshots} snapshots on the volume, in turns", "MiB/s", overwrite_1=over_one,
                     overwrite_many=over_many, read_1=read_one, read_many=read_many,
                     ratio=over_many / over_one, read_ratio=read_many / read_one)
-        for record in request(str(self.state), {"op": "snapshot_list"})["snapshots"]:
-            request(str(self.state), {"op": "snapshot_delete", "snapshot": record["id"]})
-        os.unlink(live / "flat")
         self.sample_rss()
+        for name, tree in trees.items():
+            delete_sets(f"flat-{name}")
+            os.unlink(tree / "flat")
 
     def snapshot_creation(self) -> None:
         s = self.sizes
