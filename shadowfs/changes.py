@@ -46,7 +46,7 @@ from shadowfs.diffarea import DiffArea, DiffAreaError
 from shadowfs.format import BLOCK_SIZE, AttrRecord, DirentRecord
 from shadowfs.media.records import KIND_OF_FMT
 from shadowfs.safefs import join
-from shadowfs.snaptree import ByteSource, Meta, PathSource, SourceTree
+from shadowfs.snaptree import Meta, OpenSource, PathSource, SourceTree
 from shadowfs.snapview import SnapshotView
 
 
@@ -68,19 +68,13 @@ class SnapshotReader(Protocol):
     def read(self, ino: int, path: str, offset: int, length: int) -> bytes:
         """Bytes of a regular file (short only at its end)."""
 
-    def source(self, ino: int, path: str, size: int) -> ClosingSource:
+    def source(self, ino: int, path: str, size: int) -> OpenSource:
         """The bytes of a regular file whose size at the snapshot is `size`; close it after use."""
 
     def prefetch(self, objects: list[tuple[int, str, list[int]]]) -> None:
         """Warm what the caller reads next: (inode, path, data blocks) of each object, in order."""
 
 
-class ClosingSource(ByteSource, Protocol):
-    def close(self) -> None: ...
-
-    def __enter__(self) -> ClosingSource: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 class PathReader:
@@ -183,7 +177,7 @@ class ViewReader:
                 continue  # gone, or not a regular file: the read that follows says what is wrong
 
 
-class ViewSource:
+class ViewSource(OpenSource):
     """The bytes of one regular file of a snapshot, through the read model, by inode.
 
     The last few reads are kept: a backup reads a changed block to compare it with its
@@ -215,12 +209,6 @@ class ViewSource:
 
     def close(self) -> None:
         self._kept.clear()
-
-    def __enter__(self) -> ViewSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _in_threads(work: Callable[[tuple[int, str, list[int]]], None], items: list[tuple[int, str, list[int]]],

@@ -26,7 +26,7 @@ import os
 import stat
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 
 from shadowfs.media.records import KIND_OF_FMT
 from shadowfs.osutil import data_regions
@@ -204,7 +204,20 @@ class ByteSource(Protocol):
         """(offset, end) regions below `size` that may hold data; the rest reads as zeros."""
 
 
-class PathSource:
+class OpenSource(ByteSource):
+    """A `ByteSource` that may hold a resource until `close` (also as a context manager)."""
+
+    def close(self) -> None:
+        """Release what the source holds (nothing here)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PathSource(OpenSource):
     """A regular file of a `SourceTree`, opened at the first read (a file that turns out to
     need no read is never opened); `close` releases the descriptor."""
 
@@ -228,12 +241,6 @@ class PathSource:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> PathSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class SparseReader:
