@@ -2,7 +2,7 @@
 
 import sys
 
-from shadowfs.cli import main
+from shadowfs.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from shadowfs import fuseutil, ipc
+from shadowfs.ipc import frames
+from shadowfs.linux import mounts
 from shadowfs.manifest import file_digest, xattrs_of
 from tests.coresim import CoreSim
 
@@ -63,24 +64,24 @@ class BrowserProcess:
         try:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "shadowfs.browserproc", "--control-fd", str(child.fileno()),
+                    [sys.executable, "-m", "shadowfs.browser.process", "--control-fd", str(child.fileno()),
                      "--mount", self.mount], pass_fds=(child.fileno(),), env=env, start_new_session=True,
                     stderr=log)
         finally:
             child.close()
         self.sock = parent
         parent.settimeout(START_TIMEOUT)
-        event, fds = ipc.recv_frame(parent)
-        ipc.close_fds(fds)
+        event, fds = frames.recv_frame(parent)
+        frames.close_fds(fds)
         assert event == {"event": "ready"}, event
-        assert fuseutil.is_fuse_mount(self.mount)
+        assert mounts.is_fuse_mount(self.mount)
 
     def call(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
         assert self.sock is not None
         self._ids += 1
-        ipc.send_frame(self.sock, {**request, "id": self._ids}, fds or [])
-        reply, reply_fds = ipc.recv_frame(self.sock)
-        ipc.close_fds(reply_fds)
+        frames.send_frame(self.sock, {**request, "id": self._ids}, fds or [])
+        reply, reply_fds = frames.recv_frame(self.sock)
+        frames.close_fds(reply_fds)
         assert reply.get("id") == self._ids, reply
         return reply
 
@@ -91,7 +92,7 @@ class BrowserProcess:
             return self.call({"op": "volumes", "volumes": [
                 {"name": name, "index": index, "diff_area": area} for name, index, area, _ in volumes]}, fds)
         finally:
-            ipc.close_fds(fds)
+            frames.close_fds(fds)
 
     def stop(self) -> int | None:
         """Close the control socket, wait for the exit; kill if it hangs; unmount our mount only."""
@@ -106,7 +107,7 @@ class BrowserProcess:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
-        fuseutil.unmount(self.mount)
+        mounts.unmount(self.mount)
         return code
 
 
@@ -144,12 +145,12 @@ class Workspace:
             browser.stop()
         for volume in self.volumes:
             volume.close()
-        fuseutil.unmount(self.mount)
+        mounts.unmount(self.mount)
         log = ""
         if os.path.exists(self.log_path):
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
                 log = f.read()
-        if not fuseutil.is_fuse_mount(self.mount):
+        if not mounts.is_fuse_mount(self.mount):
             shutil.rmtree(self.base, ignore_errors=True)
         return log
 

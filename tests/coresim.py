@@ -9,11 +9,11 @@ import os
 import stat
 from dataclasses import dataclass
 
-from shadowfs import format as fmt
-from shadowfs.capture import CaptureEngine, remove_from_graveyard
-from shadowfs.diffarea import DiffArea
-from shadowfs.osutil import list_xattrs
-from shadowfs.snapview import LiveObjects, SnapshotView
+from shadowfs.capture.engine import CaptureEngine, remove_from_graveyard
+from shadowfs.diffarea import schema
+from shadowfs.diffarea.area import DiffArea
+from shadowfs.linux.syscalls import list_xattrs
+from shadowfs.snapshot.view import LiveObjects, SnapshotView
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def manifest_live(root: str) -> dict[bytes, Entry]:
                             nlink, digest, target, xattrs)
         if stat.S_ISDIR(st.st_mode):
             for name in sorted(os.listdir(path)):
-                if rel == b"" and name == fmt.HIDDEN_DIR:
+                if rel == b"" and name == schema.HIDDEN_DIR:
                     continue
                 visit(os.path.join(path, name), os.path.join(rel, name))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shadowfs import fuseutil
+from shadowfs.linux import mounts
 
 SHADOWFS = [sys.executable, "-m", "shadowfs"]
 
@@ -107,9 +107,9 @@ class DaemonRun:
             self.stop()
         finally:
             base = str(self.base.resolve())
-            for point in sorted(fuseutil.fuse_mounts(), key=len, reverse=True):
+            for point in sorted(mounts.fuse_mounts(), key=len, reverse=True):
                 if point == base or point.startswith(base + "/"):
-                    fuseutil.unmount(point)
+                    mounts.unmount(point)
 
     def add_volume(self, name: str, *extra: str) -> Path:
         backing = self.base / f"vol-{name}"

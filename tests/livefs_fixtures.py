@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from shadowfs import fuseutil, ipc
-from shadowfs.diffarea import DiffArea
-from shadowfs.format import AttrRecord
-from shadowfs.snapview import LiveObjects, SnapshotView
+from shadowfs.diffarea.area import DiffArea
+from shadowfs.diffarea.schema import AttrRecord
+from shadowfs.ipc import frames
+from shadowfs.linux import mounts
+from shadowfs.snapshot.view import LiveObjects, SnapshotView
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
@@ -49,8 +50,8 @@ class MountClient:
         self._next_id = 1
 
     def receive(self) -> dict[str, Any]:
-        frame, fds = ipc.recv_frame(self.sock)
-        ipc.close_fds(fds)
+        frame, fds = frames.recv_frame(self.sock)
+        frames.close_fds(fds)
         return frame
 
     def wait_event(self, name: str) -> dict[str, Any]:
@@ -65,15 +66,15 @@ class MountClient:
             self.events.append(frame)
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send a request; return the reply (raise ipc.RemoteError on `"ok": false`)."""
+        """Send a request; return the reply (raise frames.RemoteError on `"ok": false`)."""
         request_id = self._next_id
         self._next_id += 1
-        ipc.send_frame(self.sock, {"op": op, "id": request_id, **fields})
+        frames.send_frame(self.sock, {"op": op, "id": request_id, **fields})
         while True:
             frame = self.receive()
             if frame.get("id") == request_id:
                 if not frame.get("ok"):
-                    raise ipc.RemoteError(frame.get("error", "request failed"))
+                    raise frames.RemoteError(frame.get("error", "request failed"))
                 return frame
             self.events.append(frame)
 
@@ -112,7 +113,7 @@ class LiveVolume:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shadowfs.mountproc", "--control-fd", str(child.fileno()),
+                [sys.executable, "-m", "shadowfs.live.process", "--control-fd", str(child.fileno()),
                  "--volume", "vol", "--backing", str(self.backing), "--mount", str(self.mount),
                  "--diff-area", str(self.diff), "--max-diff-area", str(max_bytes)],
                 pass_fds=[child.fileno()], stdout=log, stderr=log, cwd=REPO,
@@ -122,7 +123,7 @@ class LiveVolume:
         self.client = MountClient(parent)
         try:
             self.client.wait_event("ready")
-        except (ipc.ChannelClosed, OSError) as exc:
+        except (frames.ChannelClosed, OSError) as exc:
             raise RuntimeError(f"mount process did not get ready: {exc}\n{self.log()}") from exc
         parent.settimeout(CALL_TIMEOUT)
 
@@ -170,8 +171,8 @@ class LiveVolume:
                     self.proc.kill()
                     self.proc.wait()
             self.proc = None
-        if fuseutil.is_fuse_mount(str(self.mount)):
-            fuseutil.unmount(str(self.mount))
+        if mounts.is_fuse_mount(str(self.mount)):
+            mounts.unmount(str(self.mount))
         return code
 
     def unexpected_errors(self, log: str) -> list[str]:
@@ -181,7 +182,7 @@ class LiveVolume:
     def cleanup(self) -> None:
         self.stop()
         os.close(self.backing_fd)
-        if not fuseutil.is_fuse_mount(str(self.mount)):
+        if not mounts.is_fuse_mount(str(self.mount)):
             shutil.rmtree(self.top, ignore_errors=True)
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from shadowfs import changes, media
-from shadowfs.backup import backup
+from shadowfs import media
+from shadowfs.backup.engine import backup
 from shadowfs.manifest import differences
 from shadowfs.media import layout
-from shadowfs.restore import restore
+from shadowfs.restore.engine import restore
+from shadowfs.snapshot import changes
 from tests.coresim import CoreSim
 from tests.simload import BLOCK, SimLoad
 from tests.treegen import tree_manifest
@@ -179,7 +180,7 @@ def test_fast_incremental_reads_the_index_not_the_manifests(sim: CoreSim, tmp_pa
     def no_fold(*args: object) -> None:
         raise AssertionError("the fast path folded the chain's manifests")
 
-    monkeypatch.setattr("shadowfs.backup.fold_chain", no_fold)
+    monkeypatch.setattr("shadowfs.backup.engine.fold_chain", no_fold)
     inc = _incremental(sim, store, s0)
     monkeypatch.undo()
     ops = {(r.op, r.path) for r in _records(store, inc)}
@@ -272,7 +273,7 @@ def test_small_incrementals_keep_a_delta_and_the_next_one_loads_it(sim: CoreSim,
     def no_fold(*args: object) -> None:
         raise AssertionError("the fast path folded the chain's manifests")
 
-    monkeypatch.setattr("shadowfs.backup.fold_chain", no_fold)
+    monkeypatch.setattr("shadowfs.backup.engine.fold_chain", no_fold)
     sim.write("d/f5", 0, b"third")
     third = _incremental(sim, store, _seq_of(store, second))
     monkeypatch.undo()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from shadowfs import media
-from shadowfs.backup import backup
+from shadowfs.backup.engine import backup
 from shadowfs.manifest import differences
-from shadowfs.restore import restore
+from shadowfs.restore.engine import restore
 from tests.treegen import make_tree, mutate, tree_manifest
 
 

@@ -26,7 +26,7 @@ from tests.e2e import DaemonRun, requires_fuse
 from tests.writers import ROOT, WriterProcs, writer_procs
 
 pytestmark = requires_fuse
-BACKUP_CLI = [sys.executable, "-m", "shadowfs.backup_cli"]
+BACKUP_CLI = [sys.executable, "-m", "shadowfs"]
 LOG_ONLY = 0x8 | 0xF00          # LOG_BACKUP_REQUIRED | ALL_SNAPSHOT_REQUIRED
 NO_SNAPSHOT = 0xF               # ALL_BACKUP_REQUIRED, no snapshot needed
 SCHEMA = 0x1 | 0x2 | 0x20 | 0x40 | 0x100   # differential, incremental, timestamped, last modify, new target

@@ -18,9 +18,10 @@ from typing import Any
 import pyfuse3
 import pytest
 
-from shadowfs import fuseutil, ipc
-from shadowfs.browserfs import BrowserOperations, parse_created, snapshot_node, split_snapshot_node
-from shadowfs.format import BLOCK_SIZE, META_NEXT_SEQ, u64
+from shadowfs.browser.ops import BrowserOperations, parse_created, snapshot_node, split_snapshot_node
+from shadowfs.diffarea.schema import BLOCK_SIZE, META_NEXT_SEQ, u64
+from shadowfs.ipc import frames
+from shadowfs.linux import mounts
 from tests.browser_fixtures import (
     ALL_FIELDS,
     COPY_FIELDS,
@@ -571,7 +572,7 @@ def test_process_unmounts_and_exits_cleanly(workspace: Workspace, how: str) -> N
     else:
         browser.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
         assert browser.proc.wait(15) == 0
-    assert not fuseutil.is_fuse_mount(workspace.mount)
+    assert not mounts.is_fuse_mount(workspace.mount)
 
 
 def test_external_unmount_ends_the_process(workspace: Workspace) -> None:
@@ -581,7 +582,7 @@ def test_external_unmount_ends_the_process(workspace: Workspace) -> None:
     subprocess.run(["fusermount3", "-u", workspace.mount], check=True)
     assert browser.proc.wait(15) == 0
     time.sleep(0.1)
-    assert not fuseutil.is_fuse_mount(workspace.mount)
+    assert not mounts.is_fuse_mount(workspace.mount)
 
 
 def test_restart_after_a_killed_browser(workspace: Workspace) -> None:
@@ -604,7 +605,7 @@ def test_a_live_mount_is_not_stacked_on(workspace: Workspace) -> None:
     v = workspace.volume("data", 1)
     workspace.browser([v])
     second = BrowserProcess(workspace.mount, workspace.log_path)
-    with pytest.raises(ipc.ChannelClosed):
+    with pytest.raises(frames.ChannelClosed):
         second.start()
     assert second.proc is not None and second.proc.wait(15) == 1
     assert second.sock is not None

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 import lmdb
 import pytest
 
-from shadowfs.browserfs import BrowserVolume
-from shadowfs.format import BLOCK_SIZE
-from shadowfs.snapview import LiveObjects
+from shadowfs.browser.ops import BrowserVolume
+from shadowfs.diffarea.schema import BLOCK_SIZE
+from shadowfs.snapshot.view import LiveObjects
 from tests.browser_fixtures import Volume, Workspace, needs_fuse, workspace
 from tests.coresim import CoreSim
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from shadowfs import changes as ch
-from shadowfs.format import BLOCK_SIZE
+from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.media.records import KIND_OF_FMT
-from shadowfs.snapdiff import diff_snapshots
-from shadowfs.snaptree import SparseReader
-from shadowfs.snapview import SnapshotView
+from shadowfs.snapshot import changes as ch
+from shadowfs.snapshot.diff import diff_snapshots
+from shadowfs.snapshot.tree import SparseReader
+from shadowfs.snapshot.view import SnapshotView
 from tests.coresim import CoreSim, Entry, manifest_view
 from tests.simload import SimLoad
 

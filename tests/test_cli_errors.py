@@ -93,8 +93,8 @@ def test_help_documents_the_default_diff_area(tmp_path: Path) -> None:
 
 def test_second_daemon_on_a_locked_state_dir(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from shadowfs import config\n"
-        "lock = config.DaemonLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)\n"
+        "import sys, time; from shadowfs import statedir\n"
+        "lock = statedir.DaemonLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)\n"
     ), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shadowfs import config
-from shadowfs.config import ConfigError, VolumeTable
+from shadowfs import statedir
+from shadowfs.statedir import ConfigError, VolumeTable
 
 GIB = 1 << 30
 
@@ -29,20 +29,20 @@ GIB = 1 << 30
     (" 3 M ", 3 << 20), (".5G", GIB // 2), (4096, 4096),
 ])
 def test_parse_size(text: str | int, expected: int) -> None:
-    assert config.parse_size(text) == expected
+    assert statedir.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "G", "10X", "-1G", "0", "0.0001", "1.2.3G", "ten", "nanG", "1e9",
                                   "5 G B"])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid size"):
-        config.parse_size(text)
+        statedir.parse_size(text)
 
 
 def test_format_size() -> None:
-    assert config.format_size(10 * GIB) == "10G"
-    assert config.format_size(1536) == "1.5K"
-    assert config.format_size(12) == "12B"
+    assert statedir.format_size(10 * GIB) == "10G"
+    assert statedir.format_size(1536) == "1.5K"
+    assert statedir.format_size(12) == "12B"
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -55,31 +55,31 @@ def test_format_size() -> None:
 ])
 def test_bad_volume_names(name: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        config.validate_volume_name(name)
+        statedir.validate_volume_name(name)
 
 
 @pytest.mark.parametrize("name", ["data", "a.b-c_d", "x" * 64, "V1", "..."])
 def test_good_volume_names(name: str) -> None:
-    assert config.validate_volume_name(name) == name
+    assert statedir.validate_volume_name(name) == name
 
 
 # --- locations ------------------------------------------------------------------------------------
 
 
 def test_state_and_mount_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(config.STATE_ENV, raising=False)
-    monkeypatch.delenv(config.MOUNT_ROOT_ENV, raising=False)
-    assert config.resolve_state_dir(None) == "/var/lib/shadowfs"
-    monkeypatch.setenv(config.STATE_ENV, str(tmp_path / "env"))
-    assert config.resolve_state_dir(None) == str(tmp_path / "env")
+    monkeypatch.delenv(statedir.STATE_ENV, raising=False)
+    monkeypatch.delenv(statedir.MOUNT_ROOT_ENV, raising=False)
+    assert statedir.resolve_state_dir(None) == "/var/lib/shadowfs"
+    monkeypatch.setenv(statedir.STATE_ENV, str(tmp_path / "env"))
+    assert statedir.resolve_state_dir(None) == str(tmp_path / "env")
     monkeypatch.chdir(tmp_path)
-    assert config.resolve_state_dir("rel") == str(tmp_path / "rel")
-    assert config.resolve_mount_root(None, "/s") == "/s/mnt"
-    monkeypatch.setenv(config.MOUNT_ROOT_ENV, "/m")
-    assert config.resolve_mount_root(None, "/s") == "/m"
-    assert config.resolve_mount_root("/x", "/s") == "/x"
-    assert config.diff_area_path("/s", "v") == "/s/volumes/v/diffarea"
-    assert config.snapshot_path("/m", "SET", "v") == "/m/snapshots/SET/v"
+    assert statedir.resolve_state_dir("rel") == str(tmp_path / "rel")
+    assert statedir.resolve_mount_root(None, "/s") == "/s/mnt"
+    monkeypatch.setenv(statedir.MOUNT_ROOT_ENV, "/m")
+    assert statedir.resolve_mount_root(None, "/s") == "/m"
+    assert statedir.resolve_mount_root("/x", "/s") == "/x"
+    assert statedir.diff_area_path("/s", "v") == "/s/volumes/v/diffarea"
+    assert statedir.snapshot_path("/m", "SET", "v") == "/m/snapshots/SET/v"
 
 
 # --- the volume table -----------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def test_indexes_are_never_reused(layout: dict[str, Path]) -> None:
 
 def test_index_space_runs_out(layout: dict[str, Path]) -> None:
     table = table_of(layout)
-    table.next_index = config.MAX_INDEX + 1
+    table.next_index = statedir.MAX_INDEX + 1
     with pytest.raises(ConfigError, match="no volume index left"):
         table.new_volume("a", str(layout["data"]), None, None)
 
@@ -205,12 +205,12 @@ def test_malformed_volumes_json(layout: dict[str, Path]) -> None:
 
 def test_atomic_write_leaves_no_temporaries(tmp_path: Path) -> None:
     target = tmp_path / "t.json"
-    config.write_json_atomic(str(target), {"a": 1})
-    config.write_json_atomic(str(target), {"a": 2})
+    statedir.write_json_atomic(str(target), {"a": 1})
+    statedir.write_json_atomic(str(target), {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert os.listdir(tmp_path) == ["t.json"]
     with pytest.raises(TypeError):
-        config.write_json_atomic(str(target), {"a": object()})
+        statedir.write_json_atomic(str(target), {"a": object()})
     assert json.loads(target.read_text()) == {"a": 2}
     assert os.listdir(tmp_path) == ["t.json"]
 
@@ -218,12 +218,12 @@ def test_atomic_write_leaves_no_temporaries(tmp_path: Path) -> None:
 def test_readers_never_see_a_half_written_file(tmp_path: Path) -> None:
     """A writer process replaces the file in a loop and is killed mid-way; every read is whole."""
     target = tmp_path / "volumes.json"
-    config.write_json_atomic(str(target), {"n": -1, "pad": "x" * 200_000})
+    statedir.write_json_atomic(str(target), {"n": -1, "pad": "x" * 200_000})
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from shadowfs import config\n"
+        "import sys; from shadowfs import statedir\n"
         "n = 0\n"
         "while True:\n"
-        "    config.write_json_atomic(sys.argv[1], {'n': n, 'pad': 'x' * 200_000}); n += 1\n"
+        "    statedir.write_json_atomic(sys.argv[1], {'n': n, 'pad': 'x' * 200_000}); n += 1\n"
     ), str(target)])
     try:
         deadline = time.monotonic() + 1.5
@@ -242,26 +242,26 @@ def test_readers_never_see_a_half_written_file(tmp_path: Path) -> None:
 
 def test_lock_held_by_another_process(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from shadowfs import config\n"
-        "lock = config.DaemonLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)\n"
+        "import sys, time; from shadowfs import statedir\n"
+        "lock = statedir.DaemonLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)\n"
     ), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(config.DaemonRunning) as info:
-            config.DaemonLock(str(tmp_path)).acquire()
+        with pytest.raises(statedir.DaemonRunning) as info:
+            statedir.DaemonLock(str(tmp_path)).acquire()
         assert str(info.value) == f"another shadowfs daemon is running on state {tmp_path} (pid {holder.pid})"
     finally:
         holder.kill()
         holder.wait()
-    with config.DaemonLock(str(tmp_path)) as lock:
+    with statedir.DaemonLock(str(tmp_path)) as lock:
         assert lock.fd is not None
         assert (tmp_path / "daemon.lock").read_text().strip() == str(os.getpid())
-    with config.DaemonLock(str(tmp_path)):
+    with statedir.DaemonLock(str(tmp_path)):
         pass  # released: can be taken again
 
 
 def test_prepare_state_dir_modes(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    config.prepare_state_dir(str(state))
+    statedir.prepare_state_dir(str(state))
     assert (state / "volumes").is_dir()
     assert os.stat(state / "volumes").st_mode & 0o777 == 0o700

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from shadowfs import format as fmt
-from shadowfs.diffarea import DiffArea
+from shadowfs.diffarea import schema
+from shadowfs.diffarea.area import DiffArea
 from tests.coresim import CoreSim, manifest_live, manifest_view
 
 
@@ -34,20 +34,20 @@ def test_overwrite_append_truncate(sim: CoreSim) -> None:
     assert manifest_view(sim.view(first)) == before
     with sim.area.read() as txn:
         keys = [k for k, _ in txn.cursor(db=sim.area.preimages)]
-    blocks = sorted(fmt.block_number(k[:-8]) for k in keys if k[:1] == b"B")
+    blocks = sorted(schema.block_number(k[:-8]) for k in keys if k[:1] == b"B")
     # block 1 by the overwrite, blocks 0..3 by the truncation (all the file had); never beyond
     assert blocks == [0, 1, 2, 3]
 
 
 def test_append_only_captures_no_block(sim: CoreSim) -> None:
-    sim.create("log", b"x" * fmt.BLOCK_SIZE)
+    sim.create("log", b"x" * schema.BLOCK_SIZE)
     seq = sim.snapshot("s")
     for _ in range(10):
         sim.write("log", os.path.getsize(os.path.join(sim.backing, "log")), b"y" * 5000)
     with sim.area.read() as txn:
         kinds = [k[:1] for k, _ in txn.cursor(db=sim.area.preimages)]
     assert kinds == [b"A"]
-    assert sim.view(seq).read(sim._ino("log"), 0, 10**6, fmt.BLOCK_SIZE) == b"x" * fmt.BLOCK_SIZE
+    assert sim.view(seq).read(sim._ino("log"), 0, 10**6, schema.BLOCK_SIZE) == b"x" * schema.BLOCK_SIZE
 
 
 def test_unlinked_and_renamed_kept(sim: CoreSim) -> None:
@@ -177,7 +177,7 @@ def _check_one_preimage_per_interval(sim: CoreSim) -> None:
         seqs = [record.seq for record in sim.area.snapshot_list(txn)]
         seen: set[tuple[bytes, int]] = set()
         for key, _ in txn.cursor(db=sim.area.preimages):
-            obj, seq = fmt.split_preimage_key(key)
+            obj, seq = schema.split_preimage_key(key)
             assert seqs and seq >= seqs[0], "pre-image older than every snapshot"
             interval = max(s for s in seqs if s <= seq)
             assert (obj, interval) not in seen, "two pre-images in one interval"
@@ -210,7 +210,7 @@ def test_random_workload(sim: CoreSim, seed: int) -> None:
 def test_format_version_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     area = DiffArea.open(str(tmp_path / "d"), volume="v")
     with area.write() as txn:
-        txn.put(fmt.META_FORMAT, fmt.u32(99), db=area.meta)
+        txn.put(schema.META_FORMAT, schema.u32(99), db=area.meta)
     area.close()
     with pytest.raises(Exception, match="format 99"):
         DiffArea.open(str(tmp_path / "d"))

@@ -21,12 +21,14 @@ from typing import Any
 
 import pytest
 
-from shadowfs import config, fuseutil, ipc
+from shadowfs import statedir
+from shadowfs.ipc import frames
+from shadowfs.linux import mounts
 from tests.e2e import SHADOWFS, DaemonRun
 
 pytestmark = pytest.mark.fuse
 
-needs_mountproc = pytest.mark.skipif(importlib.util.find_spec("shadowfs.mountproc") is None,
+needs_mountproc = pytest.mark.skipif(importlib.util.find_spec("shadowfs.live.process") is None,
                                      reason="shadowfs.mountproc is not written yet")
 
 
@@ -41,7 +43,7 @@ def cli_error(run: DaemonRun, *args: str) -> str:
 
 def mounts_under(base: Path) -> list[str]:
     root = str(base.resolve())
-    return [p for p in fuseutil.fuse_mounts() if p == root or p.startswith(root + "/")]
+    return [p for p in mounts.fuse_mounts() if p == root or p.startswith(root + "/")]
 
 
 def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
@@ -58,9 +60,9 @@ def raw_request(state: Path, obj: dict[str, Any]) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(60)
         sock.connect(str(state / "daemon.sock"))
-        ipc.send_frame(sock, {**obj, "id": 9})
-        reply, fds = ipc.recv_frame(sock)
-    ipc.close_fds(fds)
+        frames.send_frame(sock, {**obj, "id": 9})
+        reply, fds = frames.recv_frame(sock)
+    frames.close_fds(fds)
     return reply
 
 
@@ -72,7 +74,7 @@ def test_start_status_errors_and_clean_stop(daemon: DaemonRun) -> None:
     browser_mount = str(daemon.mount_root / "snapshots")
     assert status["browser"]["state"] == "running" and status["browser"]["mount"] == browser_mount
     assert status["volumes"] == [] and status["state_dir"] == str(daemon.state)
-    assert fuseutil.fuse_mounts().get(browser_mount) == "fuse.shadowfs"
+    assert mounts.fuse_mounts().get(browser_mount) == "fuse.shadowfs"
     assert daemon.cli("snapshot", "list", "--json") == []
     assert daemon.cli("volume", "list", "--json") == []
     assert "unknown volume 'nope'" in cli_error(daemon, "snapshot", "create", "nope")
@@ -99,7 +101,7 @@ def test_start_status_errors_and_clean_stop(daemon: DaemonRun) -> None:
     daemon.proc = None
     assert mounts_under(daemon.base) == []
     assert not (daemon.state / "daemon.sock").exists()
-    with config.DaemonLock(str(daemon.state)):
+    with statedir.DaemonLock(str(daemon.state)):
         pass
 
 
@@ -110,7 +112,7 @@ def test_malformed_client_frames_do_not_hurt_the_daemon(daemon: DaemonRun) -> No
             sock.sendall(garbage)
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(10)
-            reply, _ = ipc.recv_frame(sock)  # an error reply naming the problem...
+            reply, _ = frames.recv_frame(sock)  # an error reply naming the problem...
             assert reply["ok"] is False and reply["error"].startswith("malformed frame: ")
             assert sock.recv(100) == b""  # ...then the daemon drops the connection
     assert daemon.cli("status", "--json")["browser"]["state"] == "running"
@@ -132,8 +134,8 @@ def test_other_users_are_refused(daemon: DaemonRun) -> None:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(30)
                 sock.connect(f"/proc/self/fd/{state_fd}/{sock_path.name}")
-                ipc.send_frame(sock, {"op": "status", "id": 1})
-                reply, _ = ipc.recv_frame(sock)
+                frames.send_frame(sock, {"op": "status", "id": 1})
+                reply, _ = frames.recv_frame(sock)
             os.write(write_end, json.dumps(reply).encode())
         except BaseException as exc:  # noqa: B036 - report anything to the parent
             os.write(write_end, json.dumps({"child_error": repr(exc)}).encode())
@@ -175,8 +177,9 @@ def test_state_dir_inside_a_protected_tree_is_refused_at_start(tmp_path: Path) -
     protected = tmp_path / "protected"
     state = protected / "state"
     state.mkdir(parents=True)
-    table = config.VolumeTable.load(str(state), str(tmp_path / "mnt"))
-    table.add(config.Volume("p", table.next_index, str(protected), str(protected), 1 << 30, config.utc_now()))
+    table = statedir.VolumeTable.load(str(state), str(tmp_path / "mnt"))
+    table.add(statedir.Volume("p", table.next_index, str(protected), str(protected), 1 << 30,
+                              statedir.utc_now()))
     command = ["daemon", "--state", str(state), "--mount-root", str(tmp_path / "mnt")]
     result = subprocess.run(SHADOWFS + command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
@@ -251,8 +254,8 @@ def test_volume_backing_hands_over_the_backing_directory(daemon: DaemonRun) -> N
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(60)
         sock.connect(str(daemon.state / "daemon.sock"))
-        ipc.send_frame(sock, {"op": "volume_backing", "name": "a", "id": 1})
-        reply, fds = ipc.recv_frame(sock)
+        frames.send_frame(sock, {"op": "volume_backing", "name": "a", "id": 1})
+        reply, fds = frames.recv_frame(sock)
     try:
         assert reply["ok"] and reply["volume"] == "a" and len(fds) == 1
         assert os.fstat(fds[0]).st_ino == reply["root_ino"]
@@ -260,7 +263,7 @@ def test_volume_backing_hands_over_the_backing_directory(daemon: DaemonRun) -> N
         assert "seen" in names and ".shadowfs" in names  # the backing directory itself, not the mount
         assert ".shadowfs" not in os.listdir(backing)
     finally:
-        ipc.close_fds(fds)
+        frames.close_fds(fds)
     assert raw_request(daemon.state, {"op": "volume_backing", "name": "nope"})["error"] == "no volume 'nope'"
     assert "missing" in raw_request(daemon.state, {"op": "volume_backing"})["error"]
 

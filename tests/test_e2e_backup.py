@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 
 from shadowfs import media
-from shadowfs.backupjob import run_backup
+from shadowfs.backup.job import run_backup
 from shadowfs.manifest import differences
-from shadowfs.restore import restore
+from shadowfs.restore.engine import restore
 from tests.e2e import DaemonRun, requires_fuse
 from tests.treegen import make_tree, mutate, tree_manifest
 
 pytestmark = requires_fuse
 
 # `python -m shadowfs.backup_cli` is the shadowfs CLI with the backup commands, hooked into cli.py or not
-BACKUP_CLI = [sys.executable, "-m", "shadowfs.backup_cli"]
+BACKUP_CLI = [sys.executable, "-m", "shadowfs"]
 
 
 def run(daemon: DaemonRun, *args: str, check: bool = True) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowfs.diffarea import DiffArea
+from shadowfs.diffarea.area import DiffArea
 from shadowfs.manifest import Manifest, differences, manifest
 from tests.e2e import DaemonRun, requires_fuse
 from tests.workload import Workload

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from shadowfs.fileset import ComponentFiles, FileSets, Selected, Spec, build_file_sets, spec_covers
+from shadowfs.backup.fileset import ComponentFiles, FileSets, Selected, Spec, build_file_sets, spec_covers
 
 NAMES = ["a.db", "b.db", "a.log", "README", "x1y", "ab", "a", "data.db.bak", ".hidden", "q?", "st*r", "é.db"]
 PATTERNS = ["*", "*.*", "*.db", "a?", "?b*", "x*y", "*.log", "README", "a", "*.db.*", "q?", "st*r", "*b",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shadowfs import ipc
+from shadowfs.ipc import frames
 from tests.e2e import DaemonRun
 
 pytestmark = pytest.mark.fuse
@@ -77,7 +77,7 @@ def broken_frame(rng: random.Random) -> bytes:
     if kind == 0:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
     if kind == 1:
-        return struct.pack(">I", ipc.MAX_FRAME + 1 + rng.randrange(1 << 20))
+        return struct.pack(">I", frames.MAX_FRAME + 1 + rng.randrange(1 << 20))
     if kind == 2:
         return struct.pack(">I", 100) + b'{"op": "status"'  # truncated, then closed
     if kind == 3:
@@ -118,8 +118,8 @@ def connect(path: str) -> socket.socket:
 
 def request(path: str, obj: dict[str, Any]) -> dict[str, Any]:
     with connect(path) as sock:
-        ipc.send_frame(sock, {**obj, "id": 1})
-        reply, _ = ipc.recv_frame(sock)
+        frames.send_frame(sock, {**obj, "id": 1})
+        reply, _ = frames.recv_frame(sock)
     return reply
 
 
@@ -162,8 +162,8 @@ def test_ten_thousand_random_and_malformed_frames(daemon: DaemonRun) -> None:
     assert daemon.snapshot("a")["snapshots"][0]["volume"] == "a"
     assert request(path, {"op": "bogus"})["error"] == "unknown operation 'bogus'"
     with connect(path) as sock:
-        ipc.send_frame(sock, {"op": "snapshot_create", "volumes": "a", "id": [1]})
-        reply, _ = ipc.recv_frame(sock)
+        frames.send_frame(sock, {"op": "snapshot_create", "volumes": "a", "id": [1]})
+        reply, _ = frames.recv_frame(sock)
     assert reply["ok"] is False and reply["id"] is None
     assert "'id' must be an integer or a short string" in reply["error"]
     log = daemon.log.read_text()
@@ -173,7 +173,7 @@ def test_ten_thousand_random_and_malformed_frames(daemon: DaemonRun) -> None:
 def test_a_connection_flooding_requests_is_cut_off_and_others_are_served(daemon: DaemonRun) -> None:
     path = str(daemon.state / "daemon.sock")
     with connect(path) as flood:
-        frame = ipc.encode_frame({"op": "status", "id": 1})
+        frame = frames.encode_frame({"op": "status", "id": 1})
         for _ in range(2000):  # never reads a reply
             try:
                 flood.sendall(frame)
@@ -207,8 +207,8 @@ def test_another_uid_is_refused_as_writer_and_as_requester(daemon: DaemonRun) ->
                 sock.settimeout(30)
                 sock.connect(f"/proc/self/fd/{state_fd}/{sock_path.name}")
                 for number, obj in enumerate(requests, 1):
-                    ipc.send_frame(sock, {**obj, "id": number})
-                    answers.append(ipc.recv_frame(sock)[0])
+                    frames.send_frame(sock, {**obj, "id": number})
+                    answers.append(frames.recv_frame(sock)[0])
             os.write(write_end, json.dumps(answers).encode())
         except BaseException as exc:  # noqa: B036 - report anything to the parent
             os.write(write_end, json.dumps({"child_error": repr(exc)}).encode())

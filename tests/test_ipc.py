@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from shadowfs import ipc
+from shadowfs.ipc import frames
+from shadowfs.ipc.channel import Channel
 
 
 @pytest.fixture
@@ -56,8 +57,8 @@ def raw_frame(body: bytes) -> bytes:
 def test_roundtrip_keeps_unicode_and_nesting(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     obj = {"op": "hold", "name": "vol-é☃", "nested": {"list": [1, 2.5, None, True]}, "id": 7}
-    ipc.send_frame(a, obj)
-    got, fds = ipc.recv_frame(b)
+    frames.send_frame(a, obj)
+    got, fds = frames.recv_frame(b)
     assert got == obj and fds == []
 
 
@@ -65,18 +66,18 @@ def test_descriptors_travel_with_their_frame(pair: tuple[socket.socket, socket.s
     a, b = pair
     first, second = pipe_with(b"first"), pipe_with(b"second")
     try:
-        ipc.send_frame(a, {"n": 1})
-        ipc.send_frame(a, {"n": 2}, [first, second])
-        ipc.send_frame(a, {"n": 3})
+        frames.send_frame(a, {"n": 1})
+        frames.send_frame(a, {"n": 2}, [first, second])
+        frames.send_frame(a, {"n": 3})
     finally:
         os.close(first)
         os.close(second)
-    assert ipc.recv_frame(b) == ({"n": 1}, [])
-    obj, fds = ipc.recv_frame(b)
+    assert frames.recv_frame(b) == ({"n": 1}, [])
+    obj, fds = frames.recv_frame(b)
     assert obj == {"n": 2} and len(fds) == 2
     assert [os.read(fd, 100) for fd in fds] == [b"first", b"second"]
-    ipc.close_fds(fds)
-    assert ipc.recv_frame(b) == ({"n": 3}, [])
+    frames.close_fds(fds)
+    assert frames.recv_frame(b) == ({"n": 3}, [])
 
 
 def test_large_frames_with_descriptors_are_not_mixed_up(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -88,21 +89,21 @@ def test_large_frames_with_descriptors_are_not_mixed_up(pair: tuple[socket.socke
 
     def reader() -> None:
         for _ in range(3):
-            received.append(ipc.recv_frame(b))
+            received.append(frames.recv_frame(b))
 
     import threading
 
     thread = threading.Thread(target=reader)
     thread.start()
-    ipc.send_frame(a, {"big": big})
-    ipc.send_frame(a, {"big": big, "with": "fd"}, [fd])
-    ipc.send_frame(a, {"small": 1})
+    frames.send_frame(a, {"big": big})
+    frames.send_frame(a, {"big": big, "with": "fd"}, [fd])
+    frames.send_frame(a, {"small": 1})
     os.close(fd)
     thread.join(20)
     assert [len(fds) for _, fds in received] == [0, 1, 0]
     assert received[1][0]["with"] == "fd" and len(received[1][0]["big"]) == len(big)
     assert os.read(received[1][1][0], 100) == b"payload"
-    ipc.close_fds(received[1][1])
+    frames.close_fds(received[1][1])
 
 
 def test_header_split_across_writes(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -113,16 +114,16 @@ def test_header_split_across_writes(pair: tuple[socket.socket, socket.socket]) -
     os.close(fd)
     a.sendall(data[2:5])
     a.sendall(data[5:])
-    obj, fds = ipc.recv_frame(b)
+    obj, fds = frames.recv_frame(b)
     assert obj == {"a": 1} and len(fds) == 1
     assert os.read(fds[0], 1) == b"z"
-    ipc.close_fds(fds)
+    frames.close_fds(fds)
 
 
 def test_oversize_frame_is_refused_before_sending(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    with pytest.raises(ipc.ProtocolError, match="exceeds the 1048576-byte limit"):
-        ipc.send_frame(a, {"data": "x" * ipc.MAX_FRAME})
+    with pytest.raises(frames.ProtocolError, match="exceeds the 1048576-byte limit"):
+        frames.send_frame(a, {"data": "x" * frames.MAX_FRAME})
     b.setblocking(False)
     with pytest.raises(BlockingIOError):
         b.recv(1)  # nothing was sent
@@ -132,9 +133,9 @@ def test_oversize_incoming_header_is_a_protocol_error(pair: tuple[socket.socket,
     a, b = pair
     fd = pipe_with(b"")
     before = open_fds()
-    send_raw(a, struct.pack(">I", ipc.MAX_FRAME + 1), [fd])
-    with pytest.raises(ipc.ProtocolError, match="exceeds"):
-        ipc.recv_frame(b)
+    send_raw(a, struct.pack(">I", frames.MAX_FRAME + 1), [fd])
+    with pytest.raises(frames.ProtocolError, match="exceeds"):
+        frames.recv_frame(b)
     assert open_fds() <= before  # the received duplicate was closed
     os.close(fd)
 
@@ -142,13 +143,13 @@ def test_oversize_incoming_header_is_a_protocol_error(pair: tuple[socket.socket,
 def test_frame_of_exactly_max_size_is_accepted(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     overhead = len(json.dumps({"d": ""}, separators=(",", ":")))
-    obj = {"d": "y" * (ipc.MAX_FRAME - overhead)}
-    assert len(ipc.encode_frame(obj)) == ipc.MAX_FRAME + 4
+    obj = {"d": "y" * (frames.MAX_FRAME - overhead)}
+    assert len(frames.encode_frame(obj)) == frames.MAX_FRAME + 4
     import threading
 
-    thread = threading.Thread(target=ipc.send_frame, args=(a, obj))
+    thread = threading.Thread(target=frames.send_frame, args=(a, obj))
     thread.start()
-    assert ipc.recv_frame(b)[0] == obj
+    assert frames.recv_frame(b)[0] == obj
     thread.join(10)
 
 
@@ -164,8 +165,8 @@ def test_malformed_bodies(pair: tuple[socket.socket, socket.socket], body: bytes
     fd = pipe_with(b"")
     before = open_fds()
     send_raw(a, raw_frame(body), [fd])
-    with pytest.raises(ipc.ProtocolError, match=message):
-        ipc.recv_frame(b)
+    with pytest.raises(frames.ProtocolError, match=message):
+        frames.recv_frame(b)
     assert open_fds() <= before
     os.close(fd)
 
@@ -174,43 +175,43 @@ def test_eof_at_boundary_and_mid_frame(pair: tuple[socket.socket, socket.socket]
     a, b = pair
     a.sendall(raw_frame(b'{"ok": true}') + raw_frame(b'{"cut": 1}')[:6])
     a.shutdown(socket.SHUT_WR)
-    assert ipc.recv_frame(b)[0] == {"ok": True}
-    with pytest.raises(ipc.ProtocolError, match="middle of a frame"):
-        ipc.recv_frame(b)
+    assert frames.recv_frame(b)[0] == {"ok": True}
+    with pytest.raises(frames.ProtocolError, match="middle of a frame"):
+        frames.recv_frame(b)
     c, d = socket.socketpair()
     c.close()
-    with pytest.raises(ipc.ChannelClosed):
-        ipc.recv_frame(d)
+    with pytest.raises(frames.ChannelClosed):
+        frames.recv_frame(d)
     d.close()
 
 
 def test_encode_refuses_what_json_cannot_hold() -> None:
-    with pytest.raises(ipc.ProtocolError):
-        ipc.encode_frame(["not", "an", "object"])  # type: ignore[arg-type]
-    with pytest.raises(ipc.ProtocolError):
-        ipc.encode_frame({"x": object()})
-    with pytest.raises(ipc.ProtocolError):
-        ipc.encode_frame({"x": float("nan")})
+    with pytest.raises(frames.ProtocolError):
+        frames.encode_frame(["not", "an", "object"])  # type: ignore[arg-type]
+    with pytest.raises(frames.ProtocolError):
+        frames.encode_frame({"x": object()})
+    with pytest.raises(frames.ProtocolError):
+        frames.encode_frame({"x": float("nan")})
 
 
 def test_peer_credentials(pair: tuple[socket.socket, socket.socket]) -> None:
-    pid, uid, gid = ipc.peer_credentials(pair[0])
+    pid, uid, gid = frames.peer_credentials(pair[0])
     assert (pid, uid, gid) == (os.getpid(), os.getuid(), os.getgid())
 
 
 # --- trio Channel -------------------------------------------------------------------------------
 
 
-def channel_pair() -> tuple[ipc.Channel, ipc.Channel]:
+def channel_pair() -> tuple[Channel, Channel]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return ipc.Channel.from_socket(a), ipc.Channel.from_socket(b)
+    return Channel.from_socket(a), Channel.from_socket(b)
 
 
 async def test_call_reply_events_and_errors() -> None:
     client, server = channel_pair()
     gate = trio.Event()
 
-    async def handle(request: ipc.Frame, fds: list[int]) -> ipc.Frame | tuple[ipc.Frame, list[int]]:
+    async def handle(request: frames.Frame, fds: list[int]) -> frames.Frame | tuple[frames.Frame, list[int]]:
         op = request["op"]
         if op == "echo":
             return {"echo": request["value"]}
@@ -223,11 +224,11 @@ async def test_call_reply_events_and_errors() -> None:
             return {"fast": True}
         if op == "fd":
             data = os.read(fds[0], 100)
-            ipc.close_fds(fds)
+            frames.close_fds(fds)
             reply_fd = pipe_with(data.upper())
             return {"read": data.decode()}, [reply_fd]
         if op == "fail":
-            raise ipc.RequestError("volume 'x' is\nnot known")
+            raise frames.RequestError("volume 'x' is\nnot known")
         raise ValueError("boom")
 
     async with trio.open_nursery() as nursery:
@@ -235,7 +236,7 @@ async def test_call_reply_events_and_errors() -> None:
         await nursery.start(client.run)
         assert await client.call({"op": "echo", "value": [1, "a"]}) == {"id": 1, "ok": True, "echo": [1, "a"]}
 
-        results: dict[str, ipc.Frame] = {}
+        results: dict[str, frames.Frame] = {}
 
         async def call(op: str) -> None:
             results[op] = await client.call({"op": op})
@@ -252,11 +253,11 @@ async def test_call_reply_events_and_errors() -> None:
         reply, fds = await client.call_fds({"op": "fd"}, [sent])
         os.close(sent)
         assert reply["read"] == "abc" and os.read(fds[0], 10) == b"ABC"
-        ipc.close_fds(fds)
+        frames.close_fds(fds)
 
-        with pytest.raises(ipc.RemoteError, match="^volume 'x' is not known$"):
+        with pytest.raises(frames.RemoteError, match="^volume 'x' is not known$"):
             await client.call({"op": "fail"})
-        with pytest.raises(ipc.RemoteError, match="ValueError: boom"):
+        with pytest.raises(frames.RemoteError, match="ValueError: boom"):
             await client.call({"op": "other"})
         client.close()
     server.close()
@@ -266,7 +267,7 @@ async def test_call_timeout_and_peer_close() -> None:
     client, server = channel_pair()
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
-        with pytest.raises(ipc.CallTimeout, match="no reply to 'hold' within 0.2 s"):
+        with pytest.raises(frames.CallTimeout, match="no reply to 'hold' within 0.2 s"):
             await client.call({"op": "hold"}, timeout=0.2)
         request, _ = await server.receive()
         assert request["op"] == "hold" and request["id"] == 1
@@ -276,7 +277,7 @@ async def test_call_timeout_and_peer_close() -> None:
             server.close()
 
         nursery.start_soon(close_soon)
-        with pytest.raises(ipc.ChannelClosed):
+        with pytest.raises(frames.ChannelClosed):
             await client.call({"op": "commit"}, timeout=5)
     client.close()
 
@@ -291,11 +292,11 @@ async def test_call_needs_run() -> None:
 
 async def test_malformed_frame_ends_run_with_protocol_error_not_a_crash() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    server = ipc.Channel.from_socket(b)
+    server = Channel.from_socket(b)
     fd = pipe_with(b"")
     before = open_fds()
     send_raw(a, raw_frame(b"[]"), [fd])
-    with pytest.raises(ipc.ProtocolError):
+    with pytest.raises(frames.ProtocolError):
         await server.run()
     assert open_fds() <= before
     os.close(fd)
@@ -308,7 +309,7 @@ async def test_request_without_handler_gets_an_error_reply() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
         await nursery.start(client.run)
-        with pytest.raises(ipc.RemoteError, match="unexpected request 'x'"):
+        with pytest.raises(frames.RemoteError, match="unexpected request 'x'"):
             await client.call({"op": "x"})
         client.close()
     server.close()

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from shadowfs import fuseutil, ipc, osutil
-from shadowfs.format import BLOCK_SIZE
+from shadowfs.diffarea.schema import BLOCK_SIZE
+from shadowfs.ipc import frames
+from shadowfs.linux import mounts, syscalls
 from tests import livefs_fixtures
 from tests.livefs_fixtures import LiveVolume, MountClient, needs_fuse
 
@@ -279,11 +280,11 @@ def test_rename_files_and_directories(volume: LiveVolume) -> None:
     os.rename(p("a", "y"), p("target"))                # over an existing file (its last name)
     os.mkdir(p("newdir"))
     os.rename(p("newdir"), p("emptydir"))              # over an existing empty directory
-    osutil.renameat2(osutil.AT_FDCWD, os.fsencode(p("e1")), osutil.AT_FDCWD, os.fsencode(p("e2")),
-                     osutil.RENAME_EXCHANGE)
+    syscalls.renameat2(syscalls.AT_FDCWD, os.fsencode(p("e1")), syscalls.AT_FDCWD, os.fsencode(p("e2")),
+                     syscalls.RENAME_EXCHANGE)
     with pytest.raises(FileExistsError):
-        osutil.renameat2(osutil.AT_FDCWD, os.fsencode(p("e1")), osutil.AT_FDCWD,
-                         os.fsencode(p("e2")), osutil.RENAME_NOREPLACE)
+        syscalls.renameat2(syscalls.AT_FDCWD, os.fsencode(p("e1")), syscalls.AT_FDCWD,
+                         os.fsencode(p("e2")), syscalls.RENAME_NOREPLACE)
     with pytest.raises(OSError) as info:
         os.rename(p("moved"), p("target"))
     assert info.value.errno == errno.ENOTDIR
@@ -478,7 +479,7 @@ def test_hold_blocks_changes_until_release(separate_volume: LiveVolume) -> None:
         assert not done.wait(0.5)
         assert read(vol.path("f")) == b"before"  # reads flow while held
         seq = client.call("commit", snapshot_id="s1", set_id="set1", created="2026-01-01T00:00:00Z")["seq"]
-        with pytest.raises(ipc.RemoteError, match="already recorded"):
+        with pytest.raises(frames.RemoteError, match="already recorded"):
             client.call("commit", snapshot_id="s2", set_id="set1", created="2026-01-01T00:00:00Z")
     finally:
         client.call("release")
@@ -506,22 +507,22 @@ def test_commit_can_release_and_both_report_the_time_held(separate_volume: LiveV
 def test_hold_expires_and_commit_fails(separate_volume: LiveVolume) -> None:
     client = separate_volume.client
     assert client is not None
-    with pytest.raises(ipc.RemoteError, match="not held"):
+    with pytest.raises(frames.RemoteError, match="not held"):
         client.call("commit", snapshot_id="s", set_id="x", created="2026-01-01T00:00:00Z")
     client.call("hold", timeout=0.3)
-    with pytest.raises(ipc.RemoteError, match="already held"):
+    with pytest.raises(frames.RemoteError, match="already held"):
         client.call("hold", timeout=1.0)
     time.sleep(1.0)
     write(separate_volume.path("f"), b"flows again")
-    with pytest.raises(ipc.RemoteError, match="expired"):
+    with pytest.raises(frames.RemoteError, match="expired"):
         client.call("commit", snapshot_id="s", set_id="x", created="2026-01-01T00:00:00Z")
     client.call("release")
     assert client.call("status")["snapshots"] == []
-    with pytest.raises(ipc.RemoteError, match="unknown request"):
+    with pytest.raises(frames.RemoteError, match="unknown request"):
         client.call("frobnicate")
-    with pytest.raises(ipc.RemoteError, match="no snapshot"):
+    with pytest.raises(frames.RemoteError, match="no snapshot"):
         client.call("delete", seq=42)
-    with pytest.raises(ipc.RemoteError, match="integer"):
+    with pytest.raises(frames.RemoteError, match="integer"):
         client.call("delete", seq="1")
 
 
@@ -579,7 +580,7 @@ def test_restart_keeps_snapshots_and_refuses_stale_mount(separate_volume: LiveVo
     write(vol.path("f"), b"two")
     os.unlink(vol.path("f"))
     assert vol.stop() == 0
-    assert not fuseutil.is_fuse_mount(str(vol.mount))
+    assert not mounts.is_fuse_mount(str(vol.mount))
     # Leftovers of a crash between a graveyard link and the change or its record:
     write(str(vol.backing / "kept"), b"k")  # linked, but the unlink never happened
     kept = os.stat(vol.backing / "kept").st_ino
@@ -607,7 +608,7 @@ def test_restart_keeps_snapshots_and_refuses_stale_mount(separate_volume: LiveVo
     assert vol.proc is not None
     vol.proc.send_signal(signal.SIGKILL)
     vol.proc.wait()
-    assert fuseutil.is_fuse_mount(str(vol.mount))
+    assert mounts.is_fuse_mount(str(vol.mount))
     vol.allowed_errors.append("already has a FUSE mount")
     with pytest.raises(RuntimeError, match="already has a FUSE mount"):
         vol._start(0)
@@ -912,7 +913,7 @@ def test_sigterm_unmounts_and_exits_cleanly(volume: LiveVolume) -> None:
     assert volume.proc is not None
     volume.proc.send_signal(signal.SIGTERM)
     assert volume.proc.wait(timeout=20) == 0
-    assert not fuseutil.is_fuse_mount(str(volume.mount))
+    assert not mounts.is_fuse_mount(str(volume.mount))
     assert os.stat("f", dir_fd=volume.backing_fd).st_size == 1
 
 
@@ -925,7 +926,7 @@ def test_startup_errors_are_clear(tmp_path: Any) -> None:
         try:
             fd = child.fileno() if control_fd is None else control_fd
             return subprocess.run(
-                [sys.executable, "-m", "shadowfs.mountproc", "--control-fd", str(fd), "--volume", "v",
+                [sys.executable, "-m", "shadowfs.live.process", "--control-fd", str(fd), "--volume", "v",
                  "--backing", backing, "--mount", mount, "--diff-area", str(tmp_path / "diff")],
                 pass_fds=[child.fileno()], capture_output=True, text=True, timeout=60, check=False,
                 cwd=livefs_fixtures.REPO)
@@ -946,7 +947,7 @@ def test_startup_errors_are_clear(tmp_path: Any) -> None:
             assert result.returncode == 1 and "needs ext4" in result.stderr, result.stderr
         finally:
             os.rmdir(shm)
-    assert not fuseutil.is_fuse_mount(str(backing))
+    assert not mounts.is_fuse_mount(str(backing))
 
 
 def tempfile_dir(parent: str) -> str | None:
@@ -960,7 +961,7 @@ def tempfile_dir(parent: str) -> str | None:
 
 def test_descriptors_stay_bounded_with_many_files(separate_volume: LiveVolume) -> None:
     """The mount keeps a bounded cache of descriptors, not one per inode the kernel knows."""
-    from shadowfs.livefs import PATH_FD_CAPACITY
+    from shadowfs.live.ops import PATH_FD_CAPACITY
 
     count = PATH_FD_CAPACITY * 2 + 500
     backing = separate_volume.backing

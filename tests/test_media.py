@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from shadowfs import media
-from shadowfs.backup import Documents, backup
+from shadowfs.backup.engine import Documents, backup
 from shadowfs.media import imagewriter, layout
-from shadowfs.restore import restore
+from shadowfs.restore.engine import restore
 from tests.treegen import make_tree
 
 WMD = "<WRITER_METADATA version='1.1'><IDENTIFICATION friendlyName='w'/></WRITER_METADATA>"
@@ -152,7 +152,7 @@ def crash(src, dst, *a, **k):
         os._exit(9)
     return real(src, dst, *a, **k)
 imagewriter.os.rename = crash
-from shadowfs.backup import backup
+from shadowfs.backup.engine import backup
 backup({"v": sys.argv[1]}, sys.argv[2], "full")
 """
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shadowfs.documents import SnapshotContext
-from shadowfs.requester import BackupComponents, RequesterError, SyncBackupComponents
+from shadowfs.vss.requester import BackupComponents, RequesterError, SyncBackupComponents
 from tests.e2e import DaemonRun
 from tests.writers import ROOT
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.fuse
 
 HOLDER = textwrap.dedent("""
     import json, sys, time
-    from shadowfs.requester import SyncBackupComponents
+    from shadowfs.vss.requester import SyncBackupComponents
     bc = SyncBackupComponents(sys.argv[1])
     bc.set_context(sys.argv[2])
     set_id = bc.start_snapshot_set()

@@ -20,7 +20,7 @@ import pytest
 
 from shadowfs.manifest import manifest
 from shadowfs.media import ImageInfo, ImageWriter, MediaError, Record, layout
-from shadowfs.restore import restore
+from shadowfs.restore.engine import restore
 
 FILE, DIR, LNK = stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777
 

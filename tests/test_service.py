@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from shadowfs import ipc
 from shadowfs.documents import (
     BackupComponents as BackupComponentsDocument,
 )
@@ -29,7 +28,8 @@ from shadowfs.documents import (
     WriterFailure,
     WriterState,
 )
-from shadowfs.requester import RequesterError, SnapshotSetAborted, SyncBackupComponents
+from shadowfs.ipc import frames
+from shadowfs.vss.requester import RequesterError, SnapshotSetAborted, SyncBackupComponents
 from tests.e2e import DaemonRun
 from tests.writers import WriterProcs, writer_procs
 
@@ -287,8 +287,8 @@ def test_protocol_versions_and_bad_registrations_get_clear_errors(daemon: Daemon
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(30)
             sock.connect(str(daemon.state / "daemon.sock"))
-            ipc.send_frame(sock, {**obj, "id": 1})
-            reply, _ = ipc.recv_frame(sock)
+            frames.send_frame(sock, {**obj, "id": 1})
+            reply, _ = frames.recv_frame(sock)
         return reply
 
     assert call({"op": "hello", "protocol": "1.0"})["protocol"] == "1.0"

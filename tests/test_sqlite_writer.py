@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from shadowfs import sqlite_writer
 from shadowfs.documents import (
     BackupComponents as BackupComponentsDocument,
 )
@@ -33,7 +32,8 @@ from shadowfs.documents import (
     WriterFailure,
     WriterState,
 )
-from shadowfs.requester import SyncBackupComponents
+from shadowfs.vss import sqlite_writer
+from shadowfs.vss.requester import SyncBackupComponents
 from tests.e2e import DaemonRun
 from tests.writers import WriterProcs, sqlite_load, writer_procs
 

@@ -8,7 +8,7 @@ import os
 import random
 import stat
 
-from shadowfs.osutil import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
+from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 OPS = ("create", "write", "overwrite", "append", "truncate_down", "truncate_up", "unlink",
        "unlink_open", "mkdir", "rmdir", "rename", "rename_over", "rename_dir", "rename_dir_over",

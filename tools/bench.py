@@ -27,8 +27,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shadowfs import fuseutil  # noqa: E402
-from shadowfs.cli import request  # noqa: E402
+from shadowfs.cli.main import request  # noqa: E402
+from shadowfs.linux import mounts  # noqa: E402
 
 MiB = 1 << 20
 SHADOWFS = [sys.executable, "-m", "shadowfs"]
@@ -203,7 +203,7 @@ class BackupWorker:
     PROGRAM = """
 import json, sys, time
 from shadowfs import media
-from shadowfs.backupjob import run_backup
+from shadowfs.backup.job import run_backup
 print("ready", flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -284,14 +284,14 @@ class Bench:
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
         base = str(self.work)
-        for point in sorted(fuseutil.fuse_mounts(), key=len, reverse=True):
+        for point in sorted(mounts.fuse_mounts(), key=len, reverse=True):
             if point.startswith(base + "/"):
-                fuseutil.unmount(point)
+                mounts.unmount(point)
 
     def add_volume(self, name: str, backing: Path) -> None:
         self.cli("volume", "add", name, str(backing))
         deadline = time.monotonic() + 60
-        while not fuseutil.is_fuse_mount(str(backing)):
+        while not mounts.is_fuse_mount(str(backing)):
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: volume {name} did not mount")
             time.sleep(0.05)

@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shadowfs import fuseutil  # noqa: E402
+from shadowfs.linux import mounts  # noqa: E402
 from shadowfs.manifest import differences, manifest  # noqa: E402
 
 DEMO = REPO / ".demo"
@@ -64,13 +64,13 @@ def stop_previous() -> None:
             except ProcessLookupError:
                 break
             time.sleep(0.1)
-    for point in sorted(fuseutil.fuse_mounts(), key=len, reverse=True):
+    for point in sorted(mounts.fuse_mounts(), key=len, reverse=True):
         if point.startswith(str(DEMO) + "/") or point.startswith(str(MOUNT_ROOT) + "/"):
-            fuseutil.unmount(point)
+            mounts.unmount(point)
     if DEMO.exists():
         shutil.rmtree(DEMO)
     for child in MOUNT_ROOT.iterdir() if MOUNT_ROOT.exists() else []:
-        if child.name != ".gitkeep" and not fuseutil.is_fuse_mount(str(child)):
+        if child.name != ".gitkeep" and not mounts.is_fuse_mount(str(child)):
             shutil.rmtree(child, ignore_errors=True)
 
 

@@ -34,9 +34,9 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from shadowfs.atomicfile import write_atomic
 from shadowfs.documents.errors import RangeError
 from shadowfs.documents.rules import U64_LIMIT, check_path
+from shadowfs.linux.atomicfile import write_atomic
 
 RANGES_FILE_PREFIX = "file="
 DEFAULT_MAX_RANGES = 1 << 20          # per ranges file

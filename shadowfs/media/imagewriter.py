@@ -24,10 +24,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from shadowfs.linux.confined import remove_tree_at
 from shadowfs.media import layout
 from shadowfs.media.layout import ImageInfo, MediaError
 from shadowfs.media.records import DataRef, Record, encode_line
-from shadowfs.safefs import remove_tree_at
 
 PACK_LIMIT = 1 << 30
 WRITE_CHUNK = 1 << 20

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowfs.documents import RangeError, validate_ranges
-from shadowfs.safefs import UnsafePath, check_name, check_rel_path
+from shadowfs.linux.confined import UnsafePath, check_name, check_rel_path
 
 KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
                          "fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK,

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from shadowfs.linux.confined import join, split_parent
 from shadowfs.media.layout import MediaError
 from shadowfs.media.records import DataRef, Record
-from shadowfs.safefs import join, split_parent
 
 
 @dataclass

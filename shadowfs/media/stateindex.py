@@ -56,11 +56,11 @@ from functools import cached_property, partial
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from shadowfs.linux.confined import UnsafePath, check_rel_paths
 from shadowfs.media.layout import STATE_INDEX, MediaError
 from shadowfs.media.reader import Image
 from shadowfs.media.records import IMAGE_ID_RE, KINDS, SHA256_RE, DataRef, Record
 from shadowfs.media.state import ChainState
-from shadowfs.safefs import UnsafePath, check_rel_paths
 
 log = logging.getLogger(__name__)
 

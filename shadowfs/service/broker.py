@@ -41,8 +41,9 @@ from typing import Any, Protocol
 
 import trio
 
-from shadowfs import config, ipc
+from shadowfs import statedir
 from shadowfs.documents.enums import BackupType, SnapshotContext, WriterFailure
+from shadowfs.ipc import frames
 from shadowfs.service import protocol
 from shadowfs.service.protocol import Event
 from shadowfs.service.registry import Outcome, Registry, WriterRecord
@@ -121,7 +122,7 @@ class Session:
         for record in records:
             owner = record.owner
             if owner is not None and owner is not self and not getattr(owner, "closed", True):
-                raise ipc.RequestError(f"writer {record.identity.writer_name!r} (instance "
+                raise frames.RequestError(f"writer {record.identity.writer_name!r} (instance "
                                        f"{record.identity.instance_id}) is busy in another backup session "
                                        f"(pid {getattr(owner, 'pid', '?')})")
         for record in records:
@@ -137,7 +138,7 @@ class Session:
             self.claimed.pop(record.identity.instance_id, None)
 
 
-class SetAborted(ipc.RequestError):
+class SetAborted(frames.RequestError):
     """The snapshot set was not made; the message names every writer or volume that failed."""
 
 
@@ -154,7 +155,7 @@ class Broker:
     # ---- helpers -------------------------------------------------------------------------------
 
     @staticmethod
-    def payload(session: Session, request: ipc.Frame, volumes: list[str] | None = None) -> dict[str, Any]:
+    def payload(session: Session, request: frames.Frame, volumes: list[str] | None = None) -> dict[str, Any]:
         """The fields every writer event carries, taken (checked) from the requester's request."""
         return {"session": protocol.text(request, "session", default=session.session_id, limit=64),
                 "context": protocol.enum_field(request, "context", SnapshotContext,
@@ -177,7 +178,7 @@ class Broker:
                 nursery.start_soon(one, i, record)
         return [o for o in outcomes if o is not None]
 
-    def _writers_of(self, request: ipc.Frame, session: Session) -> list[WriterRecord]:
+    def _writers_of(self, request: frames.Frame, session: Session) -> list[WriterRecord]:
         """The writers a call names (`writers`: instance ids), else those the session claimed."""
         ids = protocol.string_list(request, "writers", limit=protocol.MAX_WRITERS, optional=True,
                                    item_limit=64)
@@ -192,7 +193,7 @@ class Broker:
 
     # ---- discovery and backup events ------------------------------------------------------------
 
-    async def gather_writer_metadata(self, session: Session, request: ipc.Frame) -> ipc.Frame:
+    async def gather_writer_metadata(self, session: Session, request: frames.Frame) -> frames.Frame:
         timeout = protocol.seconds(request, "timeout", protocol.EVENT_TIMEOUT)
         assert timeout is not None
         records = list(self.registry.writers.values())
@@ -200,8 +201,8 @@ class Broker:
         outcomes = await self.broadcast(records, Event.IDENTIFY, self.payload(session, request), timeout)
         return {"writers": [{**o.to_json(), "metadata": o.metadata} for o in outcomes]}
 
-    async def sequence_event(self, session: Session, request: ipc.Frame, event: Event, *,
-                             claim: bool, release: bool) -> ipc.Frame:
+    async def sequence_event(self, session: Session, request: frames.Frame, event: Event, *,
+                             claim: bool, release: bool) -> frames.Frame:
         """PrepareForBackup, BackupComplete, Abort, BackupShutdown, PreRestore, PostRestore."""
         timeout = protocol.seconds(request, "timeout", protocol.EVENT_TIMEOUT)
         assert timeout is not None
@@ -220,16 +221,16 @@ class Broker:
 
     # ---- snapshot sets ------------------------------------------------------------------------------
 
-    async def snapshot_create(self, session: Session, request: ipc.Frame) -> ipc.Frame:
+    async def snapshot_create(self, session: Session, request: frames.Frame) -> frames.Frame:
         names = self._volume_names(request)
         context = protocol.enum_field(request, "context", SnapshotContext,
                                       SnapshotContext.CLIENT_ACCESSIBLE_WRITERS)
         wanted = request.get("writers", context.involves_writers)
         if not isinstance(wanted, bool | list):
-            raise ipc.RequestError("request field 'writers' must be true, false or a list of "
+            raise frames.RequestError("request field 'writers' must be true, false or a list of "
                                    "writer instance ids")
         if wanted not in (False, []) and not context.involves_writers:
-            raise ipc.RequestError(f"context {context.value} does not involve writers")
+            raise frames.RequestError(f"context {context.value} does not involve writers")
         event_timeout = protocol.seconds(request, "event_timeout", protocol.EVENT_TIMEOUT)
         freeze_timeout = protocol.seconds(request, "freeze_timeout", None)
         set_id = protocol.guid(request, "set_id", optional=True) or str(uuid.uuid4())
@@ -243,7 +244,7 @@ class Broker:
             session.claim(involved)
             for record in involved:
                 record.begin_sequence()
-            created = config.utc_now()
+            created = statedir.utc_now()
             writer_ids = [r.identity.instance_id for r in involved]
             await trio.to_thread.run_sync(self.sets.begin, set_id, context, created, session.pid, names,
                                           writer_ids)
@@ -268,48 +269,49 @@ class Broker:
         return {"set_id": set_id, "created": created, "context": context.value,
                 "attributes": int(protocol.context_attributes(context)),
                 "snapshots": [{"id": ids[n], "volume": n, "seq": taken.seqs[n],
-                               "path": config.snapshot_path(self.volumes.mount_root, set_id, n)}
+                               "path": statedir.snapshot_path(self.volumes.mount_root, set_id, n)}
                               for n in names],
                 "held_ms": taken.held_ms,
                 "writers": [o.to_json() for o in post]}
 
     @staticmethod
-    def _volume_names(request: ipc.Frame) -> list[str]:
+    def _volume_names(request: frames.Frame) -> list[str]:
         names = request.get("volumes")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ipc.RequestError("request field 'volumes' must be a non-empty list of volume names")
+            raise frames.RequestError("request field 'volumes' must be a non-empty list of volume names")
         if len(set(names)) != len(names):
-            raise ipc.RequestError("a volume is named twice in the snapshot set")
+            raise frames.RequestError("a volume is named twice in the snapshot set")
         if len(names) > protocol.MAX_VOLUMES_PER_SET:
-            raise ipc.RequestError(f"a snapshot set holds at most {protocol.MAX_VOLUMES_PER_SET} volumes "
+            raise frames.RequestError(f"a snapshot set holds at most {protocol.MAX_VOLUMES_PER_SET} volumes "
                                    f"({len(names)} given)")
         return names
 
     @staticmethod
-    def _snapshot_ids(request: ipc.Frame, names: list[str]) -> dict[str, str]:
+    def _snapshot_ids(request: frames.Frame, names: list[str]) -> dict[str, str]:
         """The requester's snapshot ids (AddToSnapshotSet gave them out), else new ones."""
         given = request.get("snapshot_ids")
         if given is None:
             return {name: str(uuid.uuid4()) for name in names}
         if not isinstance(given, dict) or sorted(given) != sorted(names):
-            raise ipc.RequestError("request field 'snapshot_ids' must map every volume of the set to a UUID")
+            raise frames.RequestError("request field 'snapshot_ids' must map every volume of the set "
+                                      "to a UUID")
         ids = {name: protocol.guid(given, name) or "" for name in names}
         if len(set(ids.values())) != len(ids):
-            raise ipc.RequestError("request field 'snapshot_ids' gives one id to two volumes")
+            raise frames.RequestError("request field 'snapshot_ids' gives one id to two volumes")
         return ids
 
     async def _check_limits(self, names: list[str], set_id: str, ids: dict[str, str]) -> None:
         counts: dict[str, int] = {}
         for volume, record in await self.volumes.snapshots():
             if record["set_id"] == set_id or record["snapshot_id"] in ids.values():
-                raise ipc.RequestError(f"snapshot set {set_id} or one of its snapshot ids exists already")
+                raise frames.RequestError(f"snapshot set {set_id} or one of its snapshot ids exists already")
             counts[volume] = counts.get(volume, 0) + 1
         for name in names:
             if counts.get(name, 0) >= self.max_snapshots:
-                raise ipc.RequestError(f"volume {name} already has {counts[name]} snapshots, the most "
+                raise frames.RequestError(f"volume {name} already has {counts[name]} snapshots, the most "
                                        f"allowed ({self.max_snapshots}); delete some first")
 
-    async def _involved(self, session: Session, request: ipc.Frame, wanted: bool | list[Any],
+    async def _involved(self, session: Session, request: frames.Frame, wanted: bool | list[Any],
                         roots: list[str], timeout: float) -> list[WriterRecord]:
         """Writers named by the requester, plus every writer whose files lie on a volume of the set."""
         if wanted is False:
@@ -398,4 +400,4 @@ class Broker:
         return done
 
 
-Handler = Callable[[Session, ipc.Frame], Awaitable[ipc.Frame]]
+Handler = Callable[[Session, frames.Frame], Awaitable[frames.Frame]]

@@ -10,7 +10,7 @@ Invariants:
   and buffers a connection holds stay bounded.
 - A frame whose "id" is not an integer or a short string gets an error reply
   (id null) and is otherwise ignored.
-- Frames are capped by `ipc.MAX_FRAME`; the daemon accepts at most
+- Frames are capped by `frames.MAX_FRAME`; the daemon accepts at most
   `MAX_CONNECTIONS` connections at once (`Service.connect`).
 """
 
@@ -20,7 +20,8 @@ import logging
 
 import trio
 
-from shadowfs import ipc
+from shadowfs.ipc import frames
+from shadowfs.ipc.channel import Channel, EventHandler, RequestHandler
 from shadowfs.service import protocol
 from shadowfs.service.broker import Session
 from shadowfs.service.registry import WriterRecord
@@ -28,37 +29,38 @@ from shadowfs.service.registry import WriterRecord
 log = logging.getLogger("shadowfs.service")
 
 
-class BoundedChannel(ipc.Channel):
-    """An `ipc.Channel` that limits how many of its peer's requests are in progress (handler + reply)."""
+class BoundedChannel(Channel):
+    """An `Channel` that limits how many of its peer's requests are in progress (handler + reply)."""
 
     def __init__(self, sock: trio.socket.SocketType, limit: int = protocol.MAX_IN_FLIGHT) -> None:
         super().__init__(sock)
         self.limit = limit
         self.in_progress = 0
 
-    async def _dispatch(self, nursery: trio.Nursery, obj: ipc.Frame, fds: list[int],
-                        on_event: ipc.EventHandler | None, on_request: ipc.RequestHandler | None) -> None:
+    async def _dispatch(self, nursery: trio.Nursery, obj: frames.Frame, fds: list[int],
+                        on_event: EventHandler | None, on_request: RequestHandler | None) -> None:
         request_id = obj.get("id")
         if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, int | str)
                                        or isinstance(request_id, str) and len(request_id) > 64):
-            ipc.close_fds(fds)
-            await self._reply(ipc.error_reply(None, "field 'id' must be an integer or a short string"))
+            frames.close_fds(fds)
+            await self._reply(frames.error_reply(None, "field 'id' must be an integer or a short string"))
             return
         await super()._dispatch(nursery, obj, fds, on_event, on_request)
 
-    async def _serve_one(self, handler: ipc.RequestHandler, request: ipc.Frame, fds: list[int]) -> None:
+    async def _serve_one(self, handler: RequestHandler, request: frames.Frame, fds: list[int]) -> None:
         self.in_progress += 1
         try:
             if self.in_progress > 4 * self.limit:
-                ipc.close_fds(fds)
+                frames.close_fds(fds)
                 if not self.closed:
                     log.warning("a client keeps more than %d requests open; disconnecting it", 4 * self.limit)
                     self.close()
                 return
             if self.in_progress > self.limit:
-                ipc.close_fds(fds)
-                await self._reply(ipc.error_reply(request.get("id"), f"too many requests in flight on this "
-                                                                     f"connection (limit {self.limit})"))
+                frames.close_fds(fds)
+                await self._reply(frames.error_reply(request.get("id"),
+                                                     f"too many requests in flight on this "
+                                                     f"connection (limit {self.limit})"))
                 return
             await super()._serve_one(handler, request, fds)
         finally:
@@ -68,7 +70,7 @@ class BoundedChannel(ipc.Channel):
 class Connection:
     """What one connection is: its peer, and once known, its writer record or requester session."""
 
-    def __init__(self, channel: ipc.Channel, pid: int, uid: int) -> None:
+    def __init__(self, channel: Channel, pid: int, uid: int) -> None:
         self.channel = channel
         self.pid = pid
         self.uid = uid

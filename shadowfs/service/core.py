@@ -14,7 +14,9 @@ from typing import Any
 import trio
 
 import shadowfs
-from shadowfs import config, ipc
+from shadowfs import statedir
+from shadowfs.ipc import frames
+from shadowfs.ipc.channel import Channel
 from shadowfs.service import protocol
 from shadowfs.service.broker import Broker, Session, VolumeOps
 from shadowfs.service.connection import BoundedChannel, Connection
@@ -28,7 +30,7 @@ log = logging.getLogger("shadowfs.service")
 
 LEFTOVER_WAIT = 120.0
 
-Op = Callable[[Connection, ipc.Frame], Awaitable[ipc.Frame]]
+Op = Callable[[Connection, frames.Frame], Awaitable[frames.Frame]]
 
 
 class Service:
@@ -67,7 +69,7 @@ class Service:
         self.broker.background = nursery
         nursery.start_soon(self._cleanup_leftovers)
 
-    def connect(self, channel: ipc.Channel, pid: int, uid: int) -> Connection | None:
+    def connect(self, channel: Channel, pid: int, uid: int) -> Connection | None:
         """A new client; None when the daemon already serves `MAX_CONNECTIONS` (the caller closes it)."""
         if len(self.connections) >= protocol.MAX_CONNECTIONS:
             log.warning("refusing a connection from pid %d: %d connections already", pid,
@@ -88,61 +90,63 @@ class Service:
     def handles(self, op: Any) -> bool:
         return isinstance(op, str) and op in self.ops
 
-    async def handle(self, conn: Connection, request: ipc.Frame) -> ipc.Frame:
+    async def handle(self, conn: Connection, request: frames.Frame) -> frames.Frame:
         protocol.check_protocol(request)
         return await self.ops[request["op"]](conn, request)
 
     # ---- ops -------------------------------------------------------------------------------------
 
-    async def op_hello(self, conn: Connection, request: ipc.Frame) -> ipc.Frame:
+    async def op_hello(self, conn: Connection, request: frames.Frame) -> frames.Frame:
         protocol.check_protocol(request, required=True)
         return {"protocol": protocol.PROTOCOL, "version": shadowfs.__version__,
-                "limits": {"max_frame": ipc.MAX_FRAME, "max_in_flight": protocol.MAX_IN_FLIGHT,
+                "limits": {"max_frame": frames.MAX_FRAME, "max_in_flight": protocol.MAX_IN_FLIGHT,
                            "max_volumes_per_set": protocol.MAX_VOLUMES_PER_SET,
                            "max_snapshots_per_volume": self.broker.max_snapshots,
                            "default_freeze_timeout": protocol.DEFAULT_FREEZE_TIMEOUT}}
 
-    async def op_writer_register(self, conn: Connection, request: ipc.Frame) -> ipc.Frame:
+    async def op_writer_register(self, conn: Connection, request: frames.Frame) -> frames.Frame:
         protocol.check_protocol(request, required=True)
         if conn.writer is not None:
-            raise ipc.RequestError("this connection has registered a writer already")
+            raise frames.RequestError("this connection has registered a writer already")
         if conn.has_session:
-            raise ipc.RequestError("this connection is a requester's; a writer needs a connection of its own")
+            raise frames.RequestError("this connection is a requester's; a writer needs a connection "
+                                      "of its own")
         conn.writer = self.registry.register(request, conn.channel, conn.pid)
         return {"protocol": protocol.PROTOCOL, "writer": conn.writer.describe()}
 
-    async def op_writers(self, _conn: Connection, request: ipc.Frame) -> ipc.Frame:
+    async def op_writers(self, _conn: Connection, request: frames.Frame) -> frames.Frame:
         return {"writers": self.registry.describe(departed=protocol.flag(request, "departed", False))}
 
-    def _requester(self, method: Callable[[Session, ipc.Frame], Awaitable[ipc.Frame]]) -> Op:
-        async def op(conn: Connection, request: ipc.Frame) -> ipc.Frame:
+    def _requester(self, method: Callable[[Session, frames.Frame], Awaitable[frames.Frame]]) -> Op:
+        async def op(conn: Connection, request: frames.Frame) -> frames.Frame:
             if conn.writer is not None:
-                raise ipc.RequestError("this connection belongs to a writer; requester calls need their own")
+                raise frames.RequestError("this connection belongs to a writer; requester calls need "
+                                          "their own")
             return await method(conn.session, request)
         return op
 
     def _event(self, event: Event, *, claim: bool, release: bool) -> Op:
-        async def method(session: Session, request: ipc.Frame) -> ipc.Frame:
+        async def method(session: Session, request: frames.Frame) -> frames.Frame:
             return await self.broker.sequence_event(session, request, event, claim=claim, release=release)
         return self._requester(method)
 
-    async def _shutdown(self, session: Session, _request: ipc.Frame) -> ipc.Frame:
+    async def _shutdown(self, session: Session, _request: frames.Frame) -> frames.Frame:
         return await self.broker.end_session(session, closing=False)
 
-    async def gather_writer_status(self, session: Session, _request: ipc.Frame) -> ipc.Frame:
+    async def gather_writer_status(self, session: Session, _request: frames.Frame) -> frames.Frame:
         """Every writer this session dealt with (also departed ones), then every other registered writer."""
         records = dict(session.known)
         for instance_id, record in self.registry.writers.items():
             records.setdefault(instance_id, record)
         return {"writers": [r.describe() for r in records.values()]}
 
-    async def op_snapshot_properties(self, _conn: Connection, request: ipc.Frame) -> ipc.Frame:
+    async def op_snapshot_properties(self, _conn: Connection, request: frames.Frame) -> frames.Frame:
         """VSS_SNAPSHOT_PROP of one snapshot, or of every snapshot of one set."""
         wanted = protocol.guid(request, "snapshot")
         everything = await self.volumes.snapshots()
         matches = [(v, r) for v, r in everything if wanted in (r["snapshot_id"], r["set_id"])]
         if not matches:
-            raise ipc.RequestError(f"unknown snapshot or snapshot set {wanted}")
+            raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
         return {"snapshots": [self.properties(v, r, everything) for v, r in matches]}
 
     def properties(self, volume: str, record: dict[str, Any],
@@ -152,7 +156,7 @@ class Service:
         host = socket.gethostname()
         return {"snapshot_id": record["snapshot_id"], "snapshot_set_id": record["set_id"],
                 "snapshots_count": sum(1 for _, r in everything if r["set_id"] == record["set_id"]),
-                "snapshot_device_object": config.snapshot_path(self.mount_root, record["set_id"], volume),
+                "snapshot_device_object": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "original_volume_name": volume, "original_volume_path": mount, "backing_path": backing,
                 "originating_machine": host, "service_machine": host, "exposed_name": None,
                 "exposed_path": None, "provider_id": protocol.PROVIDER_ID, "snapshot_attributes": attributes,
@@ -185,7 +189,7 @@ class Service:
                     try:
                         self.volumes.check_ready([n for n in names if self._exists(n)])
                         break
-                    except ipc.RequestError:
+                    except frames.RequestError:
                         await trio.sleep(0.2)
             await self.broker.release_sets(leftovers)
         async with self.volumes.mutation:
@@ -194,6 +198,6 @@ class Service:
     def _exists(self, name: str) -> bool:
         try:
             self.volumes.volume_paths(name)
-        except (ipc.RequestError, config.ConfigError):
+        except (frames.RequestError, statedir.ConfigError):
             return False
         return True

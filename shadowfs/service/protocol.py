@@ -36,8 +36,8 @@ import math
 import uuid
 from typing import Any
 
-from shadowfs import frames
 from shadowfs.documents.enums import SnapshotContext, WriterState
+from shadowfs.ipc import frames
 
 PROTOCOL = "1.0"
 PROTOCOL_MAJOR = 1

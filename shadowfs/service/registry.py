@@ -27,8 +27,10 @@ from typing import Any
 
 import trio
 
-from shadowfs import config, ipc
+from shadowfs import statedir
 from shadowfs.documents.enums import UsageType, WriterFailure, WriterState
+from shadowfs.ipc import frames
+from shadowfs.ipc.channel import Channel
 from shadowfs.service import protocol
 from shadowfs.service.protocol import EVENT_STATES, KEEPS_FAILURE, Event
 
@@ -48,13 +50,13 @@ class WriterIdentity:
     usage_type: UsageType
 
     @classmethod
-    def from_request(cls, request: ipc.Frame) -> WriterIdentity:
+    def from_request(cls, request: frames.Frame) -> WriterIdentity:
         class_id = protocol.guid(request, "class_id")
         instance_id = protocol.guid(request, "instance_id")
         assert class_id is not None and instance_id is not None
         writer_name = protocol.text(request, "writer_name", limit=256)
         if not writer_name.strip():
-            raise ipc.RequestError("request field 'writer_name' must not be empty")
+            raise frames.RequestError("request field 'writer_name' must not be empty")
         return cls(class_id, instance_id, protocol.text(request, "instance_name", default="", limit=256),
                    writer_name, protocol.enum_field(request, "usage_type", UsageType, UsageType.USER_DATA))
 
@@ -91,13 +93,13 @@ class Outcome:
 class WriterRecord:
     """One registered writer: identity, connection, VSS state and failure, the session that owns it."""
 
-    def __init__(self, identity: WriterIdentity, channel: ipc.Channel, pid: int, freeze_timeout: float):
+    def __init__(self, identity: WriterIdentity, channel: Channel, pid: int, freeze_timeout: float):
         self.identity = identity
         self.channel = channel
         self.pid = pid
         self.freeze_timeout = freeze_timeout
         self.connected = True
-        self.registered = config.utc_now()
+        self.registered = statedir.utc_now()
         self.state = WriterState.STABLE
         self.failure: WriterFailure | None = None
         self.last_failure: dict[str, Any] | None = None
@@ -115,7 +117,7 @@ class WriterRecord:
 
     def touches(self, roots: list[str]) -> bool:
         """Whether any path the writer declared lies in one of `roots` (unknown paths: no)."""
-        return any(config.is_within(path, root) for path in self.paths or () for root in roots)
+        return any(statedir.is_within(path, root) for path in self.paths or () for root in roots)
 
     def begin_sequence(self) -> None:
         """A new backup or restore sequence starts: forget the failure of the last one."""
@@ -137,23 +139,23 @@ class WriterRecord:
                               f"no answer to {event.value} within {timeout:g} s")
         return self._settle(outcome)
 
-    async def _call(self, event: Event, frame: ipc.Frame, timeout: float) -> Outcome:
+    async def _call(self, event: Event, frame: frames.Frame, timeout: float) -> Outcome:
         try:
             reply = await self.channel.call(frame, timeout=timeout)
-        except ipc.CallTimeout:
+        except frames.CallTimeout:
             return Outcome(self, event, False, WriterFailure.TIMEOUT,
                            f"no answer to {event.value} within {timeout:g} s")
-        except (ipc.ChannelClosed, OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+        except (frames.ChannelClosed, OSError, trio.ClosedResourceError, trio.BrokenResourceError):
             return Outcome(self, event, False, WriterFailure.NON_RETRYABLE,
                            f"the writer disconnected during {event.value}")
-        except ipc.RemoteError as exc:
+        except frames.RemoteError as exc:
             return Outcome(self, event, False, WriterFailure.NON_RETRYABLE, _one_line(str(exc)))
-        except ipc.ProtocolError as exc:
+        except frames.ProtocolError as exc:
             return Outcome(self, event, False, WriterFailure.NON_RETRYABLE,
                            f"{event.value} could not be sent: {exc}")
         return self._read_reply(event, reply)
 
-    def _read_reply(self, event: Event, reply: ipc.Frame) -> Outcome:
+    def _read_reply(self, event: Event, reply: frames.Frame) -> Outcome:
         try:
             status = reply.get("status")
             message = _one_line(protocol.text(reply, "message", default="", limit=protocol.MAX_TEXT * 4))
@@ -165,10 +167,10 @@ class WriterRecord:
                     self.paths = [os.path.normpath(p) for p in paths if os.path.isabs(p)]
                 return Outcome(self, event, True, None, message, components, metadata)
             if status != "failed":
-                raise ipc.RequestError("field 'status' must be 'ok' or 'failed'")
+                raise frames.RequestError("field 'status' must be 'ok' or 'failed'")
             failure = protocol.enum_field(reply, "failure", WriterFailure, WriterFailure.NON_RETRYABLE)
             return Outcome(self, event, False, failure, message, components, metadata)
-        except ipc.RequestError as exc:
+        except frames.RequestError as exc:
             return Outcome(self, event, False, WriterFailure.NON_RETRYABLE,
                            f"malformed answer to {event.value}: {exc}")
 
@@ -183,7 +185,7 @@ class WriterRecord:
             self.failure = outcome.failure
         self.last_failure = {"event": outcome.event.value,
                              "failure": outcome.failure.value if outcome.failure else None,
-                             "message": outcome.message, "time": config.utc_now()}
+                             "message": outcome.message, "time": statedir.utc_now()}
         log.warning("%s", outcome.describe())
         return outcome
 
@@ -199,16 +201,16 @@ class Registry:
         self.writers: dict[str, WriterRecord] = {}
         self.departed: collections.deque[WriterRecord] = collections.deque(maxlen=DEPARTED_KEPT)
 
-    def register(self, request: ipc.Frame, channel: ipc.Channel, pid: int) -> WriterRecord:
+    def register(self, request: frames.Frame, channel: Channel, pid: int) -> WriterRecord:
         identity = WriterIdentity.from_request(request)
         freeze_timeout = protocol.seconds(request, "freeze_timeout", protocol.DEFAULT_FREEZE_TIMEOUT)
         assert freeze_timeout is not None
         old = self.writers.get(identity.instance_id)
         if old is not None and old.connected:
-            raise ipc.RequestError(f"a writer with instance id {identity.instance_id} is already "
+            raise frames.RequestError(f"a writer with instance id {identity.instance_id} is already "
                                    f"registered (pid {old.pid})")
         if len(self.writers) >= protocol.MAX_WRITERS:
-            raise ipc.RequestError(f"too many writers registered (limit {protocol.MAX_WRITERS})")
+            raise frames.RequestError(f"too many writers registered (limit {protocol.MAX_WRITERS})")
         record = WriterRecord(identity, channel, pid, freeze_timeout)
         self.writers[identity.instance_id] = record
         log.info("writer %r registered (class %s, instance %s %r, pid %d, freeze timeout %g s)",
@@ -230,7 +232,7 @@ class Registry:
         for instance_id in dict.fromkeys(instance_ids):
             record = self.writers.get(instance_id)
             if record is None:
-                raise ipc.RequestError(f"no writer with instance id {instance_id} is registered")
+                raise frames.RequestError(f"no writer with instance id {instance_id} is registered")
             chosen.append(record)
         return chosen
 

@@ -16,7 +16,7 @@ Invariants:
   that made it.
 - A set with no entry (made before this file existed) is persistent and
   client-accessible, as `snapshot create` always made them.
-- The file is replaced atomically (`config.write_json_atomic`).
+- The file is replaced atomically (`statedir.write_json_atomic`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import os
 import threading
 from typing import Any
 
-from shadowfs import config
+from shadowfs import statedir
 from shadowfs.documents.enums import SnapshotContext
 from shadowfs.service.protocol import context_attributes
 
@@ -63,7 +63,7 @@ class SetStore:
 
     def save(self) -> None:
         with self._lock:
-            config.write_json_atomic(self.path, {"version": VERSION, "sets": self.sets})
+            statedir.write_json_atomic(self.path, {"version": VERSION, "sets": self.sets})
 
     def begin(self, set_id: str, context: SnapshotContext, created: str, owner_pid: int | None,
               volumes: list[str], writers: list[str]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from shadowfs.documents import BackupSchema, ComponentType, RestoreMethodType, WriterMetadata
-from shadowfs.writer import EventContext, Writer
+from shadowfs.vss.writer import EventContext, Writer
 
 CLASS_ID = "0f2d9a6e-8c7b-4b4a-9d0e-4a5f3c2b1a00"
 

@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from shadowfs.documents import BackupSchema, ComponentType, FileSpecBackupType, RestoreTarget, WriterMetadata
-from shadowfs.writer import EventContext, Writer
+from shadowfs.vss.writer import EventContext, Writer
 
 CLASS_ID = "5a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
 

@@ -1,0 +1,458 @@
+"""One volume's diff area: the LMDB environment that holds its pre-images.
+
+This module implements the storage side of DESIGN section 3 and nothing that
+touches the backing filesystem:
+
+- read rule: the value of an object in snapshot ``i`` is the pre-image with
+  the smallest sequence ``>= i`` (one ``set_range``), else the live value;
+- the "no pre-image with sequence >= n" test of the write rule, and storing a
+  pre-image without ever overwriting one (the first capture wins);
+- delete rule: deleting snapshot ``d`` walks only the ``bysnap`` keys in
+  ``[d, e)`` and keeps a pre-image exactly when the previous remaining
+  snapshot ``p`` exists and the object has no pre-image in ``[p, d)``;
+- snapshot records, sequence numbers (never reused), size accounting, and
+  graveyard bookkeeping;
+- the bytes of data-block pre-images live in the block store (blockstore.py);
+  an extent whose last reference is dropped is recorded in ``freed`` within
+  the same transaction and punched out by ``reclaim`` in a later one.
+
+Every method that reads or writes takes an LMDB transaction from the caller,
+so a caller can group many operations into one commit. Only the volume's mount
+process writes; the daemon and the browser open the environment read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import lmdb
+
+from shadowfs.diffarea import schema
+from shadowfs.diffarea.blockstore import BlockStore, aligned_end
+from shadowfs.diffarea.schema import AttrRecord, BlockRef, DirentRecord, SnapshotRecord
+
+MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
+MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks may cover
+
+
+class DiffAreaError(Exception):
+    """The diff area cannot be opened or used as asked (message says why)."""
+
+
+class DiffArea:
+    """A volume's LMDB environment and the pre-image rules over it."""
+
+    def __init__(self, env: lmdb.Environment, path: str, readonly: bool) -> None:
+        self.env = env
+        self.path = path
+        self.readonly = readonly
+        self._dbs = {name: env.open_db(name, create=not readonly) for name in schema.ALL_DBS}
+        self.meta = self._dbs[schema.DB_META]
+        self.snapshots_db = self._dbs[schema.DB_SNAPSHOTS]
+        self.preimages = self._dbs[schema.DB_PREIMAGES]
+        self.bysnap = self._dbs[schema.DB_BYSNAP]
+        self.usage = self._dbs[schema.DB_USAGE]
+        self.graveyard = self._dbs[schema.DB_GRAVEYARD]
+        self.freed = self._dbs[schema.DB_FREED]
+        self.blocks = BlockStore(path, writable=not readonly)
+
+    # ---- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, *, readonly: bool = False, volume: str | None = None) -> DiffArea:
+        """Open (and, writable and given `volume`, create) the diff area at `path`."""
+        if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
+            raise DiffAreaError(f"no diff area at {path}")
+        if not readonly:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=len(schema.ALL_DBS) + 2,
+                            readonly=readonly, subdir=True, sync=True, metasync=True,
+                            readahead=False, max_readers=512, lock=True)
+        except lmdb.Error as exc:
+            raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
+        try:
+            env.reader_check()  # clears reader slots of processes that died (kill -9)
+            area = cls(env, path, readonly)
+            area._check_format(volume)
+        except (lmdb.Error, DiffAreaError) as exc:
+            if "area" in locals():
+                area.blocks.close()
+            env.close()
+            if isinstance(exc, DiffAreaError):
+                raise
+            raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
+        return area
+
+    def _check_format(self, volume: str | None) -> None:
+        with self.env.begin(write=not self.readonly) as txn:
+            version = txn.get(schema.META_FORMAT, db=self.meta)
+            if version is None:
+                if self.readonly:
+                    raise DiffAreaError(f"{self.path}: diff area not initialised")
+                txn.put(schema.META_FORMAT, schema.u32(schema.FORMAT_VERSION), db=self.meta)
+                txn.put(schema.META_NEXT_SEQ, schema.u64(1), db=self.meta)
+                if volume is not None:
+                    txn.put(schema.META_VOLUME, volume.encode(), db=self.meta)
+            elif schema.read_u32(version) != schema.FORMAT_VERSION:
+                raise DiffAreaError(f"{self.path}: diff area format {schema.read_u32(version)}, "
+                                    f"this shadowfs reads format {schema.FORMAT_VERSION}")
+
+    def close(self) -> None:
+        self.blocks.close()
+        self.env.close()
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(buffers=False) as txn:
+            yield txn
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction that makes appended block bytes durable before it commits."""
+        with self.env.begin(write=True) as txn:
+            yield txn
+            self.before_commit()
+
+    def before_commit(self) -> None:
+        """Run before every commit of a transaction that may reference new block bytes."""
+        self.blocks.sync()
+
+    # ---- snapshots -------------------------------------------------------
+
+    def snapshot_list(self, txn: lmdb.Transaction) -> list[SnapshotRecord]:
+        cursor = txn.cursor(db=self.snapshots_db)
+        return [schema.decode_snapshot(schema.read_u64(key), value) for key, value in cursor]
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        with self.read() as txn:
+            return self.snapshot_list(txn)
+
+    def snapshot(self, txn: lmdb.Transaction, seq: int) -> SnapshotRecord | None:
+        value = txn.get(schema.u64(seq), db=self.snapshots_db)
+        return None if value is None else schema.decode_snapshot(seq, value)
+
+    def has_snapshot(self, txn: lmdb.Transaction, seq: int) -> bool:
+        return txn.get(schema.u64(seq), db=self.snapshots_db) is not None
+
+    def newest_seq(self, txn: lmdb.Transaction) -> int | None:
+        cursor = txn.cursor(db=self.snapshots_db)
+        return schema.read_u64(cursor.key()) if cursor.last() else None
+
+    def oldest_seq(self, txn: lmdb.Transaction) -> int | None:
+        cursor = txn.cursor(db=self.snapshots_db)
+        return schema.read_u64(cursor.key()) if cursor.first() else None
+
+    def _neighbours(self, txn: lmdb.Transaction, seq: int) -> tuple[int | None, int | None]:
+        """The newest remaining snapshot older than `seq` and the oldest newer one."""
+        cursor = txn.cursor(db=self.snapshots_db)
+        newer = None
+        if cursor.set_range(schema.u64(seq + 1)):
+            newer = schema.read_u64(cursor.key())
+            older_found = cursor.prev()
+        else:
+            older_found = cursor.last()
+        older = None
+        while older_found:
+            candidate = schema.read_u64(cursor.key())
+            if candidate < seq:
+                older = candidate
+                break
+            older_found = cursor.prev()
+        return older, newer
+
+    def record_snapshot(self, txn: lmdb.Transaction, snapshot_id: str, set_id: str,
+                        created: str) -> SnapshotRecord:
+        seq = schema.read_u64(txn.get(schema.META_NEXT_SEQ, db=self.meta))
+        txn.put(schema.META_NEXT_SEQ, schema.u64(seq + 1), db=self.meta)
+        record = SnapshotRecord(seq, snapshot_id, set_id, created)
+        txn.put(schema.u64(seq), schema.encode_snapshot(record), db=self.snapshots_db)
+        return record
+
+    def delete_snapshot(self, txn: lmdb.Transaction, seq: int) -> int:
+        """Delete snapshot `seq` by the delete rule; returns the bytes freed."""
+        if txn.get(schema.u64(seq), db=self.snapshots_db) is None:
+            raise DiffAreaError(f"no snapshot with sequence {seq}")
+        older, newer = self._neighbours(txn, seq)
+        freed = 0
+        cursor = txn.cursor(db=self.bysnap)
+        found = cursor.set_range(schema.u64(seq))
+        while found:
+            key_seq, obj = schema.split_bysnap_key(cursor.key())
+            if newer is not None and key_seq >= newer:
+                break
+            if older is not None and not self.has_preimage_in(txn, obj, older, seq):
+                found = cursor.next()  # it now holds the value `older` sees
+                continue
+            key = schema.preimage_key(obj, key_seq)
+            value = txn.get(key, db=self.preimages)
+            if value is not None:
+                txn.delete(key, db=self.preimages)
+                size = self._stored_size(obj, key, value)
+                freed += size
+                self._add_usage(txn, key_seq, -size)
+                if obj[:1] == b"B":
+                    ref = schema.decode_block_ref(value)
+                    if ref.offset is not None:
+                        txn.put(schema.extent_key(ref.offset, ref.length), b"", db=self.freed)
+            found = cursor.delete() and bool(cursor.key())  # False past the last key
+        txn.delete(schema.u64(seq), db=self.snapshots_db)
+        return freed
+
+    # ---- pre-images ------------------------------------------------------
+
+    def preimage(self, txn: lmdb.Transaction, obj: bytes, seq: int) -> bytes | None:
+        """The read rule: the pre-image of `obj` with the smallest sequence >= seq."""
+        cursor = txn.cursor(db=self.preimages)
+        if not cursor.set_range(schema.preimage_key(obj, seq)):
+            return None
+        key = cursor.key()
+        if len(key) == len(obj) + schema.SEQ_BYTES and key.startswith(obj):
+            return cursor.value()
+        return None
+
+    def has_preimage_in(self, txn: lmdb.Transaction, obj: bytes, low: int, high: int) -> bool:
+        """Whether `obj` has a pre-image with sequence in [low, high)."""
+        cursor = txn.cursor(db=self.preimages)
+        if not cursor.set_range(schema.preimage_key(obj, low)):
+            return False
+        key = cursor.key()
+        if len(key) != len(obj) + schema.SEQ_BYTES or not key.startswith(obj):
+            return False
+        return schema.read_u64(key, len(obj)) < high
+
+    def put_preimage(self, txn: lmdb.Transaction, obj: bytes, seq: int, value: bytes) -> bool:
+        """Store a pre-image unless one exists; True if stored (first capture wins)."""
+        key = schema.preimage_key(obj, seq)
+        if not txn.put(key, value, overwrite=False, db=self.preimages):
+            return False
+        txn.put(schema.bysnap_key(seq, obj), b"", db=self.bysnap)
+        self._add_usage(txn, seq, self._stored_size(obj, key, value))
+        return True
+
+    @staticmethod
+    def _stored_size(obj: bytes, key: bytes, value: bytes) -> int:
+        """What a pre-image costs: its key and value, plus its bytes in the block store."""
+        size = len(key) + len(value)
+        if obj[:1] == b"B":
+            ref = schema.decode_block_ref(value)
+            if ref.offset is not None:
+                size += ref.length
+        return size
+
+    def put_block(self, txn: lmdb.Transaction, ino: int, block: int, seq: int, data: bytes) -> bool:
+        """Store a data block's pre-image (bytes in the block store) unless one exists."""
+        obj = schema.block_object(ino, block)
+        if txn.get(schema.preimage_key(obj, seq), db=self.preimages) is not None:
+            return False
+        ref = BlockRef(None, len(data)) if schema.is_zero(data) else BlockRef(self.blocks.append(data),
+                                                                           len(data))
+        return self.put_preimage(txn, obj, seq, schema.encode_block_ref(ref))
+
+    def attr_at(self, txn: lmdb.Transaction, ino: int, seq: int) -> AttrRecord | None:
+        value = self.preimage(txn, schema.attr_object(ino), seq)
+        return None if value is None else schema.decode_attr(value)
+
+    def block_at(self, txn: lmdb.Transaction, ino: int, block: int, seq: int) -> bytes | None:
+        value = self.preimage(txn, schema.block_object(ino, block), seq)
+        if value is None:
+            return None
+        ref = schema.decode_block_ref(value)
+        return bytes(ref.length) if ref.offset is None else self.blocks.read(ref.offset, ref.length)
+
+    def block_refs(self, txn: lmdb.Transaction, ino: int, blocks: Iterable[int],
+                   seq: int) -> dict[int, BlockRef]:
+        """The read rule for several blocks of one file: where each captured one is."""
+        cursor = txn.cursor(db=self.preimages)
+        found: dict[int, BlockRef] = {}
+        for block in blocks:
+            obj = schema.block_object(ino, block)
+            if cursor.set_range(schema.preimage_key(obj, seq)):
+                key = cursor.key()
+                if len(key) == len(obj) + schema.SEQ_BYTES and key.startswith(obj):
+                    found[block] = schema.decode_block_ref(cursor.value())
+        return found
+
+    def block_refs_range(self, txn: lmdb.Transaction, ino: int, start: int, stop: int,
+                         seq: int) -> dict[int, BlockRef]:
+        """`block_refs` for the blocks [start, stop) of one file, in one cursor walk that
+        jumps over blocks without a pre-image (one ``set_range`` per captured block)."""
+        prefix = schema.blocks_prefix(ino)
+        key_length = len(prefix) + 8 + schema.SEQ_BYTES
+        cursor = txn.cursor(db=self.preimages)
+        found: dict[int, BlockRef] = {}
+        positioned = cursor.set_range(schema.preimage_key(schema.block_object(ino, start), seq))
+        while positioned:
+            key = cursor.key()
+            if len(key) != key_length or not key.startswith(prefix):
+                break
+            block = schema.read_u64(key, len(prefix))
+            if block >= stop:
+                break
+            if schema.read_u64(key, len(prefix) + 8) >= seq:  # the smallest sequence >= seq
+                found[block] = schema.decode_block_ref(cursor.value())
+                block += 1
+            # else: only older pre-images of this block so far: jump to its keys >= seq
+            positioned = cursor.set_range(schema.preimage_key(schema.block_object(ino, block), seq))
+        return found
+
+    def read_blocks_into(self, refs: dict[int, BlockRef], out: memoryview, offset: int) -> None:
+        """Put the bytes behind `refs` (block -> ref of one file) into `out`, which holds the
+        file's bytes from `offset` on and is zero where the blocks are.
+
+        Blocks that follow each other in the file and whose extents follow each other
+        in blocks.dat (captured together) are read with one preadv straight into
+        `out`; zero blocks and the bytes past a short image need no read.
+        """
+        end = offset + len(out)
+        for first, start, length in self._extent_runs(refs):
+            low, high = max(offset, first * schema.BLOCK_SIZE), min(end, first * schema.BLOCK_SIZE + length)
+            if low < high:
+                self.blocks.readinto(start + low - first * schema.BLOCK_SIZE, out[low - offset:high - offset])
+
+    @staticmethod
+    def _extent_runs(refs: dict[int, BlockRef]) -> list[tuple[int, int, int]]:
+        """(first block, extent offset, length) of each run of stored blocks that is
+        contiguous both in the file and in blocks.dat."""
+        runs: list[tuple[int, int, int]] = []
+        for block in sorted(refs):
+            ref = refs[block]
+            if ref.offset is None:
+                continue
+            if runs:
+                first, start, length = runs[-1]
+                if (first * schema.BLOCK_SIZE + length == block * schema.BLOCK_SIZE  # previous was full
+                        and start + length == ref.offset and length + ref.length <= MAX_COALESCED_READ):
+                    runs[-1] = (first, start, length + ref.length)
+                    continue
+            runs.append((block, ref.offset, ref.length))
+        return runs
+
+    def read_blocks(self, refs: dict[int, BlockRef]) -> dict[int, bytes]:
+        """The bytes behind `refs`; extents that follow each other in blocks.dat (blocks
+        captured together) are read with one pread."""
+        result = {block: bytes(ref.length) for block, ref in refs.items() if ref.offset is None}
+        stored = sorted((ref.offset, ref.length, block) for block, ref in refs.items()
+                        if ref.offset is not None)
+        i = 0
+        while i < len(stored):
+            j = i
+            while (j + 1 < len(stored) and stored[j + 1][0] == aligned_end(stored[j][0], stored[j][1])
+                   and stored[j + 1][0] + stored[j + 1][1] - stored[i][0] <= MAX_COALESCED_READ):
+                j += 1
+            start = stored[i][0]
+            data = self.blocks.read(start, stored[j][0] + stored[j][1] - start)
+            for offset, length, block in stored[i:j + 1]:
+                result[block] = data[offset - start:offset - start + length]
+            i = j + 1
+        return result
+
+    def dirent_at(self, txn: lmdb.Transaction, dir_ino: int, name: bytes,
+                  seq: int) -> DirentRecord | None:
+        value = self.preimage(txn, schema.dirent_object(dir_ino, name), seq)
+        return None if value is None else schema.decode_dirent(value)
+
+    def dirent_overlay(self, txn: lmdb.Transaction, dir_ino: int,
+                       seq: int) -> dict[bytes, DirentRecord]:
+        """Every entry of `dir_ino` that has a pre-image at or after `seq`, by name."""
+        prefix = schema.dirents_prefix(dir_ino)
+        result: dict[bytes, DirentRecord] = {}
+        cursor = txn.cursor(db=self.preimages)
+        found = cursor.set_range(prefix)
+        while found:
+            key = cursor.key()
+            if not key.startswith(prefix):
+                break
+            obj, key_seq = schema.split_preimage_key(key)
+            if key_seq >= seq:
+                result[schema.dirent_name(obj)] = schema.decode_dirent(cursor.value())
+                found = self._skip_object(cursor, obj)
+            else:
+                found = cursor.set_range(schema.preimage_key(obj, seq))
+        return result
+
+    @staticmethod
+    def _skip_object(cursor: lmdb.Cursor, obj: bytes) -> bool:
+        """Move the cursor past every key of `obj`."""
+        if not cursor.set_range(obj + b"\xff" * schema.SEQ_BYTES):
+            return False
+        key = cursor.key()
+        if len(key) == len(obj) + schema.SEQ_BYTES and key.startswith(obj):
+            return cursor.next()
+        return True
+
+    def blocks_captured(self, txn: lmdb.Transaction, ino: int, seq: int) -> bool:
+        """Whether any data block of `ino` has a pre-image (any sequence) — cheap test."""
+        prefix = schema.blocks_prefix(ino)
+        cursor = txn.cursor(db=self.preimages)
+        return cursor.set_range(prefix) and cursor.key().startswith(prefix)
+
+    # ---- accounting ------------------------------------------------------
+
+    def _add_usage(self, txn: lmdb.Transaction, seq: int, delta: int) -> None:
+        key = schema.u64(seq)
+        old = txn.get(key, db=self.usage)
+        total = (schema.read_u64(old) if old else 0) + delta
+        if total > 0:
+            txn.put(key, schema.u64(total), db=self.usage)
+        elif old is not None:
+            txn.delete(key, db=self.usage)
+
+    def used_bytes(self, txn: lmdb.Transaction | None = None) -> int:
+        if txn is None:
+            with self.read() as own:
+                return self.used_bytes(own)
+        return sum(schema.read_u64(value) for _, value in txn.cursor(db=self.usage))
+
+    def snapshot_bytes(self, txn: lmdb.Transaction, seq: int) -> int:
+        """Bytes held for snapshot `seq`: its sequence up to the next remaining snapshot."""
+        _, newer = self._neighbours(txn, seq)
+        total = 0
+        cursor = txn.cursor(db=self.usage)
+        found = cursor.set_range(schema.u64(seq))
+        while found:
+            key_seq = schema.read_u64(cursor.key())
+            if newer is not None and key_seq >= newer:
+                break
+            total += schema.read_u64(cursor.value())
+            found = cursor.next()
+        return total
+
+    def disk_bytes(self) -> int:
+        """What the diff area takes on disk: the LMDB file and the block store."""
+        try:
+            lmdb_bytes = os.stat(os.path.join(self.path, "data.mdb")).st_blocks * 512
+        except FileNotFoundError:
+            lmdb_bytes = 0
+        return lmdb_bytes + self.blocks.disk_bytes()
+
+    def reclaim(self, txn: lmdb.Transaction) -> int:
+        """Punch out every freed extent (their references are gone in committed
+        transactions) and forget them; returns how many."""
+        count = 0
+        cursor = txn.cursor(db=self.freed)
+        found = cursor.first()
+        while found:
+            self.blocks.punch(*schema.split_extent_key(cursor.key()))
+            count += 1
+            found = cursor.delete() and bool(cursor.key())
+        return count
+
+    # ---- graveyard -------------------------------------------------------
+
+    def graveyard_add(self, txn: lmdb.Transaction, ino: int, death_seq: int) -> None:
+        txn.put(schema.u64(ino), schema.u64(death_seq), db=self.graveyard)
+
+    def graveyard_has(self, txn: lmdb.Transaction, ino: int) -> bool:
+        return txn.get(schema.u64(ino), db=self.graveyard) is not None
+
+    def graveyard_expired(self, txn: lmdb.Transaction) -> list[int]:
+        """Graveyard inodes no remaining snapshot can see (died before the oldest)."""
+        oldest = self.oldest_seq(txn)
+        return [schema.read_u64(key) for key, value in txn.cursor(db=self.graveyard)
+                if oldest is None or schema.read_u64(value) < oldest]
+
+    def graveyard_remove(self, txn: lmdb.Transaction, ino: int) -> None:
+        txn.delete(schema.u64(ino), db=self.graveyard)

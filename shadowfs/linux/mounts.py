@@ -1,0 +1,68 @@
+"""FUSE mounts by path: which exist (/proc/self/mounts), and unmounting the ones shadowfs made.
+
+One job: let every process (daemon, tests, tools) find and remove FUSE mounts
+without importing pyfuse3. `unmount` refuses anything that is not a FUSE
+mount, so a caller that passes a path it mounted itself can never detach
+somebody else's filesystem; `unmount_if_ours` goes further and leaves alone
+FUSE mounts of other programs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+
+log = logging.getLogger(__name__)
+
+SHADOWFS_FUSE_TYPE = "fuse.shadowfs"
+
+
+def unescape(field: str) -> str:
+    """A path as /proc/self/mounts and mountinfo write it (octal escapes) -> the path."""
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def fuse_mounts() -> dict[str, str]:
+    """Mount point -> filesystem type for every FUSE mount in this namespace."""
+    result: dict[str, str] = {}
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].startswith("fuse"):
+                result[unescape(fields[1])] = fields[2]
+    return result
+
+
+def is_fuse_mount(path: str) -> bool:
+    return os.path.realpath(path) in fuse_mounts() or os.path.abspath(path) in fuse_mounts()
+
+
+def unmount(path: str, *, lazy: bool = True) -> bool:
+    """Unmount the FUSE mount at `path`; True if something was unmounted.
+
+    Only ever touches a FUSE mount: callers pass paths they mounted themselves.
+    """
+    if not is_fuse_mount(path):
+        return False
+    args = ["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + [path]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        log.warning("fusermount3 -u %s failed: %s", path, result.stderr.strip())
+        return False
+    return True
+
+
+def unmount_if_ours(path: str) -> bool:
+    """Lazily unmount a shadowfs FUSE mount at `path`; leave anything else alone."""
+    mounts = fuse_mounts()
+    kind = mounts.get(os.path.abspath(path)) or mounts.get(os.path.realpath(path))
+    if kind is None:
+        return False
+    if kind != SHADOWFS_FUSE_TYPE:
+        log.warning("%s is a %s mount, not shadowfs; leaving it alone", path, kind)
+        return False
+    if unmount(path, lazy=True):
+        log.info("unmounted stale shadowfs mount at %s", path)
+        return True
+    return False

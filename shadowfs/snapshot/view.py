@@ -1,0 +1,430 @@
+"""The read model of one snapshot: what an object looked like at the instant.
+
+One job: DESIGN section 3's read rule, with its read-validate step, for
+attributes, directory entries, directory listings, symlinks, xattrs and data.
+Every method first reads the live value from the backing filesystem and only
+then opens an LMDB read transaction to look for a pre-image: a pre-image is
+committed before the change it protects is applied, so a transaction begun
+after the live read sees the pre-image of any change that read may have seen.
+A pre-image, when there is one, always wins over the live value.
+
+Invariants:
+- Objects are reached by inode number (`open_by_ino`), never by path, so
+  renames after the snapshot do not matter.
+- ``<backing>/.shadowfs`` is hidden from the volume root, whose link count
+  leaves it out too.
+- A snapshot deleted while being read answers ESTALE instead of wrong data:
+  every read ends with a transaction that checks the snapshot still exists,
+  so captured bytes read before it cannot come from an extent that its
+  deletion punched out (punching follows the deletion's commit).
+- A `SnapshotView` and `LiveObjects` may be used from several threads at
+  once: each call begins and ends its own LMDB read transaction (py-lmdb opens
+  environments with MDB_NOTLS, so a transaction is not tied to its thread
+  but must not be shared), and cached descriptors are borrowed, never closed
+  while borrowed. Directory listings use a descriptor of their own (a
+  directory's read position is per open file).
+- Data reads assemble their result in place: live runs and captured extents
+  are read with preadv straight into one buffer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import lmdb
+
+from shadowfs.capture.engine import attr_from_stat, block_span
+from shadowfs.diffarea import schema
+from shadowfs.diffarea.area import DiffArea
+from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, BlockRef, DirentRecord
+from shadowfs.linux.syscalls import data_regions, list_xattrs, open_by_ino
+
+_GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+@dataclass
+class _Cached:
+    """One cached descriptor; `pins` counts the threads using it right now."""
+
+    fd: int
+    pins: int = 0
+    dead: bool = False  # dropped from the cache (closed LiveObjects): close at the last give-back
+
+
+class LiveObjects:
+    """Descriptors of live backing objects of one volume, by inode, least recently used out.
+
+    Safe to use from several threads at once: a descriptor is *borrowed* for
+    the length of one use, and the LRU never closes a borrowed descriptor (it
+    may hold more than `capacity` for as long as that many are borrowed), so a
+    thread can never find its descriptor closed, or its number reused for
+    another file, in the middle of a call. The lock is never held across a
+    system call that can wait on the disk.
+
+    A cached descriptor keeps its inode allocated, which is harmless: shadowfs
+    only reaches inodes that a snapshot still needs.
+    """
+
+    def __init__(self, root_fd: int, capacity: int = 1024) -> None:
+        self.root_fd = root_fd
+        self.root_ino = os.fstat(root_fd).st_ino
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._fds: OrderedDict[tuple[int, int], _Cached] = OrderedDict()
+        self._closed = False
+
+    @contextmanager
+    def borrow(self, ino: int, flags: int = _PATH_FLAGS) -> Iterator[int]:
+        """A descriptor of inode `ino` opened with `flags`, open until the block ends."""
+        entry = self._acquire(ino, flags)
+        try:
+            yield entry.fd
+        finally:
+            self._give_back(entry)
+
+    def open(self, ino: int, flags: int = _READ_FLAGS) -> int:
+        """A new descriptor of `ino`, owned by the caller (not cached)."""
+        return open_by_ino(self.root_fd, ino, flags)
+
+    def _acquire(self, ino: int, flags: int) -> _Cached:
+        key = (ino, flags)
+        with self._lock:
+            entry = self._fds.get(key)
+            if entry is not None:
+                entry.pins += 1
+                self._fds.move_to_end(key)
+                return entry
+        fd = open_by_ino(self.root_fd, ino, flags)  # may read the inode from disk: unlocked
+        with self._lock:
+            entry = self._fds.get(key)
+            if entry is not None or self._closed:  # another thread was quicker, or closed
+                if entry is None:
+                    return _Cached(fd, pins=1, dead=True)
+                os.close(fd)
+                entry.pins += 1
+                self._fds.move_to_end(key)
+                return entry
+            entry = self._fds[key] = _Cached(fd, pins=1)
+            self._evict()
+            return entry
+
+    def _evict(self) -> None:
+        """Close the least recently used unborrowed descriptors beyond the capacity (lock held)."""
+        excess = len(self._fds) - self._capacity
+        if excess <= 0:
+            return
+        victims = []
+        for key, entry in self._fds.items():
+            if entry.pins == 0:
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            os.close(self._fds.pop(key).fd)
+
+    def _give_back(self, entry: _Cached) -> None:
+        with self._lock:
+            entry.pins -= 1
+            if entry.dead and entry.pins == 0:
+                os.close(entry.fd)
+
+    def close(self) -> None:
+        """Close every descriptor; one still borrowed is closed when it is given back."""
+        with self._lock:
+            self._closed = True
+            for entry in self._fds.values():
+                if entry.pins == 0:
+                    os.close(entry.fd)
+                else:
+                    entry.dead = True
+            self._fds.clear()
+
+
+class SnapshotView:
+    """One snapshot (sequence `seq`) of one volume."""
+
+    def __init__(self, area: DiffArea, live: LiveObjects, seq: int) -> None:
+        self.area = area
+        self.live = live
+        self.seq = seq
+        self.root_ino = live.root_ino
+
+    def _txn_checked(self) -> lmdb.Transaction:
+        txn = self.area.env.begin()
+        if not self.area.has_snapshot(txn, self.seq):
+            txn.abort()
+            raise OSError(errno.ESTALE, "snapshot was deleted")
+        return txn
+
+    # ---- attributes ------------------------------------------------------
+
+    def _live_attr(self, ino: int, with_xattrs: bool, fd: int | None = None) -> AttrRecord | None:
+        if fd is not None:  # the caller's own descriptor of a regular file
+            return attr_from_stat(os.fstat(fd), b"", list_xattrs(fd) if with_xattrs else None)
+        try:
+            with self.live.borrow(ino) as fd:
+                st = os.fstat(fd)
+                target = b""
+                if (st.st_mode & 0o170000) == 0o120000:
+                    target = os.fsencode(os.readlink("", dir_fd=fd))
+                return attr_from_stat(st, target, list_xattrs(fd) if with_xattrs else None)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return None
+            raise
+
+    def attr(self, ino: int, *, with_xattrs: bool = False, fd: int | None = None) -> AttrRecord:
+        """The object's attributes at the snapshot; ENOENT if it did not exist then. `fd`: the
+        caller's descriptor of the live object, if it has one (saves opening another)."""
+        live = self._live_attr(ino, with_xattrs, fd)
+        txn = self._txn_checked()
+        try:
+            record = self.area.attr_at(txn, ino, self.seq)
+        finally:
+            txn.abort()
+        if record is None:
+            record = live
+        if record is None or not record.exists:
+            raise OSError(errno.ENOENT, f"inode {ino} not in snapshot")
+        if ino == self.root_ino:
+            # the hidden .shadowfs directory is a subdirectory on the backing fs only
+            record = dataclasses.replace(record, nlink=record.nlink - 1)
+        return record
+
+    def readlink(self, ino: int) -> bytes:
+        record = self.attr(ino)
+        if not record.is_symlink:
+            raise OSError(errno.EINVAL, "not a symlink")
+        return record.symlink_target
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return self.attr(ino, with_xattrs=True).xattrs
+
+    # ---- directories -----------------------------------------------------
+
+    def _hidden(self, dir_ino: int, name: bytes) -> bool:
+        return dir_ino == self.root_ino and name == schema.HIDDEN_DIR
+
+    def lookup(self, dir_ino: int, name: bytes) -> DirentRecord:
+        """The entry `name` of directory `dir_ino` at the snapshot; ENOENT if none."""
+        if self._hidden(dir_ino, name):
+            raise OSError(errno.ENOENT, "no such entry")
+        live: DirentRecord | None = None
+        try:
+            with self.live.borrow(dir_ino) as dir_fd:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            live = DirentRecord(st.st_ino, (st.st_mode & 0o170000) >> 12)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        txn = self._txn_checked()
+        try:
+            record = self.area.dirent_at(txn, dir_ino, name, self.seq)
+        finally:
+            txn.abort()
+        if record is None:
+            record = live
+        if record is None or not record.present:
+            raise OSError(errno.ENOENT, "no such entry")
+        return record
+
+    def listdir(self, dir_ino: int) -> list[tuple[bytes, DirentRecord]]:
+        """Every entry of `dir_ino` at the snapshot, sorted by name."""
+        entries: dict[bytes, DirentRecord] = {}
+        try:
+            # a descriptor of its own: a directory's read position is shared by every user
+            # of one descriptor, so two threads listing through a cached one would mix up
+            dir_fd = self.live.open(dir_ino, _DIR_FLAGS)
+            try:
+                with os.scandir(dir_fd) as scan:
+                    for entry in scan:
+                        name = os.fsencode(entry.name)
+                        entries[name] = DirentRecord(entry.inode(), 0)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        txn = self._txn_checked()
+        try:
+            overlay = self.area.dirent_overlay(txn, dir_ino, self.seq)
+        finally:
+            txn.abort()
+        for name, record in overlay.items():
+            if record.present:
+                entries[name] = record
+            else:
+                entries.pop(name, None)
+        if dir_ino == self.root_ino:
+            entries.pop(schema.HIDDEN_DIR, None)
+        return sorted(entries.items())
+
+    # ---- data ------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, size: int, file_size: int) -> bytes:
+        """Bytes [offset, offset+size) of a regular file whose size at the snapshot is given."""
+        return bytes(self.read_buffer(ino, offset, size, file_size))
+
+    def read_buffer(self, ino: int, offset: int, size: int, file_size: int,
+                    fd: int | None = None) -> bytes | bytearray:
+        """`read`, but the result may be a bytearray (no copy); `fd` is the caller's descriptor
+        of the live file open for reading (else one is borrowed from the cache)."""
+        return self.read_hinted(ino, offset, size, file_size, fd)[0]
+
+    def read_hinted(self, ino: int, offset: int, size: int, file_size: int, fd: int | None = None,
+                    *, live_first: bool = False) -> tuple[bytes | bytearray, bool]:
+        """`read_buffer`, and whether any block came from the diff area.
+
+        `live_first` (for a file that had no captured block when last read): read
+        everything live and look up only once, afterwards: by the read-validate
+        argument one lookup after the live read is enough, so the common case costs
+        one transaction. Captured blocks found then are read over the live bytes.
+        Without it:
+
+        Blocks with a pre-image come from the diff area and the live file is not
+        read for them; the others are read live straight into the result. Then a
+        new transaction checks that the snapshot still exists (so captured bytes
+        read meanwhile were not punched out by its deletion: ESTALE instead) and
+        looks the live blocks up once more (read-validate): a pre-image that
+        appeared meanwhile wins, and the check repeats for the bytes it brought.
+        """
+        size = max(0, min(size, file_size - offset))
+        if size == 0:
+            return b"", False
+        span = block_span(offset, size)
+        refs = {} if live_first else self._block_refs(ino, span.start, span.stop)
+        captured = bool(refs)
+        live = [block for block in span if block not in refs]
+        if not refs:  # the common case: one pread, no buffer to assemble
+            result: bytes | bytearray = self._pread_live(ino, fd, offset, size)
+        else:
+            result = bytearray(size)
+            self._read_live_runs(ino, fd, memoryview(result), offset, live)
+            self.area.read_blocks_into(refs, memoryview(result), offset)
+        while True:
+            refs = self._block_refs(ino, span.start, span.stop, only=live)
+            if not refs:
+                return result, captured
+            captured = True
+            if not isinstance(result, bytearray):
+                result = bytearray(result)
+            out = memoryview(result)
+            self._clear_blocks(out, offset, refs)
+            self.area.read_blocks_into(refs, out, offset)
+            live = [block for block in live if block not in refs]
+
+    def data_regions(self, ino: int, size: int) -> list[tuple[int, int]]:
+        """(offset, end) regions below `size` (the file's size at the snapshot) that may hold data
+        at the snapshot: the live file's data regions, then, looked up afterwards (read-validate),
+        every captured block. A block that was a hole at the snapshot and is one live is in
+        neither; one whose data was punched out or cut off since was captured first."""
+        regions: list[tuple[int, int]] = []
+        try:
+            with self.live.borrow(ino, _READ_FLAGS) as fd:
+                regions = data_regions(fd, size)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        captured = self._block_refs(ino, 0, (size + BLOCK_SIZE - 1) // BLOCK_SIZE)
+        for first, last in _runs(sorted(captured)) if captured else ():
+            regions.append((first * BLOCK_SIZE, min(size, (last + 1) * BLOCK_SIZE)))
+        regions.sort()
+        merged: list[tuple[int, int]] = []
+        for start, end in regions:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
+
+    def _block_refs(self, ino: int, start: int, stop: int,
+                    only: list[int] | None = None) -> dict[int, BlockRef]:
+        """Where the captured blocks among [start, stop) (or among `only`) of `ino` are, in a
+        transaction that first checks that the snapshot exists."""
+        if only is not None and not only:
+            start = stop  # nothing to look up, but the snapshot check still runs
+        txn = self._txn_checked()
+        try:
+            if start >= stop or not self.area.blocks_captured(txn, ino, self.seq):
+                return {}  # the common case: no block of this file was ever captured
+            refs = self.area.block_refs_range(txn, ino, start, stop, self.seq)
+        finally:
+            txn.abort()
+        if only is not None:
+            wanted = set(only)
+            refs = {block: ref for block, ref in refs.items() if block in wanted}
+        return refs
+
+    def _pread_live(self, ino: int, fd: int | None, offset: int, size: int) -> bytes:
+        """Live bytes [offset, offset+size); zeros past the live file's end or if it is gone."""
+        data = b""
+        try:
+            if fd is not None:
+                data = os.pread(fd, size, offset)
+            else:
+                with self.live.borrow(ino, _READ_FLAGS) as own:
+                    data = os.pread(own, size, offset)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        if len(data) < size:  # the live file is shorter: zeros, or captured (validated later)
+            data += bytes(size - len(data))
+        return data
+
+    def _read_live_runs(self, ino: int, fd: int | None, out: memoryview, offset: int,
+                        blocks: list[int]) -> None:
+        """Read the live bytes of `blocks` (ascending) into `out`, which holds the file from
+        `offset`; one preadv per run of adjacent blocks. Bytes past the live end stay zero."""
+        if not blocks:
+            return
+        if fd is None:
+            with self.live.borrow(ino, _READ_FLAGS) as own:
+                self._read_live_runs(ino, own, out, offset, blocks)
+            return
+        end = offset + len(out)
+        for first, last in _runs(blocks):
+            low, high = max(offset, first * BLOCK_SIZE), min(end, (last + 1) * BLOCK_SIZE)
+            try:
+                _preadv_full(fd, out[low - offset:high - offset], low)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+
+    @staticmethod
+    def _clear_blocks(out: memoryview, offset: int, blocks: dict[int, BlockRef]) -> None:
+        """Zero the bytes of `blocks` in `out` (live bytes read before a pre-image was found)."""
+        end = offset + len(out)
+        for block in blocks:
+            low, high = max(offset, block * BLOCK_SIZE), min(end, (block + 1) * BLOCK_SIZE)
+            out[low - offset:high - offset] = bytes(high - low)
+
+
+def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
+    """(first, last) of each run of consecutive numbers in an ascending list."""
+    first = last = blocks[0]
+    for block in blocks[1:]:
+        if block != last + 1:
+            yield first, last
+            first = block
+        last = block
+    yield first, last
+
+
+def _preadv_full(fd: int, out: memoryview, offset: int) -> None:
+    """Fill `out` from `offset`; stops early (rest untouched) at the end of the file."""
+    done = 0
+    while done < len(out):
+        count = os.preadv(fd, [out[done:]], offset + done)
+        if count == 0:
+            return
+        done += count
