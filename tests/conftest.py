@@ -1,5 +1,5 @@
 """Shared pytest hooks: opt-in soak tests, a clear skip for FUSE tests where FUSE is unusable,
-and the end-to-end `daemon` fixture (tests/e2e.py).
+and the `daemon` fixture (tests/support/daemon.py).
 
 A `fuse` test is skipped only when /dev/fuse or fusermount3 is missing, or when
 not running as root; it never hides a failure on a machine where FUSE works.
@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from tests.e2e import daemon  # noqa: F401  (the `daemon` fixture, shared by the end-to-end tests)
+from tests.support.daemon import daemon  # noqa: F401  (the `daemon` fixture, shared by the end-to-end tests)
 
 
 def fuse_unusable_reason() -> str | None:

@@ -25,8 +25,8 @@ import pytest
 from shadowfs.browser.ops import BrowserVolume
 from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.snapshot.view import LiveObjects
-from tests.browser_fixtures import Volume, Workspace, needs_fuse, workspace
-from tests.coresim import CoreSim
+from tests.support.browser_fixtures import Volume, Workspace, needs_fuse, workspace
+from tests.support.coresim import CoreSim
 
 __all__ = ["workspace"]  # the fixture, imported for pytest
 

@@ -18,7 +18,7 @@ from shadowfs import media
 from shadowfs.backup.engine import backup
 from shadowfs.manifest import differences
 from shadowfs.restore.engine import restore
-from tests.treegen import make_tree, mutate, tree_manifest
+from tests.support.treegen import make_tree, mutate, tree_manifest
 
 
 def _check(expected: dict, restored: str) -> None:  # type: ignore[type-arg]

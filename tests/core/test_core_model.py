@@ -11,7 +11,7 @@ import pytest
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea
-from tests.coresim import CoreSim, manifest_live, manifest_view
+from tests.support.coresim import CoreSim, manifest_live, manifest_view
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from shadowfs.manifest import differences
 from shadowfs.media import layout
 from shadowfs.restore.engine import restore
 from shadowfs.snapshot import changes
-from tests.coresim import CoreSim
-from tests.simload import BLOCK, SimLoad
-from tests.treegen import tree_manifest
+from tests.core.simload import BLOCK, SimLoad
+from tests.support.coresim import CoreSim
+from tests.support.treegen import tree_manifest
 
 HIDDEN = (".shadowfs",)
 

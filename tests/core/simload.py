@@ -7,7 +7,7 @@ import os
 import random
 import stat
 
-from tests.coresim import CoreSim
+from tests.support.coresim import CoreSim
 
 BLOCK = 64 * 1024
 

@@ -34,8 +34,8 @@ from shadowfs.documents import (
 )
 from shadowfs.vss import sqlite_writer
 from shadowfs.vss.requester import SyncBackupComponents
-from tests.e2e import DaemonRun
-from tests.writers import WriterProcs, sqlite_load, writer_procs
+from tests.support.daemon import DaemonRun
+from tests.support.writers import WriterProcs, sqlite_load, writer_procs
 
 pytestmark = pytest.mark.fuse
 

@@ -1,6 +1,6 @@
 """A test writer process driven by a JSON file the test rewrites between jobs.
 
-    python -m tests.writers.spec_writer --state DIR --config FILE --log FILE [--name NAME]
+    python -m tests.support.writers.spec_writer --state DIR --config FILE --log FILE [--name NAME]
 
 The config (read again at every event) says: "schema" (VSS_BS_* bits),
 "components" ([{"logical_path", "name", "files": [{"path", "filespec",

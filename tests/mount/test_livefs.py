@@ -1,6 +1,6 @@
 """The live mount on real FUSE mounts: pass-through behaviour and the capture rule.
 
-Each test runs `python -m shadowfs.mountproc` (fixtures in livefs_fixtures.py),
+Each test runs `python -m shadowfs.live.process` (fixtures in livefs_fixtures.py),
 changes files through the mount, takes snapshots over the control channel,
 and reads the snapshots back with `snapview` on a read-only diff area.
 """
@@ -23,8 +23,8 @@ import pytest
 from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts, syscalls
-from tests import livefs_fixtures
-from tests.livefs_fixtures import LiveVolume, MountClient, needs_fuse
+from tests.mount import livefs_fixtures
+from tests.mount.livefs_fixtures import LiveVolume, MountClient, needs_fuse
 
 volume = livefs_fixtures.volume
 separate_volume = livefs_fixtures.separate_volume

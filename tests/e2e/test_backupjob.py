@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import DaemonRun, requires_fuse
-from tests.writers import ROOT, WriterProcs, writer_procs
+from tests.support.daemon import DaemonRun, requires_fuse
+from tests.support.writers import ROOT, WriterProcs, writer_procs
 
 pytestmark = requires_fuse
 BACKUP_CLI = [sys.executable, "-m", "shadowfs"]
@@ -50,8 +50,8 @@ def start_writer(daemon: DaemonRun, writers: WriterProcs, config: dict[str, Any]
     path = daemon.base / "writer.json"
     path.write_text(json.dumps(config))
     log = daemon.base / "spec-events.jsonl"
-    writers._start("spec", [sys.executable, "-m", "tests.writers.spec_writer", "--state", str(daemon.state),
-                            "--config", str(path), "--log", str(log)])
+    writers._start("spec", [sys.executable, "-m", "tests.support.writers.spec_writer",
+                            "--state", str(daemon.state), "--config", str(path), "--log", str(log)])
     writers.wait_registered("spec")
     return path
 

@@ -1,7 +1,7 @@
 """Tests of `shadowfs.documents`: WMD/BCD round trips, the builder APIs, safe XML, range strings and files.
 
 Layers: seeded random documents round-tripped through XML and dicts (the
-lossless property); the corpus in `tests/data/bad_documents/` plus generated
+lossless property); the corpus in `tests/unit/data/bad_documents/` plus generated
 oversize/deep/wide documents, each refused with its expected message in
 bounded time and memory; range strings and ranges files against their rules;
 the builder methods' validation; the enums' VSS meanings.

@@ -20,8 +20,8 @@ import pytest
 
 from shadowfs.documents import SnapshotContext
 from shadowfs.vss.requester import BackupComponents, RequesterError, SyncBackupComponents
-from tests.e2e import DaemonRun
-from tests.writers import ROOT
+from tests.support.daemon import DaemonRun
+from tests.support.writers import ROOT
 
 pytestmark = pytest.mark.fuse
 

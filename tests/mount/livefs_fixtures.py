@@ -1,4 +1,4 @@
-"""Fixtures for tests of the live mount: a real `shadowfs.mountproc` per test.
+"""Fixtures for tests of the live mount: a real `shadowfs.live.process` per test.
 
 `LiveVolume` starts the mount process on a fresh backing directory under /tmp
 (separate mount path, or in place over the backing directory), talks to it
@@ -29,7 +29,7 @@ from shadowfs.ipc import frames
 from shadowfs.linux import mounts
 from shadowfs.snapshot.view import LiveObjects, SnapshotView
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
 CALL_TIMEOUT = 30.0
 

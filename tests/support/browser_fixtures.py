@@ -1,10 +1,10 @@
 """Fixtures of the snapshot-browser tests: real browser processes, real mounts.
 
-- `BrowserProcess` starts ``python -m shadowfs.browserproc`` on a socketpair,
+- `BrowserProcess` starts ``python -m shadowfs.browser.process`` on a socketpair,
   waits for its ready event, sends it volumes (backing-root descriptors via
   SCM_RIGHTS) and always stops it and unmounts only its own mount path.
 - `Volume` is a backing directory changed the way the live mount changes it
-  (`tests.coresim.CoreSim`: capture first, then change), with snapshot sets
+  (`tests.support.coresim.CoreSim`: capture first, then change), with snapshot sets
   recorded under chosen set ids and times.
 - `manifest` / `compare` are the tree-compare oracle: names, types, content
   hashes, size, mode, owner, mtime/ctime, nlink, rdev, xattrs, symlink
@@ -30,9 +30,9 @@ import pytest
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts
 from shadowfs.manifest import file_digest, xattrs_of
-from tests.coresim import CoreSim
+from tests.support.coresim import CoreSim
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
@@ -48,7 +48,7 @@ needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs root, /dev/fuse
 
 
 class BrowserProcess:
-    """One `shadowfs.browserproc` child with its control socket."""
+    """One `shadowfs.browser.process` child with its control socket."""
 
     def __init__(self, mount: str, log_path: str) -> None:
         self.mount = mount

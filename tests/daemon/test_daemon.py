@@ -3,7 +3,7 @@
 Covers supervision (ready, restart after a crash, stale mounts of a killed
 daemon), the CLI socket (SO_PEERCRED), volume add/list/remove with their
 validation, and snapshot sets created, listed and deleted by snapshot or set id.
-The `daemon` fixture (tests/e2e.py) always stops the daemon and unmounts only
+The `daemon` fixture (tests/support/daemon.py) always stops the daemon and unmounts only
 what is left under the test's own temporary directory.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from shadowfs import statedir
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts
-from tests.e2e import SHADOWFS, DaemonRun
+from tests.support.daemon import SHADOWFS, DaemonRun
 
 pytestmark = pytest.mark.fuse
 

@@ -24,8 +24,8 @@ from shadowfs.snapshot import changes as ch
 from shadowfs.snapshot.diff import diff_snapshots
 from shadowfs.snapshot.tree import SparseReader
 from shadowfs.snapshot.view import SnapshotView
-from tests.coresim import CoreSim, Entry, manifest_view
-from tests.simload import SimLoad
+from tests.core.simload import SimLoad
+from tests.support.coresim import CoreSim, Entry, manifest_view
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from shadowfs import media
 from shadowfs.backup.engine import Documents, backup
 from shadowfs.media import imagewriter, layout
 from shadowfs.restore.engine import restore
-from tests.treegen import make_tree
+from tests.support.treegen import make_tree
 
 WMD = "<WRITER_METADATA version='1.1'><IDENTIFICATION friendlyName='w'/></WRITER_METADATA>"
 BCD = "<BACKUP_COMPONENTS version='1.1'/>"
@@ -161,7 +161,7 @@ def test_crash_before_rename_leaves_no_image(tmp_path: Path) -> None:
     src, path = tmp_path / "src", str(tmp_path / "media")
     src.mkdir()
     (src / "f").write_bytes(b"data" * 1000)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", CRASH, str(src), path], env=env, check=False)
     assert done.returncode == 9
     leftovers = os.listdir(path)

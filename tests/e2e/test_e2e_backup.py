@@ -18,8 +18,8 @@ from shadowfs import media
 from shadowfs.backup.job import run_backup
 from shadowfs.manifest import differences
 from shadowfs.restore.engine import restore
-from tests.e2e import DaemonRun, requires_fuse
-from tests.treegen import make_tree, mutate, tree_manifest
+from tests.support.daemon import DaemonRun, requires_fuse
+from tests.support.treegen import make_tree, mutate, tree_manifest
 
 pytestmark = requires_fuse
 

@@ -30,8 +30,8 @@ from shadowfs.documents import (
 )
 from shadowfs.ipc import frames
 from shadowfs.vss.requester import RequesterError, SnapshotSetAborted, SyncBackupComponents
-from tests.e2e import DaemonRun
-from tests.writers import WriterProcs, writer_procs
+from tests.support.daemon import DaemonRun
+from tests.support.writers import WriterProcs, writer_procs
 
 pytestmark = pytest.mark.fuse
 

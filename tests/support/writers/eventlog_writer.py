@@ -1,6 +1,6 @@
 """A test writer process: logs every event it gets, and can hang, die or veto at a chosen event.
 
-    python -m tests.writers.eventlog_writer --state DIR --log FILE --name NAME --files DIR
+    python -m tests.support.writers.eventlog_writer --state DIR --log FILE --name NAME --files DIR
         [--instance-name X] [--hang-at EVENT] [--die-at EVENT] [--veto-at EVENT] [--freeze-timeout S]
 
 It declares one file-group component `files` (logical path `eventlog`) over

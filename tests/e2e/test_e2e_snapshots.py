@@ -24,8 +24,8 @@ import pytest
 
 from shadowfs.diffarea.area import DiffArea
 from shadowfs.manifest import Manifest, differences, manifest
-from tests.e2e import DaemonRun, requires_fuse
-from tests.workload import Workload
+from tests.support.daemon import DaemonRun, requires_fuse
+from tests.support.workload import Workload
 
 pytestmark = requires_fuse
 

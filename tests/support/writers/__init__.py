@@ -1,6 +1,6 @@
 """Writer processes for the end-to-end tests of the service (`WriterProcs`) and their event logs.
 
-Every writer the tests start is a real process (`python -m tests.writers.eventlog_writer`,
+Every writer the tests start is a real process (`python -m tests.support.writers.eventlog_writer`,
 `shadowfs writer sqlite`); `WriterProcs.stop_all` kills whatever is left, also on failure.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.e2e import SHADOWFS, DaemonRun
+from tests.support.daemon import SHADOWFS, DaemonRun
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class WriterProcs:
@@ -29,7 +29,7 @@ class WriterProcs:
 
     def start_eventlog(self, name: str, files: Path, *extra: str) -> subprocess.Popen[bytes]:
         files.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "tests.writers.eventlog_writer", "--state", str(self.run.state),
+        argv = [sys.executable, "-m", "tests.support.writers.eventlog_writer", "--state", str(self.run.state),
                 "--log", str(self.log), "--name", name, "--files", str(files), *extra]
         return self._start(name, argv)
 

@@ -1,4 +1,4 @@
-"""The snapshot browser through real mounts: a `shadowfs.browserproc` child on a
+"""The snapshot browser through real mounts: a `shadowfs.browser.process` child on a
 socketpair, volumes changed capture-first like the live mount does (no live
 mount needed), and every snapshot compared with a manifest taken at its instant."""
 
@@ -22,7 +22,7 @@ from shadowfs.browser.ops import BrowserOperations, parse_created, snapshot_node
 from shadowfs.diffarea.schema import BLOCK_SIZE, META_NEXT_SEQ, u64
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts
-from tests.browser_fixtures import (
+from tests.support.browser_fixtures import (
     ALL_FIELDS,
     COPY_FIELDS,
     BrowserProcess,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from shadowfs.ipc import frames
-from tests.e2e import DaemonRun
+from tests.support.daemon import DaemonRun
 
 pytestmark = pytest.mark.fuse
 

@@ -1,0 +1,6 @@
+"""Mount tests: real FUSE mounts (marked `fuse`).
+
+A live mount process (`shadowfs.live.process`) or a snapshot-browser process
+(`shadowfs.browser.process`) per test, on a socketpair like the daemon uses,
+changed and read through the mount.
+"""
