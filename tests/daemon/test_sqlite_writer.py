@@ -4,7 +4,8 @@ Under a continuous insert load in another process, 20 snapshot sets are taken
 through the requester library; the database copied out of each set opens,
 passes `PRAGMA integrity_check` and holds exactly the transactions committed
 before the instant (a prefix: none torn, none missing). Restore: PostRestore
-checks the restored database and reports a corrupt one.
+checks the restored database and reports a corrupt one. The writer's WAL stamps and
+log ranges without a daemon: tests/unit/test_sqlite_stamps.py.
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ import shutil
 import sqlite3
 import struct
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shadowfs.documents import (
-    BackupComponents as BackupComponentsDocument,
-)
 from shadowfs.documents import (
     BackupSchema,
     BackupType,
@@ -32,7 +29,6 @@ from shadowfs.documents import (
     WriterFailure,
     WriterState,
 )
-from shadowfs.vss import sqlite_writer
 from shadowfs.vss.requester import SyncBackupComponents
 from tests.support.daemon import DaemonRun
 from tests.support.writers import WriterProcs, sqlite_load, writer_procs
@@ -177,28 +173,3 @@ def test_post_restore_checks_the_restored_database(daemon: DaemonRun, writers: W
         message = bc.component(instance_id, "sqlite", db.name).post_restore_failure_msg
         assert "app.db" in message and ("integrity_check" in message or "malformed" in message)
         assert status.last_failure is not None and status.last_failure["message"] == message
-
-
-def test_stamps_and_log_ranges_without_a_daemon(tmp_path: Path) -> None:
-    db = tmp_path / "x.db"
-    sqlite_load.create(str(db))
-    with sqlite3.connect(db, isolation_level=None) as keep:  # keeps the WAL and its index alive
-        keep.execute("INSERT INTO t(tx, k) VALUES(1, 0)")
-        first = sqlite_writer.make_stamp(str(db))
-        keep.execute("INSERT INTO t(tx, k) VALUES(2, 0)")
-        second = sqlite_writer.make_stamp(str(db))
-        _, salt, frames, page_size = sqlite_writer.wal_position(str(db)) or (0, "", 0, 0)
-        assert first.split(":")[:3] == second.split(":")[:3] == ["wal", first.split(":")[1], salt]
-        assert int(second.split(":")[3]) == frames > int(first.split(":")[3])
-        writer = sqlite_writer.SqliteWriter(str(db), instance_name="x")
-        writer._stamp = second
-        document = BackupComponentsDocument()
-        component = document.add_component(uuid.uuid4(), uuid.uuid4(), ComponentType.DATABASE, "sqlite",
-                                           "x.db")
-        writer._name_new_frames(component, first)
-        [partial] = component.partial_files
-        start = 32 + int(first.split(":")[3]) * (24 + page_size)
-        assert partial.filename == "x.db-wal" and partial.ranges.startswith(f"{start}:")
-        assert sqlite_writer.check_database(str(db)) is None
-    (tmp_path / "bad.db").write_bytes(b"not a database" * 100)
-    assert "bad.db" in (sqlite_writer.check_database(str(tmp_path / "bad.db")) or "")

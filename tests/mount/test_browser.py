@@ -1,6 +1,10 @@
 """The snapshot browser through real mounts: a `shadowfs.browser.process` child on a
 socketpair, volumes changed capture-first like the live mount does (no live
-mount needed), and every snapshot compared with a manifest taken at its instant."""
+mount needed), and every snapshot compared with a manifest taken at its instant.
+
+Its handlers called without a mount: tests/ops/test_browser_ops.py; node ids:
+tests/unit/test_browser_nodes.py.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,9 @@ import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import pyfuse3
 import pytest
 
-from shadowfs.browser.ops import BrowserOperations, parse_created, snapshot_node, split_snapshot_node
 from shadowfs.diffarea.schema import BLOCK_SIZE, META_NEXT_SEQ, u64
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts
@@ -631,68 +632,6 @@ def test_volumes_message_again_finds_a_diff_area_made_meanwhile_at_once(workspac
     assert SET_C in os.listdir(workspace.mount)
     with open(os.path.join(workspace.mount, SET_C, "late", "f"), "rb") as f:
         assert f.read() == b"late"
-
-
-# ---- direct handler calls (no mount): the refusals the kernel's "ro" never lets through --------
-
-
-async def test_handlers_refuse_every_change_without_a_mount(workspace: Workspace) -> None:
-    v = workspace.volume("data", 1)
-    _write(v.path("f"), b"x")
-    seq = v.take(SET_A)
-    v.close()  # one LMDB environment per process: the browser's own
-    workspace.volumes.remove(v)
-    ops = BrowserOperations()
-    try:
-        ops.set_volumes([("data", 1, v.diff_area, os.open(v.backing, os.O_RDONLY | os.O_DIRECTORY))])
-        ctx: Any = None
-        root = (await ops.lookup(pyfuse3.ROOT_INODE, SET_A.encode(), ctx)).st_ino
-        vol_root = (await ops.lookup(root, b"data", ctx)).st_ino
-        f = (await ops.lookup(vol_root, b"f", ctx)).st_ino
-        assert f == snapshot_node(1, seq, os.stat(v.path("f")).st_ino)
-        assert ops.known_nodes() == 3
-        attr, fields = pyfuse3.EntryAttributes(), pyfuse3.SetattrFields()
-        refused = {
-            "setattr": ops.setattr(f, attr, fields, None, ctx),
-            "mknod": ops.mknod(vol_root, b"n", stat.S_IFIFO | 0o644, 0, ctx),
-            "mkdir": ops.mkdir(vol_root, b"d", 0o755, ctx),
-            "unlink": ops.unlink(vol_root, b"f", ctx),
-            "rmdir": ops.rmdir(pyfuse3.ROOT_INODE, SET_A.encode(), ctx),
-            "symlink": ops.symlink(vol_root, b"s", b"f", ctx),
-            "rename": ops.rename(vol_root, b"f", vol_root, b"g", 0, ctx),
-            "link": ops.link(f, vol_root, b"h", ctx),
-            "create": ops.create(vol_root, b"c", 0o644, os.O_WRONLY, ctx),
-            "write": ops.write(1, 0, b"data"),
-            "setxattr": ops.setxattr(f, b"user.x", b"1", ctx),
-            "removexattr": ops.removexattr(f, b"user.x", ctx),
-            "open O_WRONLY": ops.open(f, os.O_WRONLY, ctx),
-            "open O_RDWR": ops.open(f, os.O_RDWR, ctx),
-        }
-        for name, call in refused.items():
-            with pytest.raises(pyfuse3.FUSEError) as exc:
-                await call
-            assert exc.value.errno == errno.EROFS, name
-        info = await ops.open(f, os.O_RDONLY, ctx)
-        assert info.keep_cache and await ops.read(info.fh, 0, 100) == b"x"
-        await ops.release(info.fh)
-        await ops.forget([(f, 1), (vol_root, 1), (root, 1)])
-        assert ops.known_nodes() == 0
-    finally:
-        ops.close()
-
-
-def test_node_ids_and_times() -> None:
-    assert snapshot_node(1, 2, 3) == (1 << 52) | (2 << 32) | 3
-    assert split_snapshot_node(snapshot_node(4095, (1 << 20) - 1, (1 << 32) - 1)) == (
-        4095, (1 << 20) - 1, (1 << 32) - 1)
-    for index, seq, ino in [(0, 1, 1), (4096, 1, 1), (1, 1 << 20, 1), (1, 1, 1 << 32), (1, 1, 0)]:
-        with pytest.raises(OSError) as exc:
-            snapshot_node(index, seq, ino)
-        assert exc.value.errno == errno.EOVERFLOW
-    assert parse_created("2026-11-21T20:43:52Z") == (
-        "2026-11-21T20:43:52Z", calendar.timegm((2026, 11, 21, 20, 43, 52)) * 10**9)
-    assert parse_created("2026-11-21T21:43:52.5+01:00")[0] == "2026-11-21T20:43:52Z"
-    assert parse_created("not/a time") == ("not_a time", 0)
 
 
 def test_sequence_beyond_node_id_space_is_eoverflow(workspace: Workspace) -> None:
