@@ -1,12 +1,16 @@
-"""Shared pytest hooks: opt-in soak tests, a clear skip for FUSE tests where FUSE is unusable,
+"""Shared pytest hooks: opt-in soak tests, the one skip for FUSE tests where FUSE is unusable,
 and the `daemon` fixture (tests/support/daemon.py).
 
-A `fuse` test is skipped only when /dev/fuse or fusermount3 is missing, or when
-not running as root; it never hides a failure on a machine where FUSE works.
+A test that mounts (a live mount, the browser, a daemon) carries `@pytest.mark.fuse`; nothing
+else skips for FUSE. It is skipped only when this machine cannot mount at all: /dev/fuse
+missing or not openable, fusermount3 not installed, or not running as root (the mounts use
+allow_other and open_by_handle_at). Where all of that holds the test runs, so a skip never
+hides a failure on a machine where FUSE works.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 
@@ -15,21 +19,32 @@ import pytest
 from tests.support.daemon import daemon  # noqa: F401  (the `daemon` fixture, shared by the end-to-end tests)
 
 
+@functools.cache
 def fuse_unusable_reason() -> str | None:
+    """Why FUSE tests cannot run here, or None when they can."""
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed (apt-get install fuse3)"
     if os.geteuid() != 0:
         return "FUSE tests need root (allow_other, open_by_handle_at)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
     return None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    reason = fuse_unusable_reason()
+    return [f"FUSE tests: {'run' if reason is None else 'skipped, ' + reason}"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     soak = os.environ.get("SHADOWFS_SOAK") == "1"
     fuse_reason = fuse_unusable_reason()
     for item in items:
-        if "soak" in item.keywords and not soak:
+        if item.get_closest_marker("soak") is not None and not soak:
             item.add_marker(pytest.mark.skip(reason="soak test: run with tools/test --soak"))
-        if "fuse" in item.keywords and fuse_reason:
+        if item.get_closest_marker("fuse") is not None and fuse_reason:
             item.add_marker(pytest.mark.skip(reason=f"FUSE not usable here: {fuse_reason}"))

@@ -9,7 +9,6 @@ what is left under the test's own temporary directory.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -27,9 +26,6 @@ from shadowfs.linux import mounts
 from tests.support.daemon import SHADOWFS, DaemonRun
 
 pytestmark = pytest.mark.fuse
-
-needs_mountproc = pytest.mark.skipif(importlib.util.find_spec("shadowfs.live.process") is None,
-                                     reason="shadowfs.mountproc is not written yet")
 
 
 def cli_error(run: DaemonRun, *args: str) -> str:
@@ -192,7 +188,6 @@ def test_state_dir_inside_a_protected_tree_is_refused_at_start(tmp_path: Path) -
 # --- with volumes -----------------------------------------------------------------------------
 
 
-@needs_mountproc
 def test_volumes_and_snapshot_sets(daemon: DaemonRun) -> None:
     a = daemon.add_volume("a")
     b = daemon.add_volume("b", "--max-diff-area", "256M")
@@ -268,7 +263,6 @@ def test_volume_backing_hands_over_the_backing_directory(daemon: DaemonRun) -> N
     assert "missing" in raw_request(daemon.state, {"op": "volume_backing"})["error"]
 
 
-@needs_mountproc
 def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     a = daemon.add_volume("a")
     daemon.wait_ready()
@@ -308,7 +302,6 @@ def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     assert readded == a
 
 
-@needs_mountproc
 def test_a_crashed_mount_process_is_restarted(daemon: DaemonRun) -> None:
     a = daemon.add_volume("a")
     daemon.wait_ready()
@@ -326,7 +319,6 @@ def test_a_crashed_mount_process_is_restarted(daemon: DaemonRun) -> None:
     assert Path(snap["snapshots"][0]["path"], "after").read_text() == "ok"
 
 
-@needs_mountproc
 def test_a_hold_that_times_out_aborts_the_whole_set(daemon: DaemonRun) -> None:
     """One volume's mount process is frozen: the set fails after the 10 s hold limit, nothing of it
     stays visible, and the other volume's gate is open again."""
@@ -351,7 +343,6 @@ def test_a_hold_that_times_out_aborts_the_whole_set(daemon: DaemonRun) -> None:
     assert len(daemon.cli("snapshot", "list", "--json")) == 2
 
 
-@needs_mountproc
 def test_a_full_diff_area_drops_the_oldest_snapshot_with_a_logged_event(daemon: DaemonRun) -> None:
     a = daemon.add_volume("a", "--max-diff-area", "1M")
     daemon.wait_ready()

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import DaemonRun, requires_fuse
+from tests.support.daemon import DaemonRun
 from tests.support.writers import ROOT, WriterProcs, writer_procs
 
-pytestmark = requires_fuse
+pytestmark = pytest.mark.fuse
 BACKUP_CLI = [sys.executable, "-m", "shadowfs"]
 LOG_ONLY = 0x8 | 0xF00          # LOG_BACKUP_REQUIRED | ALL_SNAPSHOT_REQUIRED
 NO_SNAPSHOT = 0xF               # ALL_BACKUP_REQUIRED, no snapshot needed

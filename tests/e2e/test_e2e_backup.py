@@ -18,10 +18,10 @@ from shadowfs import media
 from shadowfs.backup.job import run_backup
 from shadowfs.manifest import differences
 from shadowfs.restore.engine import restore
-from tests.support.daemon import DaemonRun, requires_fuse
+from tests.support.daemon import DaemonRun
 from tests.support.treegen import make_tree, mutate, tree_manifest
 
-pytestmark = requires_fuse
+pytestmark = pytest.mark.fuse
 
 # `python -m shadowfs.backup_cli` is the shadowfs CLI with the backup commands, hooked into cli.py or not
 BACKUP_CLI = [sys.executable, "-m", "shadowfs"]

@@ -24,10 +24,10 @@ import pytest
 
 from shadowfs.diffarea.area import DiffArea
 from shadowfs.manifest import Manifest, differences, manifest
-from tests.support.daemon import DaemonRun, requires_fuse
+from tests.support.daemon import DaemonRun
 from tests.support.workload import Workload
 
-pytestmark = requires_fuse
+pytestmark = pytest.mark.fuse
 
 SOAK = os.environ.get("SHADOWFS_SOAK") == "1"
 

@@ -34,13 +34,6 @@ READY_TIMEOUT = 30.0
 CALL_TIMEOUT = 30.0
 
 
-def fuse_usable() -> bool:
-    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
-
-
-needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="FUSE is not usable here (/dev/fuse, fusermount3)")
-
-
 class MountClient:
     """The daemon's side of the control channel, blocking."""
 
@@ -235,8 +228,6 @@ class SnapshotReader:
 @pytest.fixture(params=["separate", "in_place"])
 def volume(request: pytest.FixtureRequest) -> Iterator[LiveVolume]:
     """A live volume, mounted at a separate path or in place over its backing directory."""
-    if not fuse_usable():
-        pytest.skip("FUSE is not usable here")
     vol = LiveVolume(in_place=request.param == "in_place")
     try:
         yield vol
@@ -248,8 +239,6 @@ def volume(request: pytest.FixtureRequest) -> Iterator[LiveVolume]:
 
 @pytest.fixture
 def separate_volume() -> Iterator[LiveVolume]:
-    if not fuse_usable():
-        pytest.skip("FUSE is not usable here")
     vol = LiveVolume(in_place=False)
     try:
         yield vol

@@ -32,14 +32,13 @@ from tests.support.browser_fixtures import (
     compare,
     link_groups,
     manifest,
-    needs_fuse,
     wait_for,
     workspace,
 )
 
 __all__ = ["workspace"]  # the fixture, imported for pytest
 
-pytestmark = [pytest.mark.fuse, needs_fuse]
+pytestmark = pytest.mark.fuse
 
 SET_A = "0d8e6a52-4a8e-4f3e-9d0c-1f6a2b3c4d5e"
 SET_B = "7f1e2d3c-4b5a-4697-8887-a9b0c1d2e3f4"

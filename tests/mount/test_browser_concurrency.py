@@ -22,9 +22,11 @@ from collections.abc import Iterator
 import pytest
 
 from shadowfs.diffarea.schema import BLOCK_SIZE
-from tests.support.browser_fixtures import Volume, Workspace, needs_fuse, workspace
+from tests.support.browser_fixtures import Volume, Workspace, workspace
 
 __all__ = ["workspace"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.fuse
 
 SET_A = "3c1d2e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
 FILE_BLOCKS = 96
@@ -61,7 +63,6 @@ def _random_ranges(rng: random.Random, size: int, count: int) -> list[tuple[int,
             for _ in range(count)]
 
 
-@needs_fuse
 def test_concurrent_reads_give_the_exact_bytes(workspace: Workspace, threads: int) -> None:
     v = workspace.volume("data", 1)
     data, _ = _instant_file(v)
@@ -100,7 +101,6 @@ def test_concurrent_reads_give_the_exact_bytes(workspace: Workspace, threads: in
     assert browser.call({"op": "status"})["ok"]
 
 
-@needs_fuse
 def test_snapshot_deleted_while_its_file_is_read(workspace: Workspace, threads: int) -> None:
     v = workspace.volume("data", 1)
     data, seq = _instant_file(v)

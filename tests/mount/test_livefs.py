@@ -24,12 +24,12 @@ from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts, syscalls
 from tests.mount import livefs_fixtures
-from tests.mount.livefs_fixtures import LiveVolume, MountClient, needs_fuse
+from tests.mount.livefs_fixtures import LiveVolume, MountClient
 
 volume = livefs_fixtures.volume
 separate_volume = livefs_fixtures.separate_volume
 
-pytestmark = [pytest.mark.fuse, needs_fuse]
+pytestmark = pytest.mark.fuse
 
 NOBODY = 65534
 

@@ -37,13 +37,6 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
 
-def fuse_usable() -> bool:
-    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None and os.geteuid() == 0
-
-
-needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs root, /dev/fuse and fusermount3")
-
-
 # ---- the browser process -----------------------------------------------------------------------
 
 

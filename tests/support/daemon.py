@@ -130,6 +130,3 @@ def daemon(tmp_path: Path) -> Iterator[DaemonRun]:
     finally:
         run.cleanup()
 
-
-requires_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                                   reason="needs /dev/fuse and root")
