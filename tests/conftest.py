@@ -1,6 +1,10 @@
 """Shared pytest hooks: opt-in soak tests, the one skip for FUSE tests where FUSE is unusable,
 and the `daemon` fixture (tests/support/daemon.py).
 
+A soak test carries `@pytest.mark.soak` (tests/soak). It is deselected unless the run asks
+for it: `pytest --soak` (what `tools/test --soak` passes on), SHADOWFS_SOAK=1 in the
+environment, or a `-m` expression that names the marker.
+
 A test that mounts (a live mount, the browser, a daemon) carries `@pytest.mark.fuse`; nothing
 else skips for FUSE. It is skipped only when this machine cannot mount at all: /dev/fuse
 missing or not openable, fusermount3 not installed, or not running as root (the mounts use
@@ -35,16 +39,30 @@ def fuse_unusable_reason() -> str | None:
     return None
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="also run the long randomized soak tests (marked soak); as SHADOWFS_SOAK=1")
+
+
+def soak_selected(config: pytest.Config) -> bool:
+    return (bool(config.getoption("soak")) or os.environ.get("SHADOWFS_SOAK") == "1"
+            or "soak" in (config.getoption("markexpr") or ""))
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     reason = fuse_unusable_reason()
-    return [f"FUSE tests: {'run' if reason is None else 'skipped, ' + reason}"]
+    return [f"FUSE tests: {'run' if reason is None else 'skipped, ' + reason}",
+            f"soak tests: {'run' if soak_selected(config) else 'deselected (tools/test --soak runs them)'}"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    soak = os.environ.get("SHADOWFS_SOAK") == "1"
+    if not soak_selected(config):
+        soak = [item for item in items if item.get_closest_marker("soak") is not None]
+        if soak:
+            config.hook.pytest_deselected(items=soak)
+            items[:] = [item for item in items if item.get_closest_marker("soak") is None]
     fuse_reason = fuse_unusable_reason()
-    for item in items:
-        if item.get_closest_marker("soak") is not None and not soak:
-            item.add_marker(pytest.mark.skip(reason="soak test: run with tools/test --soak"))
-        if item.get_closest_marker("fuse") is not None and fuse_reason:
-            item.add_marker(pytest.mark.skip(reason=f"FUSE not usable here: {fuse_reason}"))
+    if fuse_reason:
+        for item in items:
+            if item.get_closest_marker("fuse") is not None:
+                item.add_marker(pytest.mark.skip(reason=f"FUSE not usable here: {fuse_reason}"))
