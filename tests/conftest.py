@@ -5,6 +5,10 @@ A soak test carries `@pytest.mark.soak` (tests/soak). It is deselected unless th
 for it: `pytest --soak` (what `tools/test --soak` passes on), SHADOWFS_SOAK=1 in the
 environment, or a `-m` expression that names the marker.
 
+A test that leaves a FUSE mount behind under its own tmp_path, after all its fixtures have
+been torn down, fails at teardown; the mount is then unmounted. Mounts anywhere else (other
+tests, other runs, other programs) are never looked at or touched.
+
 A test that mounts (a live mount, the browser, a daemon) carries `@pytest.mark.fuse`; nothing
 else skips for FUSE. It is skipped only when this machine cannot mount at all: /dev/fuse
 missing or not openable, fusermount3 not installed, or not running as root (the mounts use
@@ -17,9 +21,12 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from shadowfs.linux import mounts
 from tests.support.daemon import daemon  # noqa: F401  (the `daemon` fixture, shared by the end-to-end tests)
 
 
@@ -66,3 +73,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("fuse") is not None:
                 item.add_marker(pytest.mark.skip(reason=f"FUSE not usable here: {fuse_reason}"))
+
+
+@pytest.fixture(autouse=True)
+def _no_fuse_mount_left_under_tmp_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a FUSE mount under its tmp_path (set up first, so checked last)."""
+    yield
+    tmp_path = (request.node.funcargs or {}).get("tmp_path")
+    if tmp_path is None:
+        return
+    base = str(Path(tmp_path).resolve())
+    left = sorted((point for point in mounts.fuse_mounts() if point == base or point.startswith(base + "/")),
+                  key=len, reverse=True)
+    if left:
+        for point in left:
+            mounts.unmount(point)
+        pytest.fail("FUSE mounts left behind under the test's tmp_path (now unmounted): " + ", ".join(left),
+                    pytrace=False)
