@@ -3,7 +3,8 @@ and the `daemon` fixture (tests/support/daemon.py).
 
 A soak test carries `@pytest.mark.soak` (tests/soak). It is deselected unless the run asks
 for it: `pytest --soak` (what `tools/test --soak` passes on), SHADOWFS_SOAK=1 in the
-environment, or a `-m` expression that names the marker.
+environment, or a `-m` expression that names the marker. A soak test runs for longer than
+faulthandler_timeout on purpose: its stacks are dumped only after SOAK_STACK_DUMP_AFTER.
 
 A test that leaves a FUSE mount behind under its own tmp_path, after all its fixtures have
 been torn down, fails at teardown; the mount is then unmounted. Mounts anywhere else (other
@@ -18,6 +19,7 @@ hides a failure on a machine where FUSE works.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import os
 import shutil
@@ -28,6 +30,8 @@ import pytest
 
 from shadowfs.linux import mounts
 from tests.support.daemon import daemon  # noqa: F401  (the `daemon` fixture, shared by the end-to-end tests)
+
+SOAK_STACK_DUMP_AFTER = 3 * 3600.0  # seconds; one soak test took 55 minutes on 2 busy cores
 
 
 @functools.cache
@@ -60,6 +64,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     reason = fuse_unusable_reason()
     return [f"FUSE tests: {'run' if reason is None else 'skipped, ' + reason}",
             f"soak tests: {'run' if soak_selected(config) else 'deselected (tools/test --soak runs them)'}"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Re-arm pytest's faulthandler timer (set for this test just before) with the soak timeout."""
+    if item.get_closest_marker("soak") is None or not item.config.getini("faulthandler_timeout"):
+        return
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+        stderr = item.config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, KeyError):
+        return  # another pytest: the stacks are dumped after faulthandler_timeout, and the test goes on
+    faulthandler.dump_traceback_later(SOAK_STACK_DUMP_AFTER, file=stderr)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
