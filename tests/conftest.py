@@ -1,5 +1,8 @@
-"""Shared pytest hooks: opt-in soak tests, the one skip for FUSE tests where FUSE is unusable,
-and the `daemon` fixture (tests/support/daemon.py).
+"""Shared pytest hooks: tests run layer by layer, opt-in soak tests, the one skip for FUSE tests
+where FUSE is unusable, and the `daemon` fixture (tests/support/daemon.py).
+
+The layers are the folders of tests/, run from the bottom up (LAYERS), so the first failure
+reported is in the lowest layer that has one; a folder not in LAYERS still runs, last.
 
 A soak test carries `@pytest.mark.soak` (tests/soak). It is deselected unless the run asks
 for it: `pytest --soak` (what `tools/test --soak` passes on), SHADOWFS_SOAK=1 in the
@@ -31,6 +34,8 @@ import pytest
 from shadowfs.linux import mounts
 from tests.support.daemon import daemon  # noqa: F401  (the `daemon` fixture, shared by the end-to-end tests)
 
+TESTS = Path(__file__).parent
+LAYERS = ("unit", "core", "ops", "mount", "daemon", "e2e", "soak")
 SOAK_STACK_DUMP_AFTER = 3 * 3600.0  # seconds; one soak test took 55 minutes on 2 busy cores
 
 
@@ -79,7 +84,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     faulthandler.dump_traceback_later(SOAK_STACK_DUMP_AFTER, file=stderr)
 
 
+def layer_rank(item: pytest.Item) -> int:
+    """Where the item's folder of tests/ stands in LAYERS; after them all if it is not one."""
+    parts = item.path.relative_to(TESTS).parts if item.path.is_relative_to(TESTS) else ()
+    return LAYERS.index(parts[0]) if len(parts) > 1 and parts[0] in LAYERS else len(LAYERS)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=layer_rank)  # stable: within a layer, the order pytest found
     if not soak_selected(config):
         soak = [item for item in items if item.get_closest_marker("soak") is not None]
         if soak:
