@@ -29,6 +29,7 @@ Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -51,6 +52,23 @@ ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYAR
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
 META_VOLUME = b"volume"
+
+
+
+# ---- block geometry ----------------------------------------------------------------------------
+
+
+def block_span(offset: int, length: int) -> range:
+    """The block numbers that bytes [offset, offset+length) touch."""
+    if length <= 0:
+        return range(0)
+    return range(offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE + 1)
+
+
+def blocks_below(size: int) -> int:
+    """How many blocks hold data for a file of `size` bytes."""
+    return (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -161,6 +179,17 @@ class AttrRecord:
 
 
 NONEXISTENT = AttrRecord(exists=False)
+
+
+def attr_from_stat(st: os.stat_result, symlink_target: bytes = b"",
+                   xattrs: dict[bytes, bytes] | None = None) -> AttrRecord:
+    """The record of an object that exists, from its stat (and its target and xattrs)."""
+    return AttrRecord(
+        exists=True, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
+        rdev=st.st_rdev, size=st.st_size, blocks=st.st_blocks, atime_ns=st.st_atime_ns,
+        mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, birth_ns=0,
+        symlink_target=symlink_target, xattrs=xattrs or {},
+    )
 
 
 def encode_attr(record: AttrRecord) -> bytes:

@@ -32,18 +32,22 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import lmdb
 
-from shadowfs.capture.engine import attr_from_stat, block_span
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea
-from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, BlockRef, DirentRecord
+from shadowfs.diffarea.schema import (
+    BLOCK_SIZE,
+    AttrRecord,
+    BlockRef,
+    DirentRecord,
+    attr_from_stat,
+    block_span,
+)
+from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import data_regions, list_xattrs, open_by_ino
 
 _GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
@@ -52,25 +56,12 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
-@dataclass
-class _Cached:
-    """One cached descriptor; `pins` counts the threads using it right now."""
-
-    fd: int
-    pins: int = 0
-    dead: bool = False  # dropped from the cache (closed LiveObjects): close at the last give-back
-
-
 class LiveObjects:
-    """Descriptors of live backing objects of one volume, by inode, least recently used out.
+    """Descriptors of live backing objects of one volume, by inode and open flags.
 
-    Safe to use from several threads at once: a descriptor is *borrowed* for
-    the length of one use, and the LRU never closes a borrowed descriptor (it
-    may hold more than `capacity` for as long as that many are borrowed), so a
-    thread can never find its descriptor closed, or its number reused for
-    another file, in the middle of a call. The lock is never held across a
-    system call that can wait on the disk.
-
+    Safe to use from several threads at once: a descriptor is *borrowed* for the
+    length of one use (`linux.fdcache`), so a thread never finds its descriptor
+    closed, or its number reused for another file, in the middle of a call.
     A cached descriptor keeps its inode allocated, which is harmless: shadowfs
     only reaches inodes that a snapshot still needs.
     """
@@ -78,76 +69,22 @@ class LiveObjects:
     def __init__(self, root_fd: int, capacity: int = 1024) -> None:
         self.root_fd = root_fd
         self.root_ino = os.fstat(root_fd).st_ino
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._fds: OrderedDict[tuple[int, int], _Cached] = OrderedDict()
-        self._closed = False
+        self._cache: DescriptorCache[tuple[int, int]] = DescriptorCache(
+            capacity, lambda key: open_by_ino(root_fd, key[0], key[1]))
 
     @contextmanager
     def borrow(self, ino: int, flags: int = _PATH_FLAGS) -> Iterator[int]:
         """A descriptor of inode `ino` opened with `flags`, open until the block ends."""
-        entry = self._acquire(ino, flags)
-        try:
-            yield entry.fd
-        finally:
-            self._give_back(entry)
+        with self._cache.borrow((ino, flags)) as fd:
+            yield fd
 
     def open(self, ino: int, flags: int = _READ_FLAGS) -> int:
         """A new descriptor of `ino`, owned by the caller (not cached)."""
         return open_by_ino(self.root_fd, ino, flags)
 
-    def _acquire(self, ino: int, flags: int) -> _Cached:
-        key = (ino, flags)
-        with self._lock:
-            entry = self._fds.get(key)
-            if entry is not None:
-                entry.pins += 1
-                self._fds.move_to_end(key)
-                return entry
-        fd = open_by_ino(self.root_fd, ino, flags)  # may read the inode from disk: unlocked
-        with self._lock:
-            entry = self._fds.get(key)
-            if entry is not None or self._closed:  # another thread was quicker, or closed
-                if entry is None:
-                    return _Cached(fd, pins=1, dead=True)
-                os.close(fd)
-                entry.pins += 1
-                self._fds.move_to_end(key)
-                return entry
-            entry = self._fds[key] = _Cached(fd, pins=1)
-            self._evict()
-            return entry
-
-    def _evict(self) -> None:
-        """Close the least recently used unborrowed descriptors beyond the capacity (lock held)."""
-        excess = len(self._fds) - self._capacity
-        if excess <= 0:
-            return
-        victims = []
-        for key, entry in self._fds.items():
-            if entry.pins == 0:
-                victims.append(key)
-                if len(victims) == excess:
-                    break
-        for key in victims:
-            os.close(self._fds.pop(key).fd)
-
-    def _give_back(self, entry: _Cached) -> None:
-        with self._lock:
-            entry.pins -= 1
-            if entry.dead and entry.pins == 0:
-                os.close(entry.fd)
-
     def close(self) -> None:
         """Close every descriptor; one still borrowed is closed when it is given back."""
-        with self._lock:
-            self._closed = True
-            for entry in self._fds.values():
-                if entry.pins == 0:
-                    os.close(entry.fd)
-                else:
-                    entry.dead = True
-            self._fds.clear()
+        self._cache.close()
 
 
 class SnapshotView:
