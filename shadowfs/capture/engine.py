@@ -14,7 +14,7 @@ Invariants:
   needs capturing until the next snapshot (design §3.5).
 - Data blocks at or beyond the file's size at ``seq`` are never captured
   (appends are free); a truncation captures only the blocks it cuts.
-- Attributes are captured before any block, because the size at ``n`` comes
+- Attributes are captured before any block, because the size at ``seq`` comes
   from them.
 - Live values are read through ``open_by_ino`` on the backing root, never
   through the live mount.

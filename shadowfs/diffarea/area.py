@@ -1,11 +1,11 @@
 """One volume's diff area: the LMDB environment that holds its pre-images.
 
-This module implements the storage side of DESIGN section 3 and nothing that
+This module implements the storage side of design §3.1-§3.3 and nothing that
 touches the backing filesystem:
 
 - read rule: the value of an object in snapshot ``i`` is the pre-image with
   the smallest sequence ``>= i`` (one ``set_range``), else the live value;
-- the "no pre-image with sequence >= n" test of the write rule, and storing a
+- the "no pre-image with sequence >= newest" test of the write rule, and storing a
   pre-image without ever overwriting one (the first capture wins);
 - delete rule: deleting snapshot ``d`` walks only the ``bysnap`` keys in
   ``[d, e)`` and keeps a pre-image exactly when the previous remaining
