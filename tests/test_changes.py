@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from shadowfs.diffarea.schema import BLOCK_SIZE
-from shadowfs.media.records import KIND_OF_FMT
+from shadowfs.diffarea.schema import BLOCK_SIZE, KIND_OF_FMT
 from shadowfs.snapshot import changes as ch
 from shadowfs.snapshot.diff import diff_snapshots
 from shadowfs.snapshot.tree import SparseReader

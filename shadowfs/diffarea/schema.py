@@ -23,6 +23,10 @@ Data-block pre-images hold their bytes in ``blocks.dat`` (see blockstore.py);
 the LMDB value is then a reference (offset, length). An all-zero block is
 stored as its length alone.
 
+The kinds of object (`KINDS`, `KIND_OF_FMT`) name the file types an
+attribute record's mode may carry (its S_IFMT bits); every layer above (the
+snapshot readers, the backup trees, the media records) uses these names.
+
 Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
 """
 
@@ -51,6 +55,12 @@ ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYAR
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
 META_VOLUME = b"volume"
+
+# kind name -> S_IFMT bits, and back: the seven file types an object can have
+KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
+                         "fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK,
+                         "sock": stat.S_IFSOCK}
+KIND_OF_FMT: dict[int, str] = {fmt: kind for kind, fmt in KINDS.items()}
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

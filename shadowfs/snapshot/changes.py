@@ -43,9 +43,8 @@ from typing import Protocol
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, DirentRecord
+from shadowfs.diffarea.schema import BLOCK_SIZE, KIND_OF_FMT, AttrRecord, DirentRecord
 from shadowfs.linux.confined import join
-from shadowfs.media.records import KIND_OF_FMT
 from shadowfs.snapshot.tree import Meta, OpenSource, PathSource, SourceTree
 from shadowfs.snapshot.view import SnapshotView
 

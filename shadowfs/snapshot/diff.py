@@ -23,7 +23,7 @@ from __future__ import annotations
 import stat
 from typing import Any
 
-from shadowfs.media.records import KIND_OF_FMT
+from shadowfs.diffarea.schema import KIND_OF_FMT
 from shadowfs.snapshot.changes import (
     ObjectChanges,
     SnapshotReader,

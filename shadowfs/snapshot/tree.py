@@ -28,9 +28,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
+from shadowfs.diffarea.schema import KIND_OF_FMT
 from shadowfs.linux.confined import DIR_FLAGS, Confined, at_path, join
 from shadowfs.linux.syscalls import data_regions
-from shadowfs.media.records import KIND_OF_FMT
 
 INO_MASK = 0xFFFFFFFF
 READ_CHUNK = 1 << 20
