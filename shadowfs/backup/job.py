@@ -89,6 +89,7 @@ from shadowfs.media.reader import chain_images
 from shadowfs.media.state import ChainState
 from shadowfs.restore.engine import Directed, ImageSteps, Relocation, RestoreError, RestoreResult, restore
 from shadowfs.snapshot import changes
+from shadowfs.snapshot.readers import ViewReader
 from shadowfs.snapshot.tree import SourceTree
 from shadowfs.snapshot.view import LiveObjects, SnapshotView
 from shadowfs.vss.requester import RequesterError, SyncBackupComponents
@@ -362,7 +363,7 @@ class _Hints:
 
     def __init__(self) -> None:
         self.changes: dict[str, changes.ObjectChanges] = {}
-        self.readers: dict[str, changes.ViewReader] = {}
+        self.readers: dict[str, ViewReader] = {}
 
     def close(self) -> None:
         for reader in self.readers.values():
@@ -398,7 +399,7 @@ def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[Mapping[
     return hints
 
 
-def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> changes.ViewReader | None:
+def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> ViewReader | None:
     """Snapshot `seq` of `volume` read in this process, or None where that cannot be (the daemon
     does not hand out the backing directory, or opening by inode is not allowed: not root)."""
     try:
@@ -419,7 +420,7 @@ def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> cha
         log.info("volume %s: reading the snapshot through the browser (open by inode: %s)", volume,
                  exc.strerror)
         return None
-    return changes.ViewReader(SnapshotView(area, live, seq))
+    return ViewReader(SnapshotView(area, live, seq))
 
 
 def _base_document(base: Image | None) -> BackupComponentsDocument | None:

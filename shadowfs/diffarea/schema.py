@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 2
@@ -113,6 +114,22 @@ def dirent_name(obj: bytes) -> bytes:
 
 def block_number(obj: bytes) -> int:
     return read_u64(obj, 9)
+
+
+def blocks_to_ranges(blocks: Iterable[int], size: int) -> list[tuple[int, int]]:
+    """Merge block numbers into (offset, length) byte ranges cut at `size`: block ``b`` of a file
+    covers bytes ``[b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE)``, the last one only up to the file's size."""
+    ranges: list[tuple[int, int]] = []
+    for block in sorted(blocks):
+        start = block * BLOCK_SIZE
+        end = min(start + BLOCK_SIZE, size)
+        if start >= end:
+            continue
+        if ranges and ranges[-1][0] + ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end - ranges[-1][0])
+        else:
+            ranges.append((start, end - start))
+    return ranges
 
 
 def preimage_key(obj: bytes, seq: int) -> bytes:

@@ -6,7 +6,7 @@ sorted (so parents come before children and the first path of a hard-link
 group comes first), through directory descriptors opened with O_NOFOLLOW; a
 symlink is recorded, never entered or followed. `SparseReader` reads a regular
 file's bytes (any `ByteSource`: a file of the tree opened lazily, `PathSource`,
-or a snapshot's file by inode, `changes.ViewSource`) as data extents: holes
+or a snapshot's file by inode, `readers.ViewSource`) as data extents: holes
 (SEEK_HOLE where the filesystem knows them, and every 4 KiB block of zeros) are
 skipped, so sparse files stay sparse on the media and after a restore.
 
