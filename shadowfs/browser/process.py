@@ -1,9 +1,9 @@
 """The snapshot browser process: one read-only FUSE mount of every snapshot set.
 
-One job: run `browserfs.BrowserOperations` at ``--mount PATH`` and serve the
+One job: run `browser.ops.BrowserOperations` at ``--mount PATH`` and serve the
 daemon's control channel (``--control-fd N``, `ipc` frames)::
 
-    python -m shadowfs.browserproc --control-fd N --mount PATH [--threads T]
+    python -m shadowfs.browser.process --control-fd N --mount PATH [--threads T]
 
 - ``--threads T`` (default ``$SHADOWFS_BROWSER_THREADS``, else 0) serves
   blocking reads and lookups in up to T worker threads; 0 serves them on the
@@ -40,12 +40,13 @@ import pyfuse3
 import trio
 
 from shadowfs import fuse_adapter
-from shadowfs.browser.ops import FSNAME, MAX_VOLUME_INDEX, MAX_WORKER_THREADS, BrowserOperations
+from shadowfs.browser.nodes import MAX_VOLUME_INDEX
+from shadowfs.browser.ops import FSNAME, MAX_WORKER_THREADS, BrowserOperations
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import mounts
 
-log = logging.getLogger("shadowfs.browser.process")
+log = logging.getLogger(__name__)
 
 
 class ControlServer:
@@ -181,7 +182,7 @@ async def run(control_fd: int, mount: str, threads: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shadowfs.browserproc",
+    parser = argparse.ArgumentParser(prog="python -m shadowfs.browser.process",
                                      description="shadowfs snapshot browser process")
     parser.add_argument("--control-fd", type=int, required=True, help="inherited control socket")
     parser.add_argument("--mount", required=True, help="where to mount the snapshot browser")

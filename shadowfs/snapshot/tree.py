@@ -12,7 +12,7 @@ skipped, so sparse files stay sparse on the media and after a restore.
 
 Invariants:
 - Inode numbers are recorded masked to 32 bits: in the snapshot browser the
-  low 32 bits of st_ino are the backing inode (`browserfs.snapshot_node`), the
+  low 32 bits of st_ino are the backing inode (`browser.nodes.snapshot_node`), the
   identity the diff area uses; on ext4 backing trees the mask changes nothing.
 - Names hidden at the root (``.shadowfs`` of a backing directory) are never
   visited.
