@@ -18,7 +18,9 @@ from typing import Any
 import pyfuse3
 import pytest
 
-from shadowfs.browser.ops import BrowserOperations, parse_created, snapshot_node, split_snapshot_node
+from shadowfs.browser.nodes import snapshot_node, split_snapshot_node
+from shadowfs.browser.ops import BrowserOperations
+from shadowfs.browser.volumes import parse_created
 from shadowfs.diffarea.schema import BLOCK_SIZE, META_NEXT_SEQ, u64
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts

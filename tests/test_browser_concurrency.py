@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import lmdb
 import pytest
 
-from shadowfs.browser.ops import BrowserVolume
+from shadowfs.browser.volumes import BrowserVolume
 from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.snapshot.view import LiveObjects
 from tests.browser_fixtures import Volume, Workspace, needs_fuse, workspace

@@ -47,15 +47,8 @@ from shadowfs.media.reader import Image, find_base
 from shadowfs.media.records import KINDS, DataRef, Record, RecordError, volume_name
 from shadowfs.media.state import ChainState, VolumeState
 from shadowfs.media.stateindex import StateIndex, VolumeIndex
-from shadowfs.snapshot.changes import (
-    ObjectChanges,
-    PathReader,
-    SnapshotReader,
-    captured_ranges,
-    tree_at_new,
-    tree_delta,
-    tree_from_map,
-)
+from shadowfs.snapshot.changes import ObjectChanges, captured_ranges, tree_at_new, tree_delta, tree_from_map
+from shadowfs.snapshot.readers import PathReader, SnapshotReader
 from shadowfs.snapshot.tree import ByteSource, Meta, SourceTree, SparseReader
 
 HIDDEN = (".shadowfs",)
@@ -215,7 +208,7 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
            readers: Mapping[str, SnapshotReader] | None = None) -> str:
     """Back up `sources` ({volume: tree}) onto `media` as one image of `type`; returns the image id.
 
-    `readers` ({volume: reader of the same snapshot by inode, such as `changes.ViewReader`}) serve
+    `readers` ({volume: reader of the same snapshot by inode, such as `readers.ViewReader`}) serve
     the fast path instead of the source tree's paths: no path walk, no round trip per file.
 
     `failures` receives each component file that could not be read (it is left out of the image,

@@ -1,4 +1,4 @@
-"""The read-only snapshot browser: pyfuse3 `Operations` over `snapview`.
+"""The read-only snapshot browser: pyfuse3 `Operations` over `snapshot.view`.
 
 One job: show every snapshot set of every volume as one read-only tree
 (DESIGN section 5), translating FUSE requests into `SnapshotView` calls::
@@ -9,39 +9,27 @@ One job: show every snapshot set of every volume as one read-only tree
     /<set id>/                         virtual, one per snapshot set
     /<set id>/<volume>/...             the volume's tree at the snapshot
 
-Node ids (FUSE inode numbers, also reported as st_ino):
-
-- a snapshot object is ``(volume index << 52) | (seq << 32) | backing ino``
-  (index 1..4095, seq < 2**20, ino < 2**32; anything bigger is EOVERFLOW).
-  The id depends only on the object's identity in one snapshot, so it is
-  stable for the life of the snapshot, across browser restarts, and equal for
-  every hard link of one file. The snapshot root is the backing root's id.
-- virtual nodes have volume index 0: the root is ``pyfuse3.ROOT_INODE`` (1),
-  ``by-time`` is 2, a set directory is ``SET_KIND | (index << 20) | seq`` and
-  its by-time symlink the same with ``LINK_FLAG`` set, where
-  ``(index, seq)`` is the set's lowest (volume index, sequence) member when the
-  browser first sees the set. Sequence numbers are never reused, so these ids
-  are unique forever and stable across restarts (unless the lowest member was
-  deleted in between); within one process a set keeps its first id.
+Node ids are laid out in `browser.nodes`; the volumes and the sets they
+show are kept by `browser.volumes` (`ShownVolumes`). This module only turns
+kernel requests into calls on those and on `SnapshotView`, and their results
+into pyfuse3 replies.
 
 Invariants:
 - Nothing is ever written: every mutating handler answers EROFS, open allows
   O_RDONLY only, and the mount itself is "ro,nosuid,nodev".
 - The snapshot records are read from the diff areas on every lookup, getattr
-  and opendir of the virtual nodes (one short read transaction per volume
-  that checks a signature of the snapshots database; records are decoded
-  again only when it changed; virtual entries and attributes have timeout 0),
-  so new and deleted sets show at once without any message. Snapshot
-  contents are immutable: long timeouts, negative entries cached, and
-  ``keep_cache``.
+  and opendir of the virtual nodes (`ShownVolumes.snapshot_sets`; virtual
+  entries and attributes have timeout 0), so new and deleted sets show at
+  once without any message. Snapshot contents are immutable: long timeouts,
+  negative entries cached, and ``keep_cache``.
 - Blocking work (backing-file I/O, LMDB lookups) goes through `_offload`:
   on the trio thread by default, or in up to ``worker_threads`` worker
   threads. Worker threads only get objects prepared on the trio thread (a
   `SnapshotView`; diff areas are opened only there), and every volume they
-  use is pinned meanwhile: `set_volumes` retires a volume's environment and
-  descriptors at once but closes them when the last pin is gone. An open file
-  has a live descriptor of its own (never one from the shared LRU), closed at
-  release once no read uses it.
+  use is pinned meanwhile (`BrowserVolume.pin`): `set_volumes` retires a
+  volume's environment and descriptors at once but closes them when the last
+  pin is gone. An open file has a live descriptor of its own (never one from
+  the shared LRU), closed at release once no read uses it.
 - No LMDB transaction is held across an await or shared between threads
   (each read-model call begins and ends its own). Once a handler has awaited,
   the volume it looked up may have been replaced: results it computed are
@@ -68,231 +56,38 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import pyfuse3
 import trio
 
-from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import AttrRecord, SnapshotRecord
+from shadowfs.browser.nodes import (
+    BY_TIME,
+    BY_TIME_NODE,
+    LINK_FLAG,
+    ROOT_NODE,
+    is_snapshot_node,
+    snapshot_node,
+)
+from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet, by_time_names
+from shadowfs.diffarea.schema import AttrRecord
 from shadowfs.fuse_adapter import fuse_handler
-from shadowfs.snapshot.view import LiveObjects, SnapshotView
+from shadowfs.snapshot.view import SnapshotView
 
 log = logging.getLogger(__name__)
 
 FSNAME = "shadowfs-snapshots"
-BY_TIME = b"by-time"
-
-ROOT_NODE = pyfuse3.ROOT_INODE
-BY_TIME_NODE = 2
-VOLUME_SHIFT = 52
-SEQ_SHIFT = 32
-MAX_VOLUME_INDEX = (1 << (64 - VOLUME_SHIFT)) - 1
-MAX_SEQ = (1 << (VOLUME_SHIFT - SEQ_SHIFT)) - 1
-MAX_INO = (1 << SEQ_SHIFT) - 1
-SET_KIND = 1 << 32
-COUNTER_KIND = 2 << 32  # set ids for sets whose lowest seq does not fit in 20 bits
-LINK_FLAG = 1 << 40  # a set's by-time symlink: the set's node id with this bit
+assert ROOT_NODE == pyfuse3.ROOT_INODE  # nodes.py does without pyfuse3; the numbers must agree
 
 SNAPSHOT_TIMEOUT = 3600.0
 VIRTUAL_TIMEOUT = 0.0
 BLKSIZE = 128 * 1024
-AREA_RETRY_SECONDS = 1.0
 VIRTUAL_DIR_MODE = stat.S_IFDIR | 0o555
 LINK_MODE = stat.S_IFLNK | 0o777
 MAX_WORKER_THREADS = 64
 READDIR_BATCH = 64  # entries whose attributes one worker call computes (a readdir takes ~25)
 
 R = TypeVar("R")
-
-
-def snapshot_node(index: int, seq: int, ino: int) -> int:
-    """The node id of backing inode `ino` in snapshot `seq` of volume `index`."""
-    if not (0 < index <= MAX_VOLUME_INDEX and 0 <= seq <= MAX_SEQ and 0 < ino <= MAX_INO):
-        raise OSError(errno.EOVERFLOW, f"volume {index} seq {seq} inode {ino} has no node id")
-    return (index << VOLUME_SHIFT) | (seq << SEQ_SHIFT) | ino
-
-
-def split_snapshot_node(node: int) -> tuple[int, int, int]:
-    """(volume index, seq, backing ino) of a snapshot node id."""
-    return node >> VOLUME_SHIFT, (node >> SEQ_SHIFT) & MAX_SEQ, node & MAX_INO
-
-
-def is_snapshot_node(node: int) -> bool:
-    return node >> VOLUME_SHIFT != 0
-
-
-def parse_created(created: str) -> tuple[str, int]:
-    """The by-time name and the time in ns of a snapshot's `created` stamp."""
-    try:
-        when = datetime.fromisoformat(created)
-    except ValueError:
-        return created.replace("/", "_") or "unknown", 0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
-    seconds = int(when.timestamp())
-    return (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)),
-            seconds * 1_000_000_000 + when.microsecond * 1000)
-
-
-# ---- volumes and sets ---------------------------------------------------------------------------
-
-
-def _same_path(first: str, second: str) -> bool:
-    return os.path.realpath(first) == os.path.realpath(second)
-
-
-def _check_volume_list(volumes: Sequence[tuple[str, int, str, int]]) -> None:
-    """ValueError unless indexes and diff areas are unique and every fd is a directory."""
-    indexes = [index for _, index, _, _ in volumes]
-    if len(set(indexes)) != len(indexes):
-        raise ValueError("duplicate volume index")
-    if any(not 0 < index <= MAX_VOLUME_INDEX for index in indexes):
-        raise ValueError(f"volume index out of range 1..{MAX_VOLUME_INDEX}")
-    if len({os.path.realpath(path) for _, _, path, _ in volumes}) != len(volumes):
-        raise ValueError("two volumes share a diff area")
-    for name, _, _, fd in volumes:
-        try:
-            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        except OSError as exc:
-            raise ValueError(f"volume {name}: bad backing descriptor ({exc.strerror})") from None
-        if not is_dir:
-            raise ValueError(f"volume {name}: backing descriptor is not a directory")
-
-
-class BrowserVolume:
-    """One volume as the browser sees it: its diff area (read-only) and its backing root.
-
-    The diff area is opened lazily: a volume's mount process may not have
-    created it yet when the browser learns of the volume.
-
-    Worker threads use the volume's LMDB environment and descriptors, so the
-    trio thread *pins* the volume around every offloaded call; closing it (or
-    replacing its root) retires the resources at once for new callers but
-    closes them only when the last pin is gone: LMDB must not close an
-    environment under a running transaction, and a descriptor number must not
-    be reused while a thread still reads through it. Pins change on the trio
-    thread only.
-    """
-
-    def __init__(self, name: str, index: int, diff_area: str, root_fd: int) -> None:
-        self.name = name
-        self.index = index
-        self.diff_area = diff_area
-        self.root_fd = root_fd
-        self.live = LiveObjects(root_fd)
-        self.area: DiffArea | None = None
-        self.closed = False
-        self._next_try = 0.0
-        self._last_error = ""
-        self._signature: tuple[int, bytes, bytes] | None = None
-        self._records: list[SnapshotRecord] = []
-        self.pins = 0
-        self._retired: list[Callable[[], None]] = []
-        self.ensure_area()
-
-    def pin(self) -> None:
-        self.pins += 1
-
-    def unpin(self) -> None:
-        self.pins -= 1
-        if self.pins == 0:
-            retired, self._retired = self._retired, []
-            for close in retired:
-                close()
-
-    def _retire(self, close: Callable[[], None]) -> None:
-        """Run `close` now, or when the last worker thread using this volume is done."""
-        if self.pins == 0:
-            close()
-        else:
-            self._retired.append(close)
-
-    def ensure_area(self) -> DiffArea | None:
-        """The open diff area, opening it now if it could not be opened before."""
-        if self.area is not None or self.closed:
-            return self.area
-        now = time.monotonic()
-        if now < self._next_try:
-            return None
-        try:
-            self.area = DiffArea.open(self.diff_area, readonly=True)
-        except DiffAreaError as exc:
-            self._next_try = now + AREA_RETRY_SECONDS
-            if str(exc) != self._last_error:
-                self._last_error = str(exc)
-                log.warning("volume %s: %s", self.name, exc)
-        return self.area
-
-    def retry_area_now(self) -> None:
-        """Let the next `ensure_area` try to open the diff area without waiting."""
-        self._next_try = 0.0
-
-    def replace_root(self, root_fd: int) -> None:
-        """Serve the backing data from a new root descriptor (the old one is closed once
-        no worker thread uses it)."""
-        old_live, old_fd = self.live, self.root_fd
-        self.root_fd = root_fd
-        self.live = LiveObjects(root_fd)
-        self._retire(lambda: _close_live(old_live, old_fd))
-
-    def snapshots(self) -> tuple[tuple[int, bytes, bytes], list[SnapshotRecord]]:
-        """(signature, records) of the volume's snapshots, read now.
-
-        Sequence numbers only grow and a record never changes, so (count,
-        first key, last key) of the snapshots database changes whenever its set
-        of records does; the records are decoded again only then.
-        """
-        area = self.ensure_area()
-        if area is None:
-            return (0, b"", b""), []
-        with area.read() as txn:
-            cursor = txn.cursor(db=area.snapshots_db)
-            first = cursor.key() if cursor.first() else b""
-            last = cursor.key() if cursor.last() else b""
-            signature = (txn.stat(area.snapshots_db)["entries"], first, last)
-            if signature != self._signature:
-                self._records = area.snapshot_list(txn)
-                self._signature = signature
-        return signature, self._records
-
-    def view(self, seq: int) -> SnapshotView:
-        area = self.ensure_area()
-        if area is None or self.closed:
-            raise OSError(errno.ESTALE, f"volume {self.name} is not available")
-        return SnapshotView(area, self.live, seq)
-
-    def close(self) -> None:
-        """Stop serving: `view` answers ESTALE from now on; the environment and
-        descriptors close once no worker thread uses them."""
-        if self.closed:
-            return
-        self.closed = True
-        live, root_fd, area = self.live, self.root_fd, self.area
-        self.area = None
-        self._retire(lambda: _close_live(live, root_fd))
-        if area is not None:
-            self._retire(area.close)
-
-
-def _close_live(live: LiveObjects, root_fd: int) -> None:
-    live.close()
-    os.close(root_fd)
-
-
-@dataclass
-class SnapshotSet:
-    """One snapshot set: every volume's snapshot that shares the set id."""
-
-    set_id: str
-    created: str
-    created_ns: int
-    time_name: str
-    members: dict[str, tuple[BrowserVolume, SnapshotRecord]] = field(default_factory=dict)
-    node: int = 0
-    link_node: int = 0
 
 
 @dataclass
@@ -344,10 +139,7 @@ class BrowserOperations(pyfuse3.Operations):
         if not 0 <= worker_threads <= MAX_WORKER_THREADS:
             raise ValueError(f"worker_threads must be in 0..{MAX_WORKER_THREADS}")
         self._threads = worker_threads
-        self._volumes: dict[int, BrowserVolume] = {}
-        self._set_nodes: dict[str, int] = {}
-        self._node_sets: dict[int, str] = {}
-        self._set_counter = itertools.count(1)
+        self._shown = ShownVolumes()
         # one total, not a count per node: the kernel may know millions of nodes, and node
         # ids carry everything the browser needs, so per-node counts would only cost memory
         self._lookups = 0
@@ -356,8 +148,6 @@ class BrowserOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._limiter: trio.CapacityLimiter | None = None
         self._mount_ns = time.time_ns()
-        self._sets_key: tuple[object, ...] | None = None
-        self._sets: dict[str, SnapshotSet] = {}
 
     # ---- volumes -------------------------------------------------------------------------------
 
@@ -365,129 +155,28 @@ class BrowserOperations(pyfuse3.Operations):
         """Show exactly these volumes: (name, index, diff area path, backing root fd).
 
         Takes ownership of the descriptors, also when it raises (ValueError for
-        a bad list; the volumes shown then stay as they were). A volume whose
-        index and diff area are unchanged keeps its open environment: LMDB
-        allows one per process.
+        a bad list; the volumes shown then stay as they were); see `ShownVolumes.replace`.
         """
-        fds = [fd for *_, fd in volumes]
-        created: list[BrowserVolume] = []
-        try:
-            _check_volume_list(volumes)
-            old = dict(self._volumes)
-            for name, index, path, fd in volumes:
-                kept = old.get(index)
-                if kept is None or not _same_path(kept.diff_area, path):
-                    created.append(BrowserVolume(name, index, path, fd))
-        except BaseException:
-            owned = {volume.root_fd for volume in created}
-            for volume in created:
-                volume.close()
-            for fd in fds:
-                if fd not in owned:
-                    os.close(fd)
-            raise
-        fresh = {volume.index: volume for volume in created}
-        new: dict[int, BrowserVolume] = {}
-        for name, index, _, fd in volumes:
-            if index in fresh:
-                new[index] = fresh[index]
-            else:
-                kept = old.pop(index)
-                kept.name = name
-                kept.replace_root(fd)
-                # the daemon sends the list again once a volume's mount process is ready, and
-                # only then is its diff area sure to exist: look for it again at once
-                kept.retry_area_now()
-                new[index] = kept
-        for volume in old.values():
-            volume.close()
-        self._volumes = new
-        self._sets_key, self._sets = None, {}
-        log.info("showing volumes %s", ", ".join(f"{v.name}#{v.index}" for v in new.values()) or "(none)")
+        self._shown.replace(volumes)
 
     def known_nodes(self) -> int:
         """How many lookups the kernel holds in all, not yet forgotten (for status and tests)."""
         return self._lookups
 
     def volumes(self) -> list[BrowserVolume]:
-        return [self._volumes[index] for index in sorted(self._volumes)]
+        return self._shown.volumes()
 
     def close(self) -> None:
-        for volume in self._volumes.values():
-            volume.close()
-        self._volumes = {}
-        self._sets_key, self._sets = None, {}
+        self._shown.close()
         for handle in self._files.values():
             handle.released = True
             handle.close_when_idle()
         self._files.clear()
         self._dirs.clear()
 
-    # ---- sets ----------------------------------------------------------------------------------
-
     def snapshot_sets(self) -> dict[str, SnapshotSet]:
-        """Every set, read now from the diff areas (one short read transaction per volume).
-
-        Rebuilt only when some volume's snapshot records changed (the result is
-        shared: callers never modify it).
-        """
-        volumes = self.volumes()
-        read = [(volume, *volume.snapshots()) for volume in volumes]
-        key = tuple((id(volume), signature) for volume, signature, _ in read)
-        if key == self._sets_key:
-            return self._sets
-        sets: dict[str, SnapshotSet] = {}
-        lowest: dict[str, tuple[int, int]] = {}
-        for volume, _, records in read:
-            for record in records:
-                entry = sets.get(record.set_id)
-                if entry is None:
-                    time_name, created_ns = parse_created(record.created)
-                    entry = sets[record.set_id] = SnapshotSet(record.set_id, record.created,
-                                                              created_ns, time_name)
-                    lowest[record.set_id] = (volume.index, record.seq)
-                entry.members.setdefault(volume.name, (volume, record))
-        for set_id, entry in sets.items():
-            entry.node = self._set_node(set_id, *lowest[set_id])
-            entry.link_node = entry.node | LINK_FLAG
-        self._sets_key, self._sets = key, sets
-        return sets
-
-    def _set_node(self, set_id: str, index: int, seq: int) -> int:
-        node = self._set_nodes.get(set_id)
-        if node is None:
-            if seq <= MAX_SEQ:
-                node = SET_KIND | (index << 20) | seq
-            else:
-                node = COUNTER_KIND | next(self._set_counter)
-            if node in self._node_sets:  # cannot happen with unique (index, seq) pairs
-                node = COUNTER_KIND | next(self._set_counter)
-            self._set_nodes[set_id] = node
-            self._node_sets[node] = set_id
-        return node
-
-    def _set_of_node(self, node: int, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
-        set_id = self._node_sets.get(node)
-        entry = None if set_id is None else (self.snapshot_sets() if sets is None else sets).get(set_id)
-        if entry is None:
-            raise OSError(errno.ESTALE, "snapshot set was deleted")
-        return entry
-
-    def _set_of_link(self, node: int, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
-        return self._set_of_node(node & ~LINK_FLAG, sets)
-
-    @staticmethod
-    def by_time_names(sets: dict[str, SnapshotSet]) -> dict[bytes, SnapshotSet]:
-        """Names in by-time/: the creation time, with ".1", ".2" for later set ids at one time."""
-        groups: dict[str, list[SnapshotSet]] = {}
-        for entry in sets.values():
-            groups.setdefault(entry.time_name, []).append(entry)
-        names: dict[bytes, SnapshotSet] = {}
-        for time_name, group in groups.items():
-            for number, entry in enumerate(sorted(group, key=lambda e: e.set_id)):
-                suffix = f".{number}" if number else ""
-                names[os.fsencode(time_name + suffix)] = entry
-        return names
+        """Every set, read now from the diff areas (`ShownVolumes.snapshot_sets`)."""
+        return self._shown.snapshot_sets()
 
     # ---- attributes ----------------------------------------------------------------------------
 
@@ -530,11 +219,7 @@ class BrowserOperations(pyfuse3.Operations):
         return attrs
 
     def _resolve(self, node: int) -> tuple[BrowserVolume, int, int]:
-        index, seq, ino = split_snapshot_node(node)
-        volume = self._volumes.get(index)
-        if volume is None:
-            raise OSError(errno.ESTALE, f"no volume with index {index}")
-        return volume, seq, ino
+        return self._shown.resolve(node)
 
     def _prepare(self, node: int) -> tuple[BrowserVolume, SnapshotView, int]:
         """(volume, view, backing ino) of a snapshot node, made on the trio thread (which
@@ -564,8 +249,8 @@ class BrowserOperations(pyfuse3.Operations):
         if node == BY_TIME_NODE:
             return self._virtual(node, VIRTUAL_DIR_MODE, 2, self._mount_ns)
         if node & LINK_FLAG:
-            return self._link_attrs(self._set_of_link(node, sets))
-        return self._set_attrs(self._set_of_node(node, sets))
+            return self._link_attrs(self._shown.set_of_link(node, sets))
+        return self._set_attrs(self._shown.set_of_node(node, sets))
 
     @classmethod
     def _entry_of(cls, view: SnapshotView, node: int, ino: int) -> pyfuse3.EntryAttributes:
@@ -647,13 +332,13 @@ class BrowserOperations(pyfuse3.Operations):
                 raise OSError(errno.ENOENT, "no such snapshot set")
             return self._set_attrs(entry)
         if parent == BY_TIME_NODE:
-            entry = self.by_time_names(self.snapshot_sets()).get(name)
+            entry = by_time_names(self.snapshot_sets()).get(name)
             if entry is None:
                 raise OSError(errno.ENOENT, "no such snapshot time")
             return self._link_attrs(entry)
         if parent & LINK_FLAG:
             raise OSError(errno.ENOTDIR, "not a directory")
-        member = self._set_of_node(parent).members.get(name.decode("utf-8", "surrogateescape"))
+        member = self._shown.set_of_node(parent).members.get(name.decode("utf-8", "surrogateescape"))
         if member is None:
             raise OSError(errno.ENOENT, "volume not in this snapshot set")
         volume, record = member
@@ -678,13 +363,10 @@ class BrowserOperations(pyfuse3.Operations):
             return [(BY_TIME, BY_TIME_NODE)] + sorted(
                 (os.fsencode(entry.set_id), entry.node) for entry in sets.values())
         if node == BY_TIME_NODE:
-            return sorted((name, entry.link_node) for name, entry in self.by_time_names(sets).items())
+            return sorted((name, entry.link_node) for name, entry in by_time_names(sets).items())
         if node & LINK_FLAG:
             raise OSError(errno.ENOTDIR, "not a directory")
-        set_id = self._node_sets.get(node)
-        entry = sets.get(set_id) if set_id is not None else None
-        if entry is None:
-            raise OSError(errno.ESTALE, "snapshot set was deleted")
+        entry = self._shown.set_of_node(node, sets)
         listing = []
         for name, (volume, record) in entry.members.items():
             try:
@@ -753,7 +435,7 @@ class BrowserOperations(pyfuse3.Operations):
             volume, view, ino = self._prepare(inode)
             return await self._offload([volume], functools.partial(view.readlink, ino))
         if inode & LINK_FLAG:
-            return self._link_target(self._set_of_link(inode))
+            return self._link_target(self._shown.set_of_link(inode))
         raise OSError(errno.EINVAL, "not a symlink")
 
     async def _xattrs(self, inode: int) -> dict[bytes, bytes]:

@@ -1,6 +1,6 @@
 """The snapshot browser process: one read-only FUSE mount of every snapshot set.
 
-One job: run `browserfs.BrowserOperations` at ``--mount PATH`` and serve the
+One job: run `browser.ops.BrowserOperations` at ``--mount PATH`` and serve the
 daemon's control channel (``--control-fd N``, `ipc` frames)::
 
     python -m shadowfs.browser.process --control-fd N --mount PATH [--threads T]
@@ -40,12 +40,13 @@ import pyfuse3
 import trio
 
 from shadowfs import fuse_adapter
-from shadowfs.browser.ops import FSNAME, MAX_VOLUME_INDEX, MAX_WORKER_THREADS, BrowserOperations
+from shadowfs.browser.nodes import MAX_VOLUME_INDEX
+from shadowfs.browser.ops import FSNAME, MAX_WORKER_THREADS, BrowserOperations
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import mounts
 
-log = logging.getLogger("shadowfs.browser.process")
+log = logging.getLogger(__name__)
 
 
 class ControlServer:

@@ -1,9 +1,10 @@
-"""The shadowfs daemon: supervisor of mount processes, snapshot-set coordinator, CLI socket server.
+"""The shadowfs daemon: its state, the CLI socket server and the dispatch of requests.
 
 One job: keep one live mount process per volume and one snapshot browser
-process running, and carry out the CLI's requests (`volume_*`, `snapshot_*`,
-`status`) against them. It never touches file data itself; it reads snapshot
-records from the diff areas read-only. Writers and requesters (the VSS
+process running (each a `children.Child`), and carry out the CLI's requests
+(`volume_*`, `snapshot_*`, `status`) against them; snapshot sets are taken
+and deleted by `sets.SetCoordinator`. It never touches file data itself; it
+reads snapshot records from the diff areas read-only. Writers and requesters (the VSS
 service) are `shadowfs.service`: every connection is handed to
 `Service.connect`, every service op (`snapshot_create` included) to
 `Service.handle`, and the daemon gives the service its volumes through
@@ -20,10 +21,12 @@ Invariants:
 - Snapshot-set creation, snapshot deletion and volume add/remove run one at a
   time (`Daemon.mutation`). A set is held on all of its volumes at once,
   committed on each, and released on all, always; if anything fails, the
-  snapshots already committed in that set are deleted before the error reply.
+  snapshots already committed in that set are deleted before the error reply
+  (`sets`).
 - Every child process runs in its own session, so a Ctrl-C reaches only the
   daemon, which stops children in order: SIGTERM, then SIGKILL after
-  `STOP_TIMEOUT`, then a lazy unmount of anything left at the child's mount path.
+  `children.STOP_TIMEOUT`, then a lazy unmount of anything left at the
+  child's mount path.
 
 Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
 
@@ -34,7 +37,7 @@ Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
     {"op": "volume_remove", "name", "force": bool} -> {"removed", "snapshots_deleted"}
     {"op": "volume_backing", "name"} -> {"volume", "root_ino"} with a read-only descriptor of the
         volume's backing directory (for a backup that reads a snapshot in its own process, by
-        inode, with `snapview.SnapshotView`; only root and the daemon's own user may connect)
+        inode, with `snapshot.view.SnapshotView`; only root and the daemon's own user may connect)
     {"op": "snapshot_create", "volumes": [names], "context"?, "writers"?: bool|[ids], "freeze_timeout"?, ...}
         -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
             "held_ms": {volume: ms}, "writers": [...]}  (shadowfs.service.broker)
@@ -61,6 +64,8 @@ import trio
 
 import shadowfs
 from shadowfs import statedir
+from shadowfs.daemon.children import CALL_TIMEOUT, Child, ChildFailed
+from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
@@ -71,219 +76,9 @@ from shadowfs.service.connection import BoundedChannel
 from shadowfs.service.core import Service
 from shadowfs.statedir import ConfigError, Volume, VolumeTable
 
-log = logging.getLogger("shadowfs.daemon")
+log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 30.0
-HOLD_TIMEOUT = 10.0
-CALL_TIMEOUT = 30.0
-RELEASE_TIMEOUT = 5.0
-STOP_TIMEOUT = 10.0
-BACKOFF_MIN = 0.5
-BACKOFF_MAX = 30.0
-STABLE_AFTER = 60.0
 DISCONNECT_TIMEOUT = 60.0
-
-
-class ChildFailed(Exception):
-    """A child process could not be started or did not become ready."""
-
-
-# --- helpers --------------------------------------------------------------------------------------
-
-
-async def wait_any(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as one of the given waits returns."""
-    async with trio.open_nursery() as nursery:
-        async def one(wait: Callable[[], Awaitable[object]]) -> None:
-            await wait()
-            nursery.cancel_scope.cancel()
-
-        for wait in waits:
-            nursery.start_soon(one, wait)
-
-
-def child_env() -> dict[str, str]:
-    """The environment of children: ours, with this shadowfs package importable."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(shadowfs.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-# --- supervised children ----------------------------------------------------------------------------
-
-
-class Child:
-    """One supervised process: a volume's mount process or the browser.
-
-    `run` starts it, waits for its `ready` event, keeps `channel` set while it
-    is ready, and restarts it with exponential backoff when it dies, until
-    `stop` is called.
-    """
-
-    def __init__(self, label: str, module: str, args: list[str], mount_path: str,
-                 on_ready: Callable[[Child], Awaitable[None]] | None = None,
-                 on_event: Callable[[Child, frames.Frame, list[int]], Awaitable[None]] | None = None):
-        self.label = label
-        self.module = module
-        self.args = args
-        self.mount_path = mount_path
-        self.on_ready = on_ready
-        self.on_event = on_event
-        self.channel: Channel | None = None
-        self.process: trio.Process | None = None
-        self.state = "starting"
-        self.restarts = 0
-        self.last_exit: int | None = None
-        self._stop_requested = trio.Event()
-        self._stopped = trio.Event()
-        self._first_done = trio.Event()
-        self._first_error: str | None = None
-
-    def argv(self, control_fd: int) -> list[str]:
-        return [sys.executable, "-m", self.module, "--control-fd", str(control_fd), *self.args]
-
-    def describe(self) -> dict[str, Any]:
-        pid = self.process.pid if self.process is not None and self.process.returncode is None else None
-        return {"state": self.state, "pid": pid, "restarts": self.restarts, "last_exit": self.last_exit}
-
-    async def wait_first(self) -> None:
-        """Wait for the outcome of the first start; raise ChildFailed if it did not become ready."""
-        await self._first_done.wait()
-        if self._first_error is not None:
-            raise ChildFailed(f"{self.label} {self._first_error}")
-
-    async def stop(self) -> None:
-        self._stop_requested.set()
-        await self._stopped.wait()
-
-    async def run(self) -> None:
-        backoff = BACKOFF_MIN
-        try:
-            while not self._stop_requested.is_set():
-                started = trio.current_time()
-                reason = await self._run_once()
-                if self._stop_requested.is_set():
-                    break
-                if trio.current_time() - started > STABLE_AFTER:
-                    backoff = BACKOFF_MIN
-                log.warning("%s %s; restarting in %.1f s", self.label, reason, backoff)
-                self.state = "restarting"
-                with trio.move_on_after(backoff):
-                    await self._stop_requested.wait()
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                self.restarts += 1
-        finally:
-            self.state = "stopped"
-            self._note_first("was stopped before it was ready")
-            self._stopped.set()
-
-    def _note_first(self, error: str | None) -> None:
-        if not self._first_done.is_set():
-            self._first_error = error
-            self._first_done.set()
-
-    async def _run_once(self) -> str:
-        """Run the process once; return why it ended (for the log)."""
-        self.state = "starting"
-        parent, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            proc = await trio.lowlevel.open_process(
-                self.argv(child_sock.fileno()), pass_fds=(child_sock.fileno(),),
-                start_new_session=True, env=child_env())
-        except OSError as exc:
-            parent.close()
-            self._note_first(f"could not be started: {exc}")
-            return f"could not be started ({exc})"
-        finally:
-            child_sock.close()
-        self.process = proc
-        channel = Channel.from_socket(parent)
-        try:
-            return await self._supervise(proc, channel)
-        finally:
-            self.channel = None
-            channel.close()
-            with trio.CancelScope(shield=True):
-                await self._reap(proc)
-                self.last_exit = proc.returncode
-                await trio.to_thread.run_sync(mounts.unmount_if_ours, self.mount_path)
-
-    async def _supervise(self, proc: trio.Process, channel: Channel) -> str:
-        ready = trio.Event()
-        exited = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, proc, channel, ready)
-            nursery.start_soon(self._watch_exit, proc, exited)
-            with trio.move_on_after(READY_TIMEOUT):
-                await wait_any(ready.wait, exited.wait, self._stop_requested.wait)
-            if ready.is_set() and not exited.is_set():
-                await self._became_ready(proc, channel)
-                await wait_any(exited.wait, self._stop_requested.wait)
-                reason = f"exited with status {proc.returncode}"
-            elif exited.is_set():
-                reason = f"exited with status {proc.returncode} before it was ready"
-            elif self._stop_requested.is_set():
-                reason = "was stopped before it was ready"
-            else:
-                reason = f"was not ready within {READY_TIMEOUT:g} s"
-            self._note_first(reason)
-            if not exited.is_set():
-                await self._terminate(proc, exited)
-            nursery.cancel_scope.cancel()
-        return reason
-
-    async def _became_ready(self, proc: trio.Process, channel: Channel) -> None:
-        self.channel = channel
-        self.state = "running"
-        log.info("%s is ready (pid %d)", self.label, proc.pid)
-        self._note_first(None)
-        if self.on_ready is not None:
-            try:
-                await self.on_ready(self)
-            except Exception as exc:
-                log.error("%s: setting it up after start failed: %s", self.label, exc)
-
-    async def _pump(self, proc: trio.Process, channel: Channel, ready: trio.Event) -> None:
-        async def on_event(event: frames.Frame, fds: list[int]) -> None:
-            if event.get("event") == "ready":
-                frames.close_fds(fds)
-                ready.set()
-            elif self.on_event is not None:
-                await self.on_event(self, event, fds)
-            else:
-                frames.close_fds(fds)
-                log.info("%s: event %s", self.label, event)
-
-        try:
-            await channel.run(on_event=on_event)
-        except frames.ProtocolError as exc:
-            log.error("%s sent a malformed frame (%s); terminating it", self.label, exc)
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-
-    @staticmethod
-    async def _watch_exit(proc: trio.Process, exited: trio.Event) -> None:
-        await proc.wait()
-        exited.set()
-
-    async def _terminate(self, proc: trio.Process, exited: trio.Event) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        with trio.move_on_after(STOP_TIMEOUT):
-            await exited.wait()
-        if not exited.is_set():
-            log.warning("%s did not stop within %g s; killing it", self.label, STOP_TIMEOUT)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await exited.wait()
-
-    @staticmethod
-    async def _reap(proc: trio.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
 
 
 # --- reading diff areas -------------------------------------------------------------------------------
@@ -296,7 +91,7 @@ class DiffAreaReader:
     closed while another thread reads it.
     """
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self._areas: dict[str, DiffArea] = {}
         self._lock = threading.Lock()
@@ -348,7 +143,7 @@ class Daemon:
     """State of one running daemon; `serve` is its life."""
 
     def __init__(self, state_dir: str, mount_root: str,
-                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME):
+                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME) -> None:
         self.state_dir = state_dir
         self.mount_root = mount_root
         self.browser_path = statedir.browser_mount(mount_root)
@@ -358,6 +153,7 @@ class Daemon:
         self.browser: Child | None = None
         self.readers = DiffAreaReader(state_dir)
         self.mutation = trio.Lock()
+        self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
         self._ops: dict[str, Callable[[frames.Frame],
@@ -689,107 +485,18 @@ class Daemon:
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
-        channels = {name: self._ready_channel(name) for name in names}
-        return await self._take_set(channels, set_id, ids, created)
+        return await self.snapshot_sets.take(names, set_id, ids, created)
 
     async def delete_set(self, set_id: str) -> int:
-        records = [(v, r) for v, r in await self._all_snapshots() if r["set_id"] == set_id]
-        for volume, record in records:
-            channel = self._ready_channel(volume)
-            await channel.call({"op": "delete", "seq": record["seq"]}, timeout=CALL_TIMEOUT)
-            log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
-        return len(records)
+        return await self.snapshot_sets.delete_set(set_id)
 
     async def snapshots(self) -> list[tuple[str, dict[str, Any]]]:
         return await self._all_snapshots()
 
-    async def _take_set(self, channels: dict[str, Channel], set_id: str, ids: dict[str, str],
-                        created: str) -> TakenSet:
-        """Hold all, then commit-and-release each; release all still held (always); on failure
-        undo what was committed.
-
-        Each volume's gate opens in the same request that records its snapshot: every
-        volume was held at the moment the last hold answered, and none changed between
-        that moment and its own commit, so the set is that one instant, and a change
-        reaching a volume after its release is captured under the new snapshot. This saves
-        the hold a round trip to the daemon. The replies say how long each mount process
-        kept its gate closed.
-        """
-        taken = TakenSet()
-        try:
-            errors = await self._on_all(channels, lambda _n: {"op": "hold", "timeout": HOLD_TIMEOUT},
-                                        HOLD_TIMEOUT, "hold")
-            if not errors:
-                errors = await self._on_all(
-                    channels, lambda n: {"op": "commit", "snapshot_id": ids[n], "set_id": set_id,
-                                         "created": created, "release": True}, HOLD_TIMEOUT, "commit",
-                    taken.note_commit)
-            if errors:
-                raise frames.RequestError("snapshot set aborted: " + "; ".join(errors))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._undo(channels, taken.seqs)
-            raise
-        finally:
-            held = {n: c for n, c in channels.items() if n not in taken.held_ms}
-            with trio.CancelScope(shield=True):
-                await self._on_all(held, lambda _n: {"op": "release"}, RELEASE_TIMEOUT, "release",
-                                   taken.note_release)
-        return taken
-
-    async def _on_all(self, channels: dict[str, Channel], make: Callable[[str], frames.Frame],
-                      timeout: float, what: str,
-                      collect: Callable[[str, frames.Frame], None] | None = None) -> list[str]:
-        """Send one request to every volume at once; return one error line per failure.
-
-        `collect(volume, reply)` reads each successful reply (KeyError, ValueError or
-        TypeError there counts as that volume's failure).
-        """
-        errors: list[str] = []
-        answered: set[str] = set()
-
-        async def one(name: str, channel: Channel) -> None:
-            try:
-                reply = await channel.call(make(name), timeout=timeout)
-                if collect is not None:
-                    collect(name, reply)
-            except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError, KeyError,
-                    ValueError,
-                    TypeError) as exc:
-                errors.append(f"{what} on volume {name} failed: {exc}")
-                log.warning("%s on volume %s failed: %s", what, name, exc)
-            answered.add(name)
-
-        with trio.move_on_after(timeout + 1.0):
-            async with trio.open_nursery() as nursery:
-                for name, channel in channels.items():
-                    nursery.start_soon(one, name, channel)
-        errors.extend(f"{what} on volume {name} timed out after {timeout:g} s"
-                      for name in channels if name not in answered)
-        return errors
-
-    async def _undo(self, channels: dict[str, Channel], committed: dict[str, int]) -> None:
-        for name, seq in committed.items():
-            try:
-                await channels[name].call({"op": "delete", "seq": seq}, timeout=CALL_TIMEOUT)
-            except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
-                log.error("volume %s: could not delete snapshot seq %d of an aborted set: %s", name, seq, exc)
-
     async def op_snapshot_delete(self, request: frames.Frame) -> frames.Frame:
         wanted = _field(request, "snapshot", str)
         async with self.mutation:
-            matches = [(v, r) for v, r in await self._all_snapshots()
-                       if wanted in (r["snapshot_id"], r["set_id"])]
-            if not matches:
-                raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
-            freed = 0
-            deleted = []
-            for volume, record in matches:
-                reply = await self._ready_channel(volume).call({"op": "delete", "seq": record["seq"]},
-                                                               timeout=CALL_TIMEOUT)
-                freed += int(reply.get("freed", 0))
-                deleted.append({"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume})
-                log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
+            deleted, freed = await self.snapshot_sets.delete(wanted)
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
 

@@ -23,6 +23,10 @@ Data-block pre-images hold their bytes in ``blocks.dat`` (see blockstore.py);
 the LMDB value is then a reference (offset, length). An all-zero block is
 stored as its length alone.
 
+The kinds of object (`KINDS`, `KIND_OF_FMT`) name the file types an
+attribute record's mode may carry (its S_IFMT bits); every layer above (the
+snapshot readers, the backup trees, the media records) uses these names.
+
 Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
 """
 
@@ -32,6 +36,7 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 2
@@ -53,6 +58,11 @@ META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
 META_VOLUME = b"volume"
 
+# kind name -> S_IFMT bits, and back: the seven file types an object can have
+KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
+                         "fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK,
+                         "sock": stat.S_IFSOCK}
+KIND_OF_FMT: dict[int, str] = {fmt: kind for kind, fmt in KINDS.items()}
 
 
 # ---- block geometry ----------------------------------------------------------------------------
@@ -68,6 +78,22 @@ def block_span(offset: int, length: int) -> range:
 def blocks_below(size: int) -> int:
     """How many blocks hold data for a file of `size` bytes."""
     return (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+
+def blocks_to_ranges(blocks: Iterable[int], size: int) -> list[tuple[int, int]]:
+    """Merge block numbers into (offset, length) byte ranges cut at `size`: block ``b`` of a file
+    covers bytes ``[b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE)``, the last one only up to the file's size."""
+    ranges: list[tuple[int, int]] = []
+    for block in sorted(blocks):
+        start = block * BLOCK_SIZE
+        end = min(start + BLOCK_SIZE, size)
+        if start >= end:
+            continue
+        if ranges and ranges[-1][0] + ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end - ranges[-1][0])
+        else:
+            ranges.append((start, end - start))
+    return ranges
 
 
 _U32 = struct.Struct(">I")

@@ -8,7 +8,7 @@ media) and its encoding. A record is an operation on one path of one volume:
 - ``{"op": "put", "volume", "path", "kind", ...metadata..., "data", "link"}``:
   the object at the path as it was at the snapshot.
 
-Metadata: ``kind`` (dir, file, symlink, fifo, chr, blk, sock), ``mode``
+Metadata: ``kind`` (dir, file, symlink, fifo, chr, blk, sock: `diffarea.schema.KINDS`), ``mode``
 (with the type bits), ``uid``, ``gid``, ``size``, ``atime_ns``, ``mtime_ns``,
 ``ctime_ns``, ``nlink``, ``rdev``, ``ino`` (the object's inode number in the
 snapshot, masked to the backing inode for shadowfs browsers), ``xattrs``
@@ -49,13 +49,10 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowfs.diffarea.schema import KIND_OF_FMT, KINDS
 from shadowfs.documents import RangeError, validate_ranges
 from shadowfs.linux.confined import UnsafePath, check_name, check_rel_path
 
-KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
-                         "fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK,
-                         "sock": stat.S_IFSOCK}
-KIND_OF_FMT = {fmt: kind for kind, fmt in KINDS.items()}
 DATA_HOWS = ("full", "patch", "keep", "ref")
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

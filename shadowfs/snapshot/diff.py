@@ -23,15 +23,9 @@ from __future__ import annotations
 import stat
 from typing import Any
 
-from shadowfs.media.records import KIND_OF_FMT
-from shadowfs.snapshot.changes import (
-    ObjectChanges,
-    SnapshotReader,
-    Tree,
-    changed_ranges,
-    tree_at_new,
-    walk_tree,
-)
+from shadowfs.diffarea.schema import KIND_OF_FMT
+from shadowfs.snapshot.changes import ObjectChanges, Tree, changed_ranges, tree_at_new, walk_tree
+from shadowfs.snapshot.readers import SnapshotReader
 from shadowfs.snapshot.tree import Meta
 
 ATTRIBUTES = ("mode", "uid", "gid", "size", "mtime_ns", "ctime_ns", "nlink", "rdev", "xattrs", "target")

@@ -6,13 +6,13 @@ sorted (so parents come before children and the first path of a hard-link
 group comes first), through directory descriptors opened with O_NOFOLLOW; a
 symlink is recorded, never entered or followed. `SparseReader` reads a regular
 file's bytes (any `ByteSource`: a file of the tree opened lazily, `PathSource`,
-or a snapshot's file by inode, `changes.ViewSource`) as data extents: holes
+or a snapshot's file by inode, `readers.ViewSource`) as data extents: holes
 (SEEK_HOLE where the filesystem knows them, and every 4 KiB block of zeros) are
 skipped, so sparse files stay sparse on the media and after a restore.
 
 Invariants:
 - Inode numbers are recorded masked to 32 bits: in the snapshot browser the
-  low 32 bits of st_ino are the backing inode (`browserfs.snapshot_node`), the
+  low 32 bits of st_ino are the backing inode (`browser.nodes.snapshot_node`), the
   identity the diff area uses; on ext4 backing trees the mask changes nothing.
 - Names hidden at the root (``.shadowfs`` of a backing directory) are never
   visited.
@@ -28,9 +28,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
+from shadowfs.diffarea.schema import KIND_OF_FMT
 from shadowfs.linux.confined import DIR_FLAGS, Confined, at_path, join
 from shadowfs.linux.syscalls import data_regions
-from shadowfs.media.records import KIND_OF_FMT
 
 INO_MASK = 0xFFFFFFFF
 READ_CHUNK = 1 << 20
