@@ -1,8 +1,9 @@
 """The state directory: where it is, `volumes.json`, validation of names and paths, the daemon lock.
 
 One job: decide what a volume may be and remember the volumes durably. Nothing
-here starts processes or talks to sockets; `daemon.py` calls in here and turns
-`ConfigError` into error replies.
+here starts processes or talks to sockets; the daemon calls in here and sends
+a `ConfigError` (`shadowfs.errors`, re-exported here) back as an error reply of
+kind "invalid".
 
 Layout of a state directory:
 
@@ -35,6 +36,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from shadowfs.errors import ConfigError, DaemonRunning
 from shadowfs.linux import syscalls
 from shadowfs.linux.atomicfile import write_atomic
 
@@ -55,14 +57,6 @@ RESERVED_NAMES = frozenset({"by-time"})
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGTP](?:I?B)?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
-class ConfigError(ValueError):
-    """A bad name, path, size or state directory; the message says which and why."""
-
-
-class DaemonRunning(ConfigError):
-    """Another daemon holds the lock on this state directory."""
 
 
 # --- locations ----------------------------------------------------------------------------------
@@ -104,7 +98,7 @@ def snapshot_path(mount_root: str, set_id: str, volume: str) -> str:
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes from "1048576", "512M", "10G", "1.5G", "64KiB"; binary units. ValueError if bad."""
+    """Bytes from "1048576", "512M", "10G", "1.5G", "64KiB"; binary units. ConfigError if bad."""
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:

@@ -145,7 +145,7 @@ def test_other_users_are_refused(daemon: DaemonRun) -> None:
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
     os.waitpid(pid, 0)
-    assert json.loads(data) == {"id": 1, "ok": False, "error": "permission denied"}
+    assert json.loads(data) == {"id": 1, "ok": False, "error": "permission denied", "kind": "denied"}
 
 
 def test_stale_mounts_of_a_killed_daemon_are_cleaned_up(daemon: DaemonRun) -> None:

@@ -25,7 +25,9 @@ Invariants:
   daemon, which stops children in order: SIGTERM, then SIGKILL after
   `STOP_TIMEOUT`, then a lazy unmount of anything left at the child's mount path.
 
-Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
+Requests on `<state>/daemon.sock` (the frame's own "id" is the request id; a
+refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
+`shadowfs.errors` class, e.g. "invalid", "refused", "set_aborted"):
 
     {"op": "volume_add", "name", "backing", "mount": PATH|null, "max_diff_area_bytes": N|"10G"|null}
         -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created}}
@@ -62,6 +64,7 @@ import trio
 import shadowfs
 from shadowfs import statedir
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
+from shadowfs.errors import AccessDenied, ChildFailed, IOFailed, SetAborted, ShadowfsError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import mounts
@@ -71,7 +74,7 @@ from shadowfs.service.connection import BoundedChannel
 from shadowfs.service.core import Service
 from shadowfs.statedir import ConfigError, Volume, VolumeTable
 
-log = logging.getLogger("shadowfs.daemon")
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
 HOLD_TIMEOUT = 10.0
@@ -82,10 +85,6 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 DISCONNECT_TIMEOUT = 60.0
-
-
-class ChildFailed(Exception):
-    """A child process could not be started or did not become ready."""
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -502,7 +501,7 @@ class Daemon:
             with trio.move_on_after(1.0), contextlib.suppress(OSError, frames.ProtocolError,
                                                               trio.BrokenResourceError,
                                                               trio.ClosedResourceError):
-                await channel.send(frames.error_reply(None, f"malformed frame: {exc}"))
+                await channel.send(frames.error_reply(None, f"malformed frame: {exc}", exc.kind))
         except OSError as exc:
             log.debug("client pid %d: %s", pid, exc)
         except Exception:
@@ -516,10 +515,13 @@ class Daemon:
     @staticmethod
     async def _deny(_request: frames.Frame, fds: list[int]) -> frames.Frame:
         frames.close_fds(fds)
-        raise frames.RequestError("permission denied")
+        raise AccessDenied("permission denied")
 
     async def _request(self, client: Any, request: frames.Frame,
                        fds: list[int]) -> frames.Frame | tuple[frames.Frame, list[int]]:
+        """Carry out one client request. Its errors reach the client with their own kind (a
+        ConfigError as "invalid", an aborted set as "set_aborted"); a child that refused, failed or
+        went silent is the daemon's failure ("child_failed"), never "the daemon is unreachable"."""
         frames.close_fds(fds)
         op = request.get("op")
         try:
@@ -530,12 +532,13 @@ class Daemon:
                 raise frames.RequestError(f"unknown operation {op!r}")
             protocol.check_protocol(request)
             return await handler(request)
-        except (ConfigError, ChildFailed, DiffAreaError, frames.RemoteError, frames.CallTimeout,
-                frames.ChannelClosed) as exc:
-            raise frames.RequestError(str(exc)) from exc
+        except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed) as exc:
+            raise ChildFailed(str(exc)) from exc
+        except ShadowfsError:
+            raise
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
-            raise frames.RequestError(f"{op}:{where} {exc.strerror or exc}") from exc
+            raise IOFailed(f"{op}:{where} {exc.strerror or exc}") from exc
 
     # ---- listing -------------------------------------------------------------------------------
 
@@ -725,7 +728,7 @@ class Daemon:
                                          "created": created, "release": True}, HOLD_TIMEOUT, "commit",
                     taken.note_commit)
             if errors:
-                raise frames.RequestError("snapshot set aborted: " + "; ".join(errors))
+                raise SetAborted("snapshot set aborted: " + "; ".join(errors))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._undo(channels, taken.seqs)

@@ -29,14 +29,12 @@ import re
 import stat
 from collections import OrderedDict
 
+from shadowfs.errors import UnsafePath as UnsafePath
+
 NAME_MAX = 255
 PATH_MAX = 4096
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafePath(ValueError):
-    """A path that would leave its tree or go through something that is not a directory."""
 
 
 def check_name(name: str) -> None:

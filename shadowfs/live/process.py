@@ -51,20 +51,17 @@ from shadowfs.capture.engine import remove_from_graveyard
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.diffarea.schema import SnapshotRecord
+from shadowfs.errors import StartupError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import mounts, syscalls
 from shadowfs.live.ops import CACHE_TIMEOUT, IN_PLACE_CACHE_TIMEOUT, LiveOperations, run_job
 
-log = logging.getLogger("shadowfs.live.process")
+log = logging.getLogger(__name__)
 
 MOUNT_PROBE_TIMEOUT = 30.0
 DEFAULT_HOLD_TIMEOUT = 10.0
 MAX_FUSE_TASKS = 512  # requests parked at a held gate must not starve reads
-
-
-class StartupError(Exception):
-    """The mount process cannot start (the message says why)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
