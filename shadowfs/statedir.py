@@ -3,7 +3,8 @@
 One job: decide what a volume may be and remember the volumes durably. Nothing
 here starts processes or talks to sockets; the daemon calls in here and sends
 a `ConfigError` (`shadowfs.errors`, re-exported here) back as an error reply of
-kind "invalid".
+kind "invalid". `is_within` and `utc_now` live here, low enough for every
+module that needs them.
 
 Layout of a state directory:
 
@@ -32,9 +33,9 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from shadowfs.errors import ConfigError, DaemonRunning
 from shadowfs.linux import syscalls
@@ -112,14 +113,15 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def format_size(value: int) -> str:
-    """Short human form: 1536 -> "1.5K", 10737418240 -> "10G"."""
+def format_size(value: float) -> str:
+    """Short human form with binary units, the one every size the CLI prints has: 1536 -> "1.5K",
+    10737418240 -> "10G", 12 -> "12B"."""
     for unit in ("P", "T", "G", "M", "K"):
         scale = _UNITS[unit]
         if value >= scale:
             shown = f"{value / scale:.1f}".removesuffix(".0")
             return f"{shown}{unit}"
-    return f"{value}B"
+    return f"{int(value)}B"
 
 
 def check_diff_area_size(value: int) -> int:
@@ -158,7 +160,8 @@ def validate_volume_name(name: str) -> str:
 
 
 def is_within(path: str, root: str) -> bool:
-    """True if `path` is `root` or below it (both absolute, normalised)."""
+    """True if `path` is `root` or below it (both absolute, normalised); a plain string test, no
+    file system access."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -202,9 +205,11 @@ class Volume:
             raise ConfigError(f"malformed volume entry in {VOLUMES_FILE}: {obj!r}") from exc
 
 
-def utc_now() -> str:
-    """UTC ISO 8601 with seconds precision and a 'Z'."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_now(timespec: Literal["seconds", "microseconds"] = "seconds") -> str:
+    """The time now, UTC ISO 8601 with a 'Z': `2026-11-21T20:43:52Z` (volumes, snapshot sets, writers'
+    records; the requester reads it back to the second), or with `timespec="microseconds"`
+    `2026-11-21T20:43:52.123456Z` (an image's `created`, which orders images of the same second)."""
+    return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 # --- the volume table ---------------------------------------------------------------------------
