@@ -46,6 +46,13 @@ Rules (seeds 001, 002, 003):
 - restore: directed targets with `file=` ranges are refused; source ranges
   must lie inside the backed-up source file and pair with the destination
   ranges; everything is checked before the image it belongs to is written.
+
+Errors (`shadowfs.errors`): `BackupRefused` (exit 2) for a job refused before it
+starts (an unknown type or volume, no base image, new targets without writers),
+`BackupJobError` (exit 1) for what fails on the way (a writer's answer, bad
+ranges, unreadable documents); the requester's errors pass through as they are,
+so a daemon that is not running stays "unreachable" (exit 3) for the CLI.
+This module never imports the CLI.
 """
 
 from __future__ import annotations
@@ -61,7 +68,6 @@ from typing import Any
 from shadowfs import statedir
 from shadowfs.backup.engine import HIDDEN, Documents, Progress, VolumePlan, backup
 from shadowfs.backup.fileset import ComponentFiles, Spec, build_file_sets, spec_covers, specs_for_type
-from shadowfs.cli.main import CliError, request_fds
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.documents import (
     BackupComponents as BackupComponentsDocument,
@@ -83,8 +89,10 @@ from shadowfs.documents import (
     read_ranges_fd,
 )
 from shadowfs.documents.rules import full_path
+from shadowfs.errors import BackupJobError, BackupRefused, ShadowfsError
+from shadowfs.ipc.client import request_fds
 from shadowfs.ipc.frames import close_fds
-from shadowfs.media import Image, MediaError, find_base, open_image
+from shadowfs.media import Image, find_base, open_image
 from shadowfs.media.reader import chain_images
 from shadowfs.media.state import ChainState
 from shadowfs.restore.engine import Directed, ImageSteps, Relocation, RestoreError, RestoreResult, restore
@@ -93,22 +101,14 @@ from shadowfs.snapshot.tree import SourceTree
 from shadowfs.snapshot.view import LiveObjects, SnapshotView
 from shadowfs.vss.requester import RequesterError, SyncBackupComponents
 
-log = logging.getLogger("shadowfs.backupjob")
+log = logging.getLogger(__name__)
 
 UNCOUNTED = "\0uncounted\0"   # prefix of pseudo components: files only uncounted specs name
 _TYPES = {"full": BackupType.FULL, "incremental": BackupType.INCREMENTAL,
           "differential": BackupType.DIFFERENTIAL, "log": BackupType.LOG, "copy": BackupType.COPY}
 
 
-class BackupJobError(MediaError):
-    """A backup or restore job was refused or failed (writers' documents, ranges, the daemon)."""
-
-
 # ---- paths ---------------------------------------------------------------------------------------
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def locate(path: str, roots: Mapping[str, str]) -> tuple[str, str] | None:
@@ -117,7 +117,7 @@ def locate(path: str, roots: Mapping[str, str]) -> tuple[str, str] | None:
     best: tuple[str, str] | None = None
     for volume, root in roots.items():
         root = os.path.normpath(root)
-        if _within(path, root) and (best is None or len(root) > len(roots[best[0]])):
+        if statedir.is_within(path, root) and (best is None or len(root) > len(roots[best[0]])):
             best = (volume, path[len(root):].lstrip("/"))
     return best
 
@@ -403,7 +403,7 @@ def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> cha
     does not hand out the backing directory, or opening by inode is not allowed: not root)."""
     try:
         reply, fds = request_fds(state_dir, {"op": "volume_backing", "name": volume})
-    except CliError as exc:
+    except ShadowfsError as exc:
         log.info("volume %s: reading the snapshot through the browser (%s)", volume, exc)
         return None
     if len(fds) != 1 or reply.get("volume") != volume:
@@ -461,24 +461,19 @@ def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: 
     `direct` False, every byte comes through the snapshot browser."""
     wanted = _TYPES.get(backup_type)
     if wanted is None:
-        raise BackupJobError(f"unknown backup type {backup_type!r}")
+        raise BackupRefused(f"unknown backup type {backup_type!r}")
     base: Image | None = None
     if backup_type in ("incremental", "differential", "log"):
         base = open_image(media, base_id) if base_id else find_base(media, backup_type, list(volumes))
         if base is None:
-            raise BackupJobError(f"no base image on {media} for a {backup_type} backup of "
+            raise BackupRefused(f"no base image on {media} for a {backup_type} backup of "
                                  f"{', '.join(volumes)}: run a full backup first")
     chain_types = [] if base is None else [open_image(media, i).info.type for i in base.info.chain] \
         + [base.info.type]
-    try:
-        bc = SyncBackupComponents(state_dir)
-    except RequesterError as exc:
-        raise BackupJobError(str(exc)) from None
+    bc = SyncBackupComponents(state_dir)
     try:
         return _backup(bc, state_dir, media, list(volumes), wanted, base, chain_types, keep_snapshot,
                        with_writers, progress, direct)
-    except RequesterError as exc:
-        raise BackupJobError(str(exc)) from None
     finally:
         bc.close()
 
@@ -489,7 +484,7 @@ def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: Bac
     known = {v["name"]: v for v in bc.volumes()}
     missing = [v for v in volumes if v not in known]
     if missing:
-        raise BackupJobError(f"no volume {', '.join(missing)}")
+        raise BackupRefused(f"no volume {', '.join(missing)}")
     roots = {v: known[v]["mount"] for v in volumes}
     if with_writers:
         context = SnapshotContext.CLIENT_ACCESSIBLE_WRITERS if keep_snapshot else SnapshotContext.BACKUP
@@ -692,7 +687,8 @@ class _WriterRestore:
                 specs = list(found.all_file_specs)
                 for sub in wmd.subcomponents(found):
                     specs.extend(sub.all_file_specs)
-                return any(_within(os.path.normpath(s.path), os.path.normpath(root)) for s in specs)
+                return any(statedir.is_within(os.path.normpath(s.path), os.path.normpath(root))
+                           for s in specs)
         return False
 
     def _steps(self, image: Image, roots: Mapping[str, str], state: ChainState) -> ImageSteps:
@@ -753,13 +749,10 @@ def run_restore(state_dir: str | None, media: str, image_id: str, to: str | None
     chain = chain_images(media, image_id)
     uses_writers = with_writers and any(image.info.bcd is not None for image in chain)
     if new_targets and not uses_writers:
-        raise BackupJobError("new targets need the writers of the image (it has no writer components)")
+        raise BackupRefused("new targets need the writers of the image (it has no writer components)")
     if not uses_writers:
         return restore(media, image_id, to, targets=targets, volumes=volumes, progress=progress), []
-    try:
-        bc = SyncBackupComponents(state_dir)
-    except RequesterError as exc:
-        raise BackupJobError(str(exc)) from None
+    bc = SyncBackupComponents(state_dir)
     try:
         bc.set_context(SnapshotContext.BACKUP)
         registered = set(bc.gather_writer_metadata())
@@ -768,11 +761,11 @@ def run_restore(state_dir: str | None, media: str, image_id: str, to: str | None
                          hooks=hooks)
         result.warnings.extend(hooks.warnings)
         return result, hooks.failures
-    except (RequesterError, DocumentError) as exc:
+    except DocumentError as exc:
         raise BackupJobError(str(exc)) from None
     finally:
         bc.close()
 
 
-__all__ = ["BackupJobError", "BackupOutcome", "RestoreError", "build_plans", "effective_type", "locate",
-           "run_backup", "run_restore", "select_components"]
+__all__ = ["BackupJobError", "BackupOutcome", "BackupRefused", "RestoreError", "build_plans",
+           "effective_type", "locate", "run_backup", "run_restore", "select_components"]
