@@ -277,7 +277,7 @@ def test_cli_snapshot_create_with_writers_and_contexts(daemon: DaemonRun, writer
     for bad, message in ((["--context", "backup"], "is auto-release"),
                          (["--context", "client_accessible", "--writers"], "does not involve writers")):
         result = daemon.cli("snapshot", "create", "a", *bad, check=False)
-        assert result.returncode == 1 and message in result.stderr
+        assert result.returncode == 2 and message in result.stderr
     table = daemon.cli("writers").stdout
     assert "here" in table and "stable" in table
 

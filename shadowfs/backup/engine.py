@@ -36,7 +36,6 @@ import stat
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from shadowfs.linux.confined import split_parent
@@ -50,6 +49,7 @@ from shadowfs.media.stateindex import StateIndex, VolumeIndex
 from shadowfs.snapshot.changes import ObjectChanges, captured_ranges, tree_at_new, tree_delta, tree_from_map
 from shadowfs.snapshot.readers import PathReader, SnapshotReader
 from shadowfs.snapshot.tree import ByteSource, Meta, SourceTree, SparseReader
+from shadowfs.statedir import utc_now
 
 HIDDEN = (".shadowfs",)
 Progress = Callable[[dict[str, Any]], None]
@@ -85,10 +85,6 @@ class Documents:
 
 # (volume, path, component, writer, message): a component file could not be read; the record is left out
 FailureSink = Callable[[str, str, str, str, str], None]
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def path_key(path: str) -> list[str]:
@@ -241,7 +237,7 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
         if base_index is None:
             chain = fold_chain(media, base.info.chain + [base.id])
             base_index = stateindex.from_chain(chain)
-    info = ImageInfo(id=layout.new_image_id(), created=utc_now(), type=type, set_id=set_id,
+    info = ImageInfo(id=layout.new_image_id(), created=utc_now("microseconds"), type=type, set_id=set_id,
                      volumes=[{"name": v, "source": os.path.abspath(sources[v]),
                                **(volume_info or {}).get(v, {})} for v in volumes],
                      base=None if base is None else base.id,

@@ -30,6 +30,12 @@ Invariants:
   directory and opening by inode is allowed; otherwise every byte comes
   through the snapshot browser. Every diff area and descriptor opened for it
   is closed when the image is done.
+
+Errors (`shadowfs.errors`): `BackupRefused` (exit 2) for a job refused before it
+starts (an unknown type or volume, no base image), `BackupJobError` (exit 1)
+for what fails on the way (a writer's answer, bad ranges, unreadable
+documents); the requester's errors pass through as they are, so a daemon that
+is not running stays "unreachable" (exit 3) for the CLI. No CLI import here.
 """
 
 from __future__ import annotations
@@ -52,7 +58,6 @@ from shadowfs.backup.plan import (
     locate,
     select_components,
 )
-from shadowfs.cli.main import CliError, request_fds
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.documents import (
     BackupComponents as BackupComponentsDocument,
@@ -63,6 +68,8 @@ from shadowfs.documents import (
     SnapshotContext,
     WriterMetadata,
 )
+from shadowfs.errors import BackupRefused, ShadowfsError
+from shadowfs.ipc.client import request_fds
 from shadowfs.ipc.frames import close_fds
 from shadowfs.media import Image, find_base, open_image
 from shadowfs.snapshot import changes
@@ -124,7 +131,7 @@ def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> Vie
     does not hand out the backing directory, or opening by inode is not allowed: not root)."""
     try:
         reply, fds = request_fds(state_dir, {"op": "volume_backing", "name": volume})
-    except CliError as exc:
+    except ShadowfsError as exc:
         log.info("volume %s: reading the snapshot through the browser (%s)", volume, exc)
         return None
     if len(fds) != 1 or reply.get("volume") != volume:
@@ -172,24 +179,19 @@ def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: 
     `direct` False, every byte comes through the snapshot browser."""
     wanted = _TYPES.get(backup_type)
     if wanted is None:
-        raise BackupJobError(f"unknown backup type {backup_type!r}")
+        raise BackupRefused(f"unknown backup type {backup_type!r}")
     base: Image | None = None
     if backup_type in ("incremental", "differential", "log"):
         base = open_image(media, base_id) if base_id else find_base(media, backup_type, list(volumes))
         if base is None:
-            raise BackupJobError(f"no base image on {media} for a {backup_type} backup of "
+            raise BackupRefused(f"no base image on {media} for a {backup_type} backup of "
                                  f"{', '.join(volumes)}: run a full backup first")
     chain_types = [] if base is None else [open_image(media, i).info.type for i in base.info.chain] \
         + [base.info.type]
-    try:
-        bc = SyncBackupComponents(state_dir)
-    except RequesterError as exc:
-        raise BackupJobError(str(exc)) from None
+    bc = SyncBackupComponents(state_dir)
     try:
         return _backup(bc, state_dir, media, list(volumes), wanted, base, chain_types, keep_snapshot,
                        with_writers, progress, direct)
-    except RequesterError as exc:
-        raise BackupJobError(str(exc)) from None
     finally:
         bc.close()
 
@@ -200,7 +202,7 @@ def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: Bac
     known = {v["name"]: v for v in bc.volumes()}
     missing = [v for v in volumes if v not in known]
     if missing:
-        raise BackupJobError(f"no volume {', '.join(missing)}")
+        raise BackupRefused(f"no volume {', '.join(missing)}")
     roots = {v: known[v]["mount"] for v in volumes}
     if with_writers:
         context = SnapshotContext.CLIENT_ACCESSIBLE_WRITERS if keep_snapshot else SnapshotContext.BACKUP
@@ -319,15 +321,4 @@ def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted
                          sorted(hints.changes), planned.warnings, sorted(hints.readers))
 
 
-def __getattr__(name: str) -> Any:
-    """`run_restore` moved to `shadowfs.restore.job`; cli/backup_cmds.py still imports it from here.
-
-    Looked up only when asked for, so that this module never imports the restore side."""
-    if name == "run_restore":
-        from shadowfs.restore.job import run_restore
-
-        return run_restore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["BackupJobError", "BackupOutcome", "run_backup"]
+__all__ = ["BackupJobError", "BackupOutcome", "BackupRefused", "run_backup"]

@@ -46,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowfs import statedir
 from shadowfs.backup.engine import HIDDEN, VolumePlan
 from shadowfs.backup.fileset import ComponentFiles, Spec, build_file_sets, spec_covers, specs_for_type
 from shadowfs.documents import (
@@ -63,22 +64,14 @@ from shadowfs.documents import (
     read_ranges_fd,
 )
 from shadowfs.documents.rules import full_path
-from shadowfs.media import Image, MediaError
+from shadowfs.errors import BackupJobError
+from shadowfs.media import Image
 from shadowfs.snapshot.tree import SourceTree
 
 UNCOUNTED = "\0uncounted\0"   # prefix of pseudo components: files only uncounted specs name
 
 
-class BackupJobError(MediaError):
-    """A backup or restore job was refused or failed (writers' documents, ranges, the daemon)."""
-
-
 # ---- paths ---------------------------------------------------------------------------------------
-
-
-def within(path: str, root: str) -> bool:
-    """Whether `path` is `root` or lies below it (both normalized)."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def locate(path: str, roots: Mapping[str, str]) -> tuple[str, str] | None:
@@ -87,7 +80,7 @@ def locate(path: str, roots: Mapping[str, str]) -> tuple[str, str] | None:
     best: tuple[str, str] | None = None
     for volume, root in roots.items():
         root = os.path.normpath(root)
-        if within(path, root) and (best is None or len(root) > len(roots[best[0]])):
+        if statedir.is_within(path, root) and (best is None or len(root) > len(roots[best[0]])):
             best = (volume, path[len(root):].lstrip("/"))
     return best
 
@@ -334,4 +327,4 @@ def base_document(base: Image | None) -> BackupComponentsDocument | None:
 
 
 __all__ = ["BackupJobError", "Chosen", "Planned", "base_document", "build_plans", "effective_type", "locate",
-           "select_components", "within"]
+           "select_components"]

@@ -6,12 +6,10 @@ Data flow (design §3.1)::
           │ (waits for the commit)                         (group commit, one fsync)
           └──apply one call──▶ backing directory   (graveyard: when a last name goes)
 
-| module | job |
-|---|---|
-| `planner` | does this change need a pre-image, and which? (cache, read transactions only) |
-| `engine` | the write rule: stores each needed pre-image inside a committer transaction |
-| `committer` | group commits: one thread, one LMDB write transaction for many jobs |
-| `graveyard` | objects a snapshot still sees keep a name after losing their last one |
+- `planner`: does this change need a pre-image, and which? (cache, read transactions only)
+- `engine`: the write rule: stores each needed pre-image inside a committer transaction
+- `committer`: group commits: one thread, one LMDB write transaction for many jobs
+- `graveyard`: objects a snapshot still sees keep a name after losing their last one
 
 No pyfuse3, no trio: the live mount and the core tests drive the same code.
 """

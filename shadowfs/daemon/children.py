@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 import shadowfs
+from shadowfs.errors import ChildFailed
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import mounts
@@ -47,10 +48,6 @@ STOP_TIMEOUT = 10.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
-
-
-class ChildFailed(Exception):
-    """A child process could not be started or did not become ready."""
 
 
 async def wait_any(*waits: Callable[[], Awaitable[object]]) -> None:

@@ -28,7 +28,9 @@ Invariants:
   `children.STOP_TIMEOUT`, then a lazy unmount of anything left at the
   child's mount path.
 
-Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
+Requests on `<state>/daemon.sock` (the frame's own "id" is the request id; a
+refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
+`shadowfs.errors` class, e.g. "invalid", "refused", "set_aborted"):
 
     {"op": "volume_add", "name", "backing", "mount": PATH|null, "max_diff_area_bytes": N|"10G"|null}
         -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created}}
@@ -64,9 +66,10 @@ import trio
 
 import shadowfs
 from shadowfs import statedir
-from shadowfs.daemon.children import CALL_TIMEOUT, Child, ChildFailed
+from shadowfs.daemon.children import CALL_TIMEOUT, Child
 from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
+from shadowfs.errors import AccessDenied, ChildFailed, IOFailed, ShadowfsError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import mounts
@@ -298,7 +301,7 @@ class Daemon:
             with trio.move_on_after(1.0), contextlib.suppress(OSError, frames.ProtocolError,
                                                               trio.BrokenResourceError,
                                                               trio.ClosedResourceError):
-                await channel.send(frames.error_reply(None, f"malformed frame: {exc}"))
+                await channel.send(frames.error_reply(None, f"malformed frame: {exc}", exc.kind))
         except OSError as exc:
             log.debug("client pid %d: %s", pid, exc)
         except Exception:
@@ -312,10 +315,13 @@ class Daemon:
     @staticmethod
     async def _deny(_request: frames.Frame, fds: list[int]) -> frames.Frame:
         frames.close_fds(fds)
-        raise frames.RequestError("permission denied")
+        raise AccessDenied("permission denied")
 
     async def _request(self, client: Any, request: frames.Frame,
                        fds: list[int]) -> frames.Frame | tuple[frames.Frame, list[int]]:
+        """Carry out one client request. Its errors reach the client with their own kind (a
+        ConfigError as "invalid", an aborted set as "set_aborted"); a child that refused, failed or
+        went silent is the daemon's failure ("child_failed"), never "the daemon is unreachable"."""
         frames.close_fds(fds)
         op = request.get("op")
         try:
@@ -326,12 +332,13 @@ class Daemon:
                 raise frames.RequestError(f"unknown operation {op!r}")
             protocol.check_protocol(request)
             return await handler(request)
-        except (ConfigError, ChildFailed, DiffAreaError, frames.RemoteError, frames.CallTimeout,
-                frames.ChannelClosed) as exc:
-            raise frames.RequestError(str(exc)) from exc
+        except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed) as exc:
+            raise ChildFailed(str(exc)) from exc
+        except ShadowfsError:
+            raise
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
-            raise frames.RequestError(f"{op}:{where} {exc.strerror or exc}") from exc
+            raise IOFailed(f"{op}:{where} {exc.strerror or exc}") from exc
 
     # ---- listing -------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from shadowfs.daemon.children import CALL_TIMEOUT
+from shadowfs.errors import SetAborted
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.service.broker import TakenSet
@@ -101,7 +102,7 @@ class SetCoordinator:
                                          "created": created, "release": True}, HOLD_TIMEOUT, "commit",
                     taken.note_commit)
             if errors:
-                raise frames.RequestError("snapshot set aborted: " + "; ".join(errors))
+                raise SetAborted("snapshot set aborted: " + "; ".join(errors))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._undo(channels, taken.seqs)

@@ -32,13 +32,10 @@ import lmdb
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.blockstore import BlockStore, aligned_end
 from shadowfs.diffarea.schema import AttrRecord, BlockRef, DirentRecord, SnapshotRecord
+from shadowfs.errors import DiffAreaError as DiffAreaError
 
 MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
 MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks may cover
-
-
-class DiffAreaError(Exception):
-    """The diff area cannot be opened or used as asked (message says why)."""
 
 
 class DiffArea:

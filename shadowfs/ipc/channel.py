@@ -2,11 +2,22 @@
 
 One job: a trio frame channel over one connected Unix stream socket, with
 requests, replies and events dispatched (`Channel.run`). The wire format and
-the blocking API live in `shadowfs.frames` (no trio) and are re-exported here.
+the blocking API live in `shadowfs.ipc.frames` (no trio) and are re-exported here.
 
 Request/reply convention (ARCHITECTURE.md): a request carries an integer-or-string
 `"id"`; its reply carries the same id and `"ok": true` plus fields, or
-`"ok": false, "error": "<one line>"`. A frame without an id is an event.
+`"ok": false, "error": "<one line>", "kind": "<error kind>"`. A frame without an
+id is an event.
+
+Invariants:
+- A handler that raises a `ShadowfsError` gets an error reply with the error's
+  message and kind, no traceback; anything else is logged with its traceback
+  and answered with kind "internal".
+- `call` raises `RemoteError` (its `.kind` set from the reply) for every error
+  reply, whatever the kind: the peers of a channel (mount processes, the
+  browser, writers) are answered alike, and a peer cannot make the caller
+  raise some other class. Clients of the daemon that want the class back use
+  `errors.from_wire` (`shadowfs.ipc.client` does).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Any
 
 import trio
 
+from shadowfs.errors import ShadowfsError
 from shadowfs.ipc.frames import (
     ANC_SIZE,
     MAX_FDS,
@@ -154,7 +166,9 @@ class Channel:
         assert pending.reply is not None
         if not pending.reply.get("ok", False):
             close_fds(pending.fds)
-            raise RemoteError(str(pending.reply.get("error", "request failed")))
+            kind = pending.reply.get("kind")
+            raise RemoteError(str(pending.reply.get("error", "request failed")),
+                              kind if isinstance(kind, str) else None)
         return pending.reply, pending.fds
 
     async def run(self, on_event: EventHandler | None = None, on_request: RequestHandler | None = None,
@@ -196,7 +210,8 @@ class Channel:
         elif "op" in obj:
             if on_request is None:
                 close_fds(fds)
-                await self._reply(error_reply(request_id, f"unexpected request {obj.get('op')!r}"))
+                await self._reply(error_reply(request_id, f"unexpected request {obj.get('op')!r}",
+                                              RequestError.kind))
             else:
                 nursery.start_soon(self._serve_one, on_request, obj, fds)
         elif (pending := self._pending.get(request_id)) is not None and not pending.done.is_set():
@@ -216,18 +231,18 @@ class Channel:
             else:
                 reply = result
             reply = {**reply, "id": request_id, "ok": True}
-        except RequestError as exc:
-            reply = error_reply(request_id, str(exc))
+        except ShadowfsError as exc:
+            reply = error_reply(request_id, str(exc), exc.kind)
         except Exception as exc:
             log.exception("request %r failed", request.get("op"))
-            reply = error_reply(request_id, f"{type(exc).__name__}: {exc}")
+            reply = error_reply(request_id, f"{type(exc).__name__}: {exc}", "internal")
         await self._reply(reply, reply_fds)
 
     async def _reply(self, reply: Frame, fds: Sequence[int] = ()) -> None:
         try:
             await self.send(reply, fds)
         except ProtocolError as exc:
-            await self.send(error_reply(reply.get("id"), f"reply could not be sent: {exc}"))
+            await self.send(error_reply(reply.get("id"), f"reply could not be sent: {exc}", exc.kind))
         except (ChannelClosed, BrokenPipeError, ConnectionResetError, trio.ClosedResourceError):
             log.debug("peer went away before reply %r", reply.get("id"))
 

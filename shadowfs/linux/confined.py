@@ -28,16 +28,13 @@ import os
 import re
 import stat
 
+from shadowfs.errors import UnsafePath as UnsafePath
 from shadowfs.linux.fdcache import DescriptorCache
 
 NAME_MAX = 255
 PATH_MAX = 4096
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafePath(ValueError):
-    """A path that would leave its tree or go through something that is not a directory."""
 
 
 def check_name(name: str) -> None:

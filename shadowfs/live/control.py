@@ -44,6 +44,7 @@ from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.diffarea.schema import SnapshotRecord
+from shadowfs.errors import StartupError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.linux import syscalls
@@ -54,10 +55,6 @@ log = logging.getLogger(__name__)
 
 MOUNT_PROBE_TIMEOUT = 30.0
 DEFAULT_HOLD_TIMEOUT = 10.0
-
-
-class StartupError(Exception):
-    """The mount process cannot start (the message says why)."""
 
 
 class MountService:

@@ -28,15 +28,14 @@ import trio
 from shadowfs import fuse_adapter
 from shadowfs.capture.graveyard import prepare_graveyard
 from shadowfs.diffarea.schema import GRAVEYARD, HIDDEN_DIR
+from shadowfs.errors import StartupError
 from shadowfs.linux import mounts, syscalls
-from shadowfs.live.control import MountService, StartupError
+from shadowfs.live.control import MountService
 from shadowfs.live.ops import CACHE_TIMEOUT, IN_PLACE_CACHE_TIMEOUT, LiveOperations
 
 log = logging.getLogger(__name__)
 
 MAX_FUSE_TASKS = 512  # requests parked at a held gate must not starve reads
-
-__all__ = ["StartupError", "main", "parse_args", "run"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -51,6 +51,7 @@ from typing import Any
 
 from shadowfs.diffarea.schema import KIND_OF_FMT, KINDS
 from shadowfs.documents import RangeError, validate_ranges
+from shadowfs.errors import RecordError as RecordError
 from shadowfs.linux.confined import UnsafePath, check_name, check_rel_path
 
 DATA_HOWS = ("full", "patch", "keep", "ref")
@@ -62,10 +63,6 @@ U64 = 1 << 64
 I64 = 1 << 63
 MAX_XATTR_VALUE = 1 << 16
 MAX_PACK = 1 << 20
-
-
-class RecordError(ValueError):
-    """A manifest record is malformed; the message names the field and the rule."""
 
 
 def kind_of_mode(mode: int) -> str:

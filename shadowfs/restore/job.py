@@ -31,7 +31,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from shadowfs.backup.plan import BackupJobError, base_document, locate, within
+from shadowfs import statedir
+from shadowfs.backup.plan import base_document, locate
 from shadowfs.documents import (
     BackupSchema,
     ComponentState,
@@ -45,11 +46,12 @@ from shadowfs.documents import (
     parse_range_string,
     ranges_file_path,
 )
+from shadowfs.errors import BackupJobError, BackupRefused
 from shadowfs.media import Image
 from shadowfs.media.reader import chain_images
 from shadowfs.media.state import ChainState
 from shadowfs.restore.engine import Directed, ImageSteps, Relocation, RestoreResult, restore
-from shadowfs.vss.requester import RequesterError, SyncBackupComponents
+from shadowfs.vss.requester import SyncBackupComponents
 
 
 class _WriterRestore:
@@ -133,7 +135,8 @@ class _WriterRestore:
                 specs = list(found.all_file_specs)
                 for sub in wmd.subcomponents(found):
                     specs.extend(sub.all_file_specs)
-                return any(within(os.path.normpath(s.path), os.path.normpath(root)) for s in specs)
+                return any(statedir.is_within(os.path.normpath(s.path), os.path.normpath(root))
+                           for s in specs)
         return False
 
     def _steps(self, image: Image, roots: Mapping[str, str], state: ChainState) -> ImageSteps:
@@ -194,13 +197,10 @@ def run_restore(state_dir: str | None, media: str, image_id: str, to: str | None
     chain = chain_images(media, image_id)
     uses_writers = with_writers and any(image.info.bcd is not None for image in chain)
     if new_targets and not uses_writers:
-        raise BackupJobError("new targets need the writers of the image (it has no writer components)")
+        raise BackupRefused("new targets need the writers of the image (it has no writer components)")
     if not uses_writers:
         return restore(media, image_id, to, targets=targets, volumes=volumes, progress=progress), []
-    try:
-        bc = SyncBackupComponents(state_dir)
-    except RequesterError as exc:
-        raise BackupJobError(str(exc)) from None
+    bc = SyncBackupComponents(state_dir)
     try:
         bc.set_context(SnapshotContext.BACKUP)
         registered = set(bc.gather_writer_metadata())
@@ -209,7 +209,7 @@ def run_restore(state_dir: str | None, media: str, image_id: str, to: str | None
                          hooks=hooks)
         result.warnings.extend(hooks.warnings)
         return result, hooks.failures
-    except (RequesterError, DocumentError) as exc:
+    except DocumentError as exc:
         raise BackupJobError(str(exc)) from None
     finally:
         bc.close()

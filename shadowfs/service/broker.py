@@ -20,7 +20,9 @@ Invariants:
   PrepareForSnapshot either thawed (Thaw succeeded) or sent Abort, and with no
   snapshot of a failed set left: snapshots already committed are deleted.
   A failure at PostSnapshot leaves a whole, consistent set; the writer shows
-  `failed_at_post_snapshot`.
+  `failed_at_post_snapshot`. A set that was not made is refused with
+  `SetAborted` (error kind "set_aborted"), which requesters tell apart by its
+  kind, never by its message.
 - Writers that did not answer (timeout, gone) get their Abort in the
   background, so the requester hears of the abort within the freeze timeout.
 - A writer takes part in one sequence at a time: a session claims it at
@@ -43,13 +45,14 @@ import trio
 
 from shadowfs import statedir
 from shadowfs.documents.enums import BackupType, SnapshotContext, WriterFailure
+from shadowfs.errors import SetAborted
 from shadowfs.ipc import frames
 from shadowfs.service import protocol
 from shadowfs.service.protocol import Event
 from shadowfs.service.registry import Outcome, Registry, WriterRecord
 from shadowfs.service.setstore import SetStore
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class VolumeOps(Protocol):
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
-        """Hold all, then commit and release each; on failure nothing stays and RequestError is
+        """Hold all, then commit and release each; on failure nothing stays and SetAborted is
         raised."""
 
     async def delete_set(self, set_id: str) -> int:
@@ -136,10 +139,6 @@ class Session:
             if record.owner is self:
                 record.owner = None
             self.claimed.pop(record.identity.instance_id, None)
-
-
-class SetAborted(frames.RequestError):
-    """The snapshot set was not made; the message names every writer or volume that failed."""
 
 
 class Broker:

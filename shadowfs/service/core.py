@@ -26,7 +26,7 @@ from shadowfs.service.setstore import SetStore
 
 __all__ = ["BoundedChannel", "Connection", "Service", "VolumeOps"]
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 LEFTOVER_WAIT = 120.0
 

@@ -34,7 +34,7 @@ from shadowfs.ipc.channel import Channel
 from shadowfs.service import protocol
 from shadowfs.service.protocol import EVENT_STATES, KEEPS_FAILURE, Event
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 DEPARTED_KEPT = 32
 

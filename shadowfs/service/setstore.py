@@ -31,7 +31,7 @@ from shadowfs import statedir
 from shadowfs.documents.enums import SnapshotContext
 from shadowfs.service.protocol import context_attributes
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 SETS_FILE = "sets.json"
 VERSION = 1

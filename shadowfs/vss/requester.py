@@ -39,6 +39,11 @@ Invariants:
 - The session is the connection: closing it (or the process dying) ends the
   session on the daemon side, which deletes auto-release snapshot sets and
   sends BackupShutdown.
+- Every failure is a `RequesterError`, of the class that keeps what the
+  daemon meant (`_requester_error`): `RequesterRefused` for a refusal (here
+  or by the daemon), `DaemonUnavailable` when the daemon is not running or
+  was lost, `SnapshotSetAborted` for a set the daemon aborted (told by the
+  error's kind, "set_aborted", never by its message).
 """
 
 from __future__ import annotations
@@ -47,9 +52,8 @@ import dataclasses
 import datetime
 import functools
 import inspect
-import itertools
+import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -71,7 +75,20 @@ from shadowfs.documents import (
     WriterMetadata,
     WriterState,
 )
-from shadowfs.ipc import frames
+from shadowfs.errors import (
+    EXIT_REFUSED,
+    DaemonNotRunning,
+    DaemonUnavailable,
+    PeerUnreachable,
+    RequesterError,
+    RequesterRefused,
+    SetAborted,
+    ShadowfsError,
+    SnapshotSetAborted,
+    exit_code_of,
+    from_wire,
+)
+from shadowfs.ipc import client, frames
 from shadowfs.service import protocol
 
 if TYPE_CHECKING:
@@ -79,17 +96,30 @@ if TYPE_CHECKING:
 
     from shadowfs.ipc.channel import Channel
 
+log = logging.getLogger(__name__)
+
 CALL_TIMEOUT = 600.0
 WRITER_FIELDS = ("backup_stamp", "differenced_files", "partial_files", "directed_targets", "restore_target",
                  "pre_restore_failure_msg", "post_restore_failure_msg")
 
+__all__ = ["BackupComponents", "DaemonUnavailable", "RequesterError", "RequesterRefused",
+           "SnapshotProperties", "SnapshotSetAborted", "SyncBackupComponents", "WriterStatus"]
 
-class RequesterError(Exception):
-    """A requester call failed; the message says why (from the daemon where it came from there)."""
 
-
-class SnapshotSetAborted(RequesterError):
-    """`do_snapshot_set` failed: no snapshot of the set exists, every writer was thawed or aborted."""
+def _requester_error(exc: BaseException) -> RequesterError:
+    """The requester's error for a failure of the daemon or the connection, of the same meaning."""
+    if isinstance(exc, RequesterError):
+        return exc
+    if isinstance(exc, SetAborted):
+        return SnapshotSetAborted(str(exc))
+    if isinstance(exc, DaemonNotRunning):
+        return DaemonUnavailable(str(exc))
+    if isinstance(exc, PeerUnreachable | OSError):
+        return DaemonUnavailable(f"lost the shadowfs daemon: {exc}")
+    if isinstance(exc, ShadowfsError) and exit_code_of(exc) == EXIT_REFUSED:
+        return RequesterRefused(str(exc))
+    return RequesterError(f"lost the shadowfs daemon: {exc}" if isinstance(exc, frames.ProtocolError)
+                          else str(exc))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +183,7 @@ class BackupComponents:
         self.last_results: list[dict[str, Any]] = []
         self._volumes: dict[str, str] = {}   # volume name -> snapshot id (AddToSnapshotSet)
         self._channel: Channel | None = None
-        self._blocking: _BlockingSession | None = None
+        self._blocking: client.DaemonClient | None = None
         self._nursery_cm: Any = None
 
     # ---- connection ------------------------------------------------------------------------------
@@ -163,20 +193,16 @@ class BackupComponents:
 
         `async with BackupComponents() as bc:` does this with a nursery of its own.
         """
-        import trio  # here, not at the top: the blocking API never needs it
-
-        from shadowfs.ipc.channel import Channel
+        from shadowfs.ipc.channel import Channel  # here, not at the top: the blocking API never needs trio
 
         if self._channel is not None:
             return
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await sock.connect(statedir.socket_path(self.state_dir))
-        except OSError as exc:
-            sock.close()
-            raise RequesterError(f"shadowfs daemon is not running on state {self.state_dir} "
-                                 f"({exc.strerror or exc})") from None
-        self._channel = Channel(sock)
+            # a Unix socket connects at once (the daemon accepts from a backlog): fine in a trio task
+            sock = client.connect(self.state_dir)
+        except ShadowfsError as exc:
+            raise _requester_error(exc) from None
+        self._channel = Channel.from_socket(sock)
         await nursery.start(self._channel.run)
         await self._call({"op": "hello", "protocol": protocol.PROTOCOL, "role": "requester"})
 
@@ -215,19 +241,19 @@ class BackupComponents:
 
     async def _call(self, request: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         full = {"protocol": protocol.PROTOCOL, **request}
+        if self._blocking is None and self._channel is None:
+            raise RequesterRefused("not connected: use `async with BackupComponents() as bc:`")
         try:
             if self._blocking is not None:
                 reply = self._blocking.call(full, timeout)
-            elif self._channel is not None:
-                reply = await self._channel.call(full, timeout=timeout)
             else:
-                raise RequesterError("not connected: use `async with BackupComponents() as bc:`")
-        except frames.RemoteError as exc:
-            if str(exc).startswith("snapshot set aborted"):
-                raise SnapshotSetAborted(str(exc)) from None
-            raise RequesterError(str(exc)) from None
-        except (frames.ChannelClosed, frames.CallTimeout, frames.ProtocolError, OSError) as exc:
-            raise RequesterError(f"lost the shadowfs daemon: {exc}") from None
+                assert self._channel is not None
+                try:
+                    reply = await self._channel.call(full, timeout=timeout)
+                except frames.RemoteError as exc:  # the channel keeps the kind; the class comes back here
+                    raise from_wire(str(exc), exc.kind) from None
+        except (ShadowfsError, OSError) as exc:
+            raise _requester_error(exc) from None
         return {k: v for k, v in reply.items() if k not in ("id", "ok")}
 
     # ---- document-only calls -----------------------------------------------------------------------
@@ -362,12 +388,12 @@ class BackupComponents:
     async def add_to_snapshot_set(self, volume: str) -> str:
         """Add a volume (its name, or any path inside it) to the set; returns the snapshot id it will get."""
         if self.document.snapshot_set is None:
-            raise RequesterError("add_to_snapshot_set: call start_snapshot_set first")
+            raise RequesterRefused("add_to_snapshot_set: call start_snapshot_set first")
         name = await self._volume_name(volume)
         if name in self._volumes:
-            raise RequesterError(f"volume {name} is already in the snapshot set")
+            raise RequesterRefused(f"volume {name} is already in the snapshot set")
         if len(self._volumes) >= protocol.MAX_VOLUMES_PER_SET:
-            raise RequesterError(f"a snapshot set holds at most {protocol.MAX_VOLUMES_PER_SET} volumes")
+            raise RequesterRefused(f"a snapshot set holds at most {protocol.MAX_VOLUMES_PER_SET} volumes")
         self._volumes[name] = str(uuid.uuid4())
         return self._volumes[name]
 
@@ -392,7 +418,7 @@ class BackupComponents:
                 roots = (entry["mount"], entry["backing"])
                 if any(statedir.is_within(os.path.normpath(volume), root) for root in roots):
                     return str(entry["name"])
-        raise RequesterError(f"{volume!r} is not a shadowfs volume or a path inside one")
+        raise RequesterRefused(f"{volume!r} is not a shadowfs volume or a path inside one")
 
     def _writers(self, *, restore: bool = False) -> list[str]:
         """Instance ids of the writers with components in the BCD (for restore: selected for restore)."""
@@ -426,7 +452,7 @@ class BackupComponents:
 
         Raises SnapshotSetAborted when it could not be made (nothing of it then exists)."""
         if self.document.snapshot_set is None or not self._volumes:
-            raise RequesterError("do_snapshot_set: start_snapshot_set and add_to_snapshot_set first")
+            raise RequesterRefused("do_snapshot_set: start_snapshot_set and add_to_snapshot_set first")
         context = self.document.context
         request: dict[str, Any] = {
             "op": "snapshot_create", **self._fields(), "volumes": list(self._volumes),
@@ -455,7 +481,7 @@ class BackupComponents:
         """Properties of every snapshot the daemon has (VSS: Query)."""
         snapshots = (await self._call({"op": "snapshot_list"}))["snapshots"]
         set_ids = list(dict.fromkeys(s["set_id"] for s in snapshots))
-        result = []
+        result: list[SnapshotProperties] = []
         for set_id in set_ids:
             reply = await self._call({"op": "snapshot_properties", "snapshot": set_id})
             result.extend(SnapshotProperties.from_json(p) for p in reply["snapshots"])
@@ -515,40 +541,6 @@ def _nanoseconds(utc: str) -> int:
     return int(moment.timestamp()) * 1_000_000_000
 
 
-class _BlockingSession:
-    """One requester session over a blocking socket: one call at a time, each waiting for the
-    reply with its id (a requester is sent nothing else but replies; anything else is skipped)."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(statedir.socket_path(state_dir))
-        except OSError as exc:
-            self.sock.close()
-            raise RequesterError(f"shadowfs daemon is not running on state {state_dir} "
-                                 f"({exc.strerror or exc})") from None
-        self._ids = itertools.count(1)
-
-    def call(self, request: frames.Frame, timeout: float) -> frames.Frame:
-        request_id = next(self._ids)
-        self.sock.settimeout(timeout)
-        try:
-            frames.send_frame(self.sock, {**request, "id": request_id})
-            while True:
-                reply, fds = frames.recv_frame(self.sock)
-                frames.close_fds(fds)
-                if reply.get("id") == request_id:
-                    break
-        except TimeoutError:
-            raise frames.CallTimeout(f"no reply to {request.get('op')!r} within {timeout:g} s") from None
-        if not reply.get("ok", False):
-            raise frames.RemoteError(str(reply.get("error", "request failed")))
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _complete(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine that never suspends (each of its awaits ends in a blocking call) and return
     its result."""
@@ -569,7 +561,10 @@ class SyncBackupComponents:
 
     def __init__(self, state_dir: str | None = None) -> None:
         self.components = BackupComponents(state_dir)
-        self.components._blocking = _BlockingSession(self.components.state_dir)
+        try:
+            self.components._blocking = client.DaemonClient(self.components.state_dir, CALL_TIMEOUT)
+        except ShadowfsError as exc:
+            raise _requester_error(exc) from None
         try:
             self._run(self.components._call, {"op": "hello", "protocol": protocol.PROTOCOL,
                                               "role": "requester"})
@@ -594,8 +589,7 @@ class SyncBackupComponents:
             return
         try:
             session.call({"protocol": protocol.PROTOCOL, "op": "backup_shutdown"}, 60)
-        except (frames.RemoteError, frames.ChannelClosed, frames.CallTimeout, frames.ProtocolError,
-                OSError):
+        except (ShadowfsError, OSError):
             pass  # the daemon is gone: nothing to shut down
         finally:
             session.close()

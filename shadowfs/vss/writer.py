@@ -54,21 +54,18 @@ from shadowfs.documents import (
     WriterFailure,
     WriterMetadata,
 )
+from shadowfs.errors import WriterError as WriterError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.service import protocol
 from shadowfs.service.protocol import Event
 
-log = logging.getLogger("shadowfs.writer")
+log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 2.0
 REGISTER_TIMEOUT = 30.0
 AUTO_ABORT_TIMEOUT = 30.0
-
-
-class WriterError(Exception):
-    """The daemon refused the writer (protocol version, duplicate instance, bad identity)."""
 
 
 class EventContext:
