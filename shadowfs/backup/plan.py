@@ -16,7 +16,7 @@ Invariants:
 - Every refusal (bad partial-file ranges, a ranges file on another volume)
   is a BackupJobError raised before anything is written.
 
-Rules (seeds 001, 002, 003):
+Rules (vss §8, §10-§13):
 - exclusions of every writer win, over components, partial files and data
   outside components;
 - a spec counts only if its backup-type mask has the bit of the writer's

@@ -1,7 +1,7 @@
 """The read-only snapshot browser: pyfuse3 `Operations` over `snapshot.view`.
 
 One job: show every snapshot set of every volume as one read-only tree
-(DESIGN section 5), translating FUSE requests into `SnapshotView` calls::
+(design §5), translating FUSE requests into `SnapshotView` calls::
 
     /                                  virtual, mode 0555, owned by root
     /by-time/                          virtual

@@ -1,6 +1,6 @@
 """Snapshot sets across volumes: taking one as a single instant, and deleting sets and snapshots.
 
-One job: the daemon's side of DESIGN's snapshot-set sequence, carried out over
+One job: the daemon's side of the snapshot-set sequence (design §4.1), carried out over
 the mount processes' control channels (``hold``, ``commit``, ``release``,
 ``delete``). `SetCoordinator` is given how to reach a ready volume's channel
 and how to list the snapshots; the caller (the daemon, for the VSS service

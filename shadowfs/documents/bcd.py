@@ -29,7 +29,7 @@ XML form (VSS names; every value is an attribute, booleans are yes/no):
       </WRITER_COMPONENTS>
     </BACKUP_COMPONENTS>
 
-Names the seeds do not give are shadowfs choices in the VSS style:
+Names VSS does not give are shadowfs choices in the VSS style (vss §15):
 `backupFailureMsg`, `fileRestoreStatus`, `rangesFilePath` (SetRangesFilePath),
 `SNAPSHOT_DESCRIPTION`'s attributes, `creationTime` and `lastModifyTime`
 (nanoseconds since the Unix epoch; a differenced file's 0 means "since the
@@ -94,7 +94,7 @@ class DifferencedFile:
     """Back up matching files only if modified after `last_modify_time` (DIFFERENCED_FILES).
 
     `last_modify_time` is in nanoseconds since the Unix epoch; 0 means "use the
-    requester's own record of the last backup time" (seed 002).
+    requester's own record of the last backup time" (vss §11).
     """
 
     path: str = attr("path", check=check_path)

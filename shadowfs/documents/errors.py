@@ -7,7 +7,7 @@ attribute that is missing, unknown or badly typed, a value that breaks a rule
 builder method. Its message names the element and attribute (and the line,
 when the document came from XML), so it can be shown to a user as it is.
 
-`RangeError` is the subclass for range strings and ranges files (seed 002):
+`RangeError` is the subclass for range strings and ranges files (vss §12.5):
 malformed, zero length, overlapping, overflowing 2**64, beyond the end of a
 file, or a ranges file whose count disagrees with its length.
 

@@ -215,7 +215,7 @@ class MountService:
         return {}
 
     async def _flush_and_close(self, timeout: float) -> None:
-        """DESIGN section 4, step 2: flush while changes flow, close the gate, drain, flush again.
+        """Design §4.2: flush while changes flow, close the gate, drain, flush again.
 
         The second flush covers what changes applied after the first one began left
         in the backing filesystem's cache; when no change passed the gate since then

@@ -5,7 +5,7 @@ create a snapshot set with writers, backup complete, abort, restore events) as
 the VSS service does: which writers get which event, in which order, with which
 timeout, and what happens on every kind of failure.
 
-Snapshot-set creation (`Broker.snapshot_create`), DESIGN section 4:
+Snapshot-set creation (`Broker.snapshot_create`), design §4.1 and vss §2:
 
     PrepareForSnapshot (all involved writers, concurrently)
     Freeze (all, concurrently, bounded by the freeze timeout)

@@ -1,6 +1,6 @@
 """What changed between two snapshots of a volume, straight from the diff area's capture keys.
 
-One job: DESIGN section 6, last paragraph. A pre-image of object ``o`` is
+One job: design §6.4. A pre-image of object ``o`` is
 stored under the sequence of the newest snapshot at the moment of ``o``'s first
 change after it (capture rule), and the delete rule only ever drops a key in
 ``[d, e)`` when an older key in ``[p, d)`` remains. So for two remaining

@@ -1,6 +1,6 @@
 """The read model of one snapshot: what an object looked like at the instant.
 
-One job: DESIGN section 3's read rule, with its read-validate step, for
+One job: the read rule of design §3.2, with its read-validate step, for
 attributes, directory entries, directory listings, symlinks, xattrs and data.
 Every method first reads the live value from the backing filesystem and only
 then opens an LMDB read transaction to look for a pre-image: a pre-image is

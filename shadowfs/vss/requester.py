@@ -15,7 +15,7 @@ talks over a plain socket and never imports trio (whose import alone costs
 0.15 s warm, 0.35 s on a cold cache), driving the same coroutines to
 completion (`_complete`): every await in them ends in a blocking call.
 
-Backup, as in seeds 000 and 001:
+Backup, in the order of vss §2:
 
     async with BackupComponents() as bc:
         bc.set_context(SnapshotContext.BACKUP)
