@@ -73,6 +73,8 @@ def raise_readahead_after_init(ops: pyfuse3.Operations, mount_point: str) -> Non
         original()
         trio.lowlevel.current_trio_token().run_sync_soon(set_readahead, mount_point)
 
+    # Deliberately replaces the method on this one instance (pyfuse3 calls `ops.init()`), which
+    # mypy refuses by default because it is usually a mistake; both mounts' Operations use it.
     ops.init = init  # type: ignore[method-assign]
 
 

@@ -43,6 +43,10 @@ Invariants:
 - Lookup counts are kept per node id (lookup and every accepted
   `readdir_reply` add one, `forget` subtracts); nothing is cached per node, so
   they serve as a consistency check only.
+- Handlers keep pyfuse3's parameter types (`pyfuse3.InodeT` and friends, plain
+  ints) and turn an inode number into a `nodes.NodeId` once, on entry; below
+  them node ids, sequences and backing inodes are `NodeId`, `Seq` and
+  `BackingIno`, so that one is never passed for another.
 """
 
 from __future__ import annotations
@@ -66,11 +70,12 @@ from shadowfs.browser.nodes import (
     BY_TIME_NODE,
     LINK_FLAG,
     ROOT_NODE,
+    NodeId,
     is_snapshot_node,
     snapshot_node,
 )
 from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet, by_time_names
-from shadowfs.diffarea.schema import AttrRecord
+from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.snapshot.view import SnapshotView
 
@@ -97,8 +102,8 @@ class OpenFile:
     worker threads never share a cached descriptor that an LRU could close."""
 
     volume: BrowserVolume
-    seq: int
-    ino: int
+    seq: Seq
+    ino: BackingIno
     size: int
     fd: int | None
     readers: int = 0
@@ -117,7 +122,7 @@ class DirHandle:
     attributes of a window of them, computed READDIR_BATCH at a time by one `_offload`
     call (the kernel takes a few dozen per readdir; the window bounds memory)."""
 
-    entries: list[tuple[bytes, int]]
+    entries: list[tuple[bytes, NodeId]]
     window_start: int = 0
     window: list[pyfuse3.EntryAttributes | None] = field(default_factory=list)
 
@@ -181,7 +186,7 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- attributes ----------------------------------------------------------------------------
 
     @staticmethod
-    def _virtual(node: int, mode: int, nlink: int, time_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
+    def _virtual(node: NodeId, mode: int, nlink: int, time_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node
         attrs.generation = 0
@@ -199,7 +204,7 @@ class BrowserOperations(pyfuse3.Operations):
         return attrs
 
     @staticmethod
-    def _snapshot_attrs(node: int, record: AttrRecord) -> pyfuse3.EntryAttributes:
+    def _snapshot_attrs(node: NodeId, record: AttrRecord) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node
         attrs.generation = 0
@@ -218,10 +223,10 @@ class BrowserOperations(pyfuse3.Operations):
         attrs.st_ctime_ns = record.ctime_ns
         return attrs
 
-    def _resolve(self, node: int) -> tuple[BrowserVolume, int, int]:
+    def _resolve(self, node: NodeId) -> tuple[BrowserVolume, Seq, BackingIno]:
         return self._shown.resolve(node)
 
-    def _prepare(self, node: int) -> tuple[BrowserVolume, SnapshotView, int]:
+    def _prepare(self, node: NodeId) -> tuple[BrowserVolume, SnapshotView, BackingIno]:
         """(volume, view, backing ino) of a snapshot node, made on the trio thread (which
         alone opens diff areas) for a worker thread to use."""
         volume, seq, ino = self._resolve(node)
@@ -238,7 +243,7 @@ class BrowserOperations(pyfuse3.Operations):
     def _link_target(entry: SnapshotSet) -> bytes:
         return b"../" + os.fsencode(entry.set_id)
 
-    def _virtual_attrs(self, node: int, sets: dict[str, SnapshotSet] | None = None
+    def _virtual_attrs(self, node: NodeId, sets: dict[str, SnapshotSet] | None = None
                        ) -> pyfuse3.EntryAttributes:
         """Attributes of a virtual node (ESTALE when its set no longer exists).
 
@@ -253,11 +258,11 @@ class BrowserOperations(pyfuse3.Operations):
         return self._set_attrs(self._shown.set_of_node(node, sets))
 
     @classmethod
-    def _entry_of(cls, view: SnapshotView, node: int, ino: int) -> pyfuse3.EntryAttributes:
+    def _entry_of(cls, view: SnapshotView, node: NodeId, ino: BackingIno) -> pyfuse3.EntryAttributes:
         """Attributes of snapshot object `ino` under node id `node` (blocking: `_offload`)."""
         return cls._snapshot_attrs(node, view.attr(ino))
 
-    async def _attrs(self, node: int) -> pyfuse3.EntryAttributes:
+    async def _attrs(self, node: NodeId) -> pyfuse3.EntryAttributes:
         """Attributes of any node (ENOENT/ESTALE when it no longer exists)."""
         if not is_snapshot_node(node):
             return self._virtual_attrs(node)
@@ -303,7 +308,7 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- directory contents --------------------------------------------------------------------
 
     @staticmethod
-    def _snapshot_child(index: int, view: SnapshotView, seq: int, dir_ino: int,
+    def _snapshot_child(index: int, view: SnapshotView, seq: Seq, dir_ino: BackingIno,
                         name: bytes) -> pyfuse3.EntryAttributes:
         """The entry `name` of a snapshot directory, negative if none (blocking: `_offload`)."""
         try:
@@ -318,7 +323,7 @@ class BrowserOperations(pyfuse3.Operations):
         node = snapshot_node(index, seq, child)
         return BrowserOperations._snapshot_attrs(node, view.attr(child))
 
-    async def _child(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+    async def _child(self, parent: NodeId, name: bytes) -> pyfuse3.EntryAttributes:
         if is_snapshot_node(parent):
             volume, seq, ino = self._resolve(parent)
             view = volume.view(seq)
@@ -347,13 +352,13 @@ class BrowserOperations(pyfuse3.Operations):
         view = volume.view(record.seq)
         return await self._offload([volume], functools.partial(self._entry_of, view, node, root_ino))
 
-    async def _listing(self, node: int) -> list[tuple[bytes, int]]:
+    async def _listing(self, node: NodeId) -> list[tuple[bytes, NodeId]]:
         """(name, node id) of every entry of directory `node`, computed once per opendir."""
         if is_snapshot_node(node):
             volume, seq, ino = self._resolve(node)
             view = volume.view(seq)
 
-            def snapshot_listing() -> list[tuple[bytes, int]]:
+            def snapshot_listing() -> list[tuple[bytes, NodeId]]:
                 return [(name, snapshot_node(volume.index, seq, record.ino))
                         for name, record in view.listdir(ino)]
 
@@ -382,7 +387,7 @@ class BrowserOperations(pyfuse3.Operations):
         batch = handle.entries[start:start + READDIR_BATCH]
         window: list[pyfuse3.EntryAttributes | None] = [None] * len(batch)
         sets = None
-        todo: list[tuple[int, SnapshotView, int, int]] = []
+        todo: list[tuple[int, SnapshotView, NodeId, BackingIno]] = []
         volumes: dict[int, BrowserVolume] = {}
         for position, (_, node) in enumerate(batch):
             if is_snapshot_node(node):
@@ -413,12 +418,12 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- handlers: lookups and attributes ------------------------------------------------------
 
     @fuse_handler
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
-        return self._counted(await self._child(parent_inode, name))
+        return self._counted(await self._child(NodeId(parent_inode), name))
 
     @fuse_handler
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for node, count in inode_list:
             self._lookups -= count
             if self._lookups < 0:
@@ -426,39 +431,42 @@ class BrowserOperations(pyfuse3.Operations):
                 self._lookups = 0
 
     @fuse_handler
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._attrs(inode)
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attrs(NodeId(inode))
 
     @fuse_handler
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        if is_snapshot_node(inode):
-            volume, view, ino = self._prepare(inode)
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        node = NodeId(inode)
+        if is_snapshot_node(node):
+            volume, view, ino = self._prepare(node)
             return await self._offload([volume], functools.partial(view.readlink, ino))
-        if inode & LINK_FLAG:
-            return self._link_target(self._shown.set_of_link(inode))
+        if node & LINK_FLAG:
+            return self._link_target(self._shown.set_of_link(node))
         raise OSError(errno.EINVAL, "not a symlink")
 
-    async def _xattrs(self, inode: int) -> dict[bytes, bytes]:
-        volume, view, ino = self._prepare(inode)
+    async def _xattrs(self, node: NodeId) -> dict[bytes, bytes]:
+        volume, view, ino = self._prepare(node)
         return await self._offload([volume], functools.partial(view.xattrs, ino))
 
     @fuse_handler
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not is_snapshot_node(inode):
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        value = (await self._xattrs(inode)).get(name)
+        value = (await self._xattrs(node)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @fuse_handler
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if not is_snapshot_node(inode):
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
             return []
-        return sorted(await self._xattrs(inode))
+        return sorted(await self._xattrs(node))
 
     @fuse_handler
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext) -> bool:
         return True  # default_permissions: the kernel checks modes and ACLs itself
 
     @fuse_handler
@@ -478,7 +486,7 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- handlers: files -----------------------------------------------------------------------
 
     @staticmethod
-    def _open_file(view: SnapshotView, ino: int) -> tuple[int, int | None]:
+    def _open_file(view: SnapshotView, ino: BackingIno) -> tuple[int, int | None]:
         """(size at the snapshot, own descriptor of the live file or None) of a regular
         file (blocking: `_offload`)."""
         try:
@@ -498,20 +506,25 @@ class BrowserOperations(pyfuse3.Operations):
         return record.size, fd
 
     @fuse_handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        if not is_snapshot_node(inode):
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
             raise OSError(errno.EISDIR, "virtual directory")
-        volume, seq, ino = self._resolve(inode)
+        volume, seq, ino = self._resolve(node)
         view = volume.view(seq)
         size, fd = await self._offload([volume], functools.partial(self._open_file, view, ino))
         fh = next(self._handles)
         self._files[fh] = OpenFile(volume, seq, ino, size, fd)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
+    # pyfuse3's stub says read returns bytes, but pyfuse3 replies with any contiguous buffer
+    # (PyObject_GetBuffer in fuse_read_async): an assembled bytearray goes out uncopied.
     @fuse_handler
-    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
+    async def read(self, fh: pyfuse3.FileHandleT, off: int,  # type: ignore[override]
+                   size: int) -> bytes | bytearray:
         handle = self._files.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, "unknown file handle")
@@ -527,7 +540,7 @@ class BrowserOperations(pyfuse3.Operations):
             handle.close_when_idle()
 
     @fuse_handler
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None:
             handle.released = True
@@ -536,14 +549,14 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- handlers: directories -----------------------------------------------------------------
 
     @fuse_handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        entries = await self._listing(inode)
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        entries = await self._listing(NodeId(inode))
         fh = next(self._handles)
         self._dirs[fh] = DirHandle(entries)
         return fh
 
     @fuse_handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, "unknown directory handle")
@@ -560,64 +573,68 @@ class BrowserOperations(pyfuse3.Operations):
             self._counted(attrs)
 
     @fuse_handler
-    async def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._dirs.pop(fh, None)
 
     # ---- handlers: every change is refused -----------------------------------------------------
 
     @fuse_handler
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
+                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: pyfuse3.FlagT,
+                     ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
+                     flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
 
 

@@ -25,6 +25,8 @@ Invariants:
   replaced; two volumes never share a diff area.
 - A set keeps the node id it was first given in this process
   (`nodes.SetNodes`).
+- Node ids are `nodes.NodeId`s; `resolve` turns one into the volume, the
+  `Seq` and the `BackingIno` it stands for.
 """
 
 from __future__ import annotations
@@ -38,9 +40,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shadowfs.browser.nodes import LINK_FLAG, MAX_VOLUME_INDEX, SetNodes, split_snapshot_node
+from shadowfs.browser.nodes import (
+    MAX_VOLUME_INDEX,
+    NodeId,
+    SetNodes,
+    link_node_of,
+    set_node_of,
+    split_snapshot_node,
+)
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import SnapshotRecord
+from shadowfs.diffarea.schema import BackingIno, Seq, SnapshotRecord
 from shadowfs.snapshot.view import LiveObjects, SnapshotView
 
 log = logging.getLogger(__name__)
@@ -180,7 +189,7 @@ class BrowserVolume:
                 self._signature = signature
         return signature, self._records
 
-    def view(self, seq: int) -> SnapshotView:
+    def view(self, seq: Seq) -> SnapshotView:
         area = self.ensure_area()
         if area is None or self.closed:
             raise OSError(errno.ESTALE, f"volume {self.name} is not available")
@@ -213,8 +222,8 @@ class SnapshotSet:
     created_ns: int
     time_name: str
     members: dict[str, tuple[BrowserVolume, SnapshotRecord]] = field(default_factory=dict)
-    node: int = 0
-    link_node: int = 0
+    node: NodeId = NodeId(0)  # both given by `ShownVolumes.snapshot_sets`
+    link_node: NodeId = NodeId(0)
 
 
 def by_time_names(sets: dict[str, SnapshotSet]) -> dict[bytes, SnapshotSet]:
@@ -292,7 +301,7 @@ class ShownVolumes:
         self._volumes = {}
         self._sets_key, self._sets = None, {}
 
-    def resolve(self, node: int) -> tuple[BrowserVolume, int, int]:
+    def resolve(self, node: NodeId) -> tuple[BrowserVolume, Seq, BackingIno]:
         """(volume, seq, backing ino) of a snapshot node id (ESTALE when its volume is gone)."""
         index, seq, ino = split_snapshot_node(node)
         volume = self._volumes.get(index)
@@ -312,7 +321,7 @@ class ShownVolumes:
         if key == self._sets_key:
             return self._sets
         sets: dict[str, SnapshotSet] = {}
-        lowest: dict[str, tuple[int, int]] = {}
+        lowest: dict[str, tuple[int, Seq]] = {}
         for volume, _, records in read:
             for record in records:
                 entry = sets.get(record.set_id)
@@ -324,11 +333,11 @@ class ShownVolumes:
                 entry.members.setdefault(volume.name, (volume, record))
         for set_id, entry in sets.items():
             entry.node = self._set_nodes.node(set_id, *lowest[set_id])
-            entry.link_node = entry.node | LINK_FLAG
+            entry.link_node = link_node_of(entry.node)
         self._sets_key, self._sets = key, sets
         return sets
 
-    def set_of_node(self, node: int, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
+    def set_of_node(self, node: NodeId, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
         """The set of a set directory's node id (ESTALE when it was deleted).
 
         `sets` saves re-reading the snapshot records when many nodes are asked at once.
@@ -339,9 +348,9 @@ class ShownVolumes:
             raise OSError(errno.ESTALE, "snapshot set was deleted")
         return entry
 
-    def set_of_link(self, node: int, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
+    def set_of_link(self, node: NodeId, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
         """The set of a by-time symlink's node id (ESTALE when it was deleted)."""
-        return self.set_of_node(node & ~LINK_FLAG, sets)
+        return self.set_of_node(set_node_of(node), sets)
 
 
 __all__ = ["AREA_RETRY_SECONDS", "BrowserVolume", "ShownVolumes", "SnapshotSet", "by_time_names",

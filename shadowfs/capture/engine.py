@@ -18,6 +18,8 @@ Invariants:
   from them.
 - Live values are read through ``open_by_ino`` on the backing root, never
   through the live mount.
+- Objects are `BackingIno`s and snapshots `Seq`s; an inode number read from the
+  backing filesystem (a live directory entry) is typed where it is read.
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ from __future__ import annotations
 import os
 import stat
 
-import lmdb
-
 from shadowfs.diffarea import schema
-from shadowfs.diffarea.area import DiffArea
+from shadowfs.diffarea.area import DiffArea, Txn
 from shadowfs.diffarea.schema import (
     ABSENT,
     BLOCK_SIZE,
     NONEXISTENT,
     AttrRecord,
+    BackingIno,
     DirentRecord,
+    Seq,
     attr_from_stat,
     block_span,
     blocks_below,
@@ -42,7 +44,7 @@ from shadowfs.diffarea.schema import (
 from shadowfs.linux.syscalls import list_xattrs, open_by_ino
 
 
-def read_live_attr(root_fd: int, ino: int) -> AttrRecord:
+def read_live_attr(root_fd: int, ino: BackingIno) -> AttrRecord:
     """The object's current attributes, xattrs and symlink target on the backing fs."""
     fd = open_by_ino(root_fd, ino, os.O_PATH | os.O_NOFOLLOW)
     try:
@@ -58,7 +60,7 @@ def read_live_dirent(dir_fd: int, name: bytes) -> DirentRecord:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return ABSENT
-    return DirentRecord(st.st_ino, stat.S_IFMT(st.st_mode) >> 12)
+    return DirentRecord(BackingIno(st.st_ino), stat.S_IFMT(st.st_mode) >> 12)
 
 
 class CaptureEngine:
@@ -70,12 +72,12 @@ class CaptureEngine:
 
     # ---- questions asked before a change (read transactions are enough) ----
 
-    def born_after(self, txn: lmdb.Transaction, seq: int, ino: int) -> bool:
+    def born_after(self, txn: Txn, seq: Seq, ino: BackingIno) -> bool:
         """Whether `ino` is known to have been born after snapshot `seq`."""
         record = self.area.attr_at(txn, ino, seq)
         return record is not None and not record.exists
 
-    def write_needs_capture(self, txn: lmdb.Transaction, seq: int, ino: int, offset: int,
+    def write_needs_capture(self, txn: Txn, seq: Seq, ino: BackingIno, offset: int,
                             length: int) -> bool:
         """Whether a write of [offset, offset+length) would store any pre-image."""
         record = self.area.attr_at(txn, ino, seq)
@@ -89,7 +91,7 @@ class CaptureEngine:
 
     # ---- captures (run inside the committer's write transaction) ----------
 
-    def attrs(self, txn: lmdb.Transaction, seq: int, ino: int) -> AttrRecord:
+    def attrs(self, txn: Txn, seq: Seq, ino: BackingIno) -> AttrRecord:
         """Capture the attributes of `ino` if needed; return their value at `seq`."""
         obj = schema.attr_object(ino)
         value = self.area.preimage(txn, obj, seq)
@@ -99,23 +101,23 @@ class CaptureEngine:
         self.area.put_preimage(txn, obj, seq, schema.encode_attr(record))
         return record
 
-    def for_attr_change(self, txn: lmdb.Transaction, seq: int, ino: int) -> None:
+    def for_attr_change(self, txn: Txn, seq: Seq, ino: BackingIno) -> None:
         """chmod, chown, utimens, xattr changes, and the ctime/nlink side of links."""
         self.attrs(txn, seq, ino)
 
-    def for_write(self, txn: lmdb.Transaction, seq: int, ino: int, offset: int,
+    def for_write(self, txn: Txn, seq: Seq, ino: BackingIno, offset: int,
                   length: int) -> None:
         record = self.attrs(txn, seq, ino)
         if record.exists:
             self._blocks(txn, seq, ino, record.size, block_span(offset, length))
 
-    def for_truncate(self, txn: lmdb.Transaction, seq: int, ino: int, new_size: int) -> None:
+    def for_truncate(self, txn: Txn, seq: Seq, ino: BackingIno, new_size: int) -> None:
         record = self.attrs(txn, seq, ino)
         if record.exists and new_size < record.size:
             self._blocks(txn, seq, ino, record.size,
                          range(new_size // BLOCK_SIZE, blocks_below(record.size)))
 
-    def _blocks(self, txn: lmdb.Transaction, seq: int, ino: int, size_at_seq: int,
+    def _blocks(self, txn: Txn, seq: Seq, ino: BackingIno, size_at_seq: int,
                 blocks: range) -> None:
         wanted = [block for block in blocks if block < blocks_below(size_at_seq)
                   and self.area.preimage(txn, schema.block_object(ino, block), seq) is None]
@@ -133,7 +135,7 @@ class CaptureEngine:
         finally:
             os.close(fd)
 
-    def for_entry_change(self, txn: lmdb.Transaction, seq: int, dir_ino: int,
+    def for_entry_change(self, txn: Txn, seq: Seq, dir_ino: BackingIno,
                          name: bytes) -> DirentRecord | None:
         """An entry of `dir_ino` is created, removed or replaced: capture it and the dir.
 
@@ -154,10 +156,10 @@ class CaptureEngine:
         self.area.put_preimage(txn, obj, seq, schema.encode_dirent(record))
         return record
 
-    def note_new_object(self, txn: lmdb.Transaction, seq: int, ino: int) -> None:
+    def note_new_object(self, txn: Txn, seq: Seq, ino: BackingIno) -> None:
         """`ino` was just created: mark it as not existing at `seq`."""
         self.area.put_preimage(txn, schema.attr_object(ino), seq, schema.encode_attr(NONEXISTENT))
 
-    def note_death(self, txn: lmdb.Transaction, seq: int, ino: int) -> None:
+    def note_death(self, txn: Txn, seq: Seq, ino: BackingIno) -> None:
         """`ino` lost its last name and now lives in the graveyard."""
         self.area.graveyard_add(txn, ino, seq)

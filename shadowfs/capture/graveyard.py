@@ -20,6 +20,8 @@ Invariants:
   or removes them; `collect` removes what no snapshot needs. Both run as
   committer jobs, so they are ordered with every other diff-area write.
 - The graveyard directory is root's, mode 0700; nothing here follows a symlink.
+- A grave's name is the decimal `BackingIno` of its object; the inode of a
+  stat result or of a grave's name is typed where it is read.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ import logging
 import os
 import stat
 
-import lmdb
-
 from shadowfs.capture.committer import Committer
 from shadowfs.capture.engine import CaptureEngine
 from shadowfs.capture.planner import RemovalPlan, RenamePlan
-from shadowfs.diffarea.schema import GRAVEYARD, HIDDEN_DIR
+from shadowfs.diffarea.area import Txn
+from shadowfs.diffarea.schema import GRAVEYARD, HIDDEN_DIR, BackingIno, Seq
 from shadowfs.linux.syscalls import renameat2
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Graveyard:
             raise
         if bury:
             assert plan.seq is not None
-            self.note_death(plan.seq, st.st_ino)
+            self.note_death(plan.seq, BackingIno(st.st_ino))
 
     def rmdir(self, plan: RemovalPlan, parent_fd: int, name: bytes) -> None:
         """rmdir `name`; a directory a snapshot sees is moved into the graveyard instead."""
@@ -114,14 +115,14 @@ class Graveyard:
             return
         check_empty(parent_fd, name)
         self.bury(parent_fd, name, plan.st)
-        self.note_death(plan.seq, plan.st.st_ino)
+        self.note_death(plan.seq, BackingIno(plan.st.st_ino))
 
     def rename(self, plan: RenamePlan, old_fd: int, old_name: bytes, new_fd: int, new_name: bytes,
                flags: int) -> None:
         """renameat2; a replaced object that loses its last name and that a snapshot sees is buried."""
         moved, target = plan.moved, plan.target
         bury = (flags == 0 and plan.seq is not None and target is not None
-                and target.st_ino != moved.st_ino and not plan.born[target.st_ino]
+                and target.st_ino != moved.st_ino and not plan.born[BackingIno(target.st_ino)]
                 and _replaces_last_name(moved, target, new_fd, new_name))
         if bury:
             assert target is not None
@@ -135,7 +136,7 @@ class Graveyard:
             raise
         if bury:
             assert plan.seq is not None and target is not None
-            self.note_death(plan.seq, target.st_ino)
+            self.note_death(plan.seq, BackingIno(target.st_ino))
 
     # ---- burial ---------------------------------------------------------------------------------
 
@@ -161,13 +162,13 @@ class Graveyard:
         except OSError:
             log.exception("could not undo the graveyard entry of inode %d", st.st_ino)
 
-    def note_death(self, seq: int, ino: int) -> None:
+    def note_death(self, seq: Seq, ino: BackingIno) -> None:
         """Record (in the background, ordered with every capture) that `ino` died under `seq`."""
         self.committer.submit(lambda txn: self.engine.note_death(txn, seq, ino))
 
     # ---- housekeeping (committer jobs) ----------------------------------------------------------
 
-    def reconcile(self, txn: lmdb.Transaction) -> None:
+    def reconcile(self, txn: Txn) -> None:
         """Give graveyard names that a crash left without a record a record, or remove them."""
         area = self.engine.area
         newest = area.newest_seq(txn)
@@ -177,7 +178,7 @@ class Graveyard:
             if not name.isdigit():
                 log.warning("unexpected name %r in the graveyard left alone", name)
                 continue
-            ino = int(name)
+            ino = BackingIno(int(name))
             if area.graveyard_has(txn, ino):
                 continue
             st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
@@ -191,7 +192,7 @@ class Graveyard:
                          ino, newest)
                 area.graveyard_add(txn, ino, newest)
 
-    def collect(self, txn: lmdb.Transaction) -> int:
+    def collect(self, txn: Txn) -> int:
         """Free what deleted snapshots no longer need: block extents, graveyard objects; how many objects."""
         area = self.engine.area
         area.reclaim(txn)
@@ -201,7 +202,7 @@ class Graveyard:
             area.graveyard_remove(txn, ino)
         return len(expired)
 
-    def free(self, ino: int) -> None:
+    def free(self, ino: BackingIno) -> None:
         """Remove the graveyard object of `ino` (file or directory) that no snapshot needs."""
         name = str(ino)
         try:

@@ -23,6 +23,9 @@ Invariants:
   with no await in between.
 - An object with no name left (open, unlinked) is invisible to every
   snapshot, so its changes need no capture (`seq_for`).
+- Objects are `BackingIno`s and snapshots `Seq`s; the inode of a name a plan
+  stats (`os.stat_result.st_ino`) is typed there, once. The cache and the write
+  plan take them as they are: no conversion on the write path.
 """
 
 from __future__ import annotations
@@ -33,12 +36,10 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import lmdb
-
 from shadowfs.capture.committer import Committer, Job
 from shadowfs.capture.engine import CaptureEngine
-from shadowfs.diffarea.area import DiffArea
-from shadowfs.diffarea.schema import AttrRecord, block_span, blocks_below
+from shadowfs.diffarea.area import DiffArea, Txn
+from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq, block_span, blocks_below
 
 CACHE_LIMIT = 1 << 17  # (ino, block) pairs remembered as captured before the cache is dropped
 CAPTURE_AHEAD_MIN = 1 << 20
@@ -57,7 +58,7 @@ class Capture:
 class RemovalPlan:
     """Removing the name of one object: what it names, whether a snapshot still sees the object."""
 
-    seq: int | None  # the newest snapshot (None: there is none, nothing to keep)
+    seq: Seq | None  # the newest snapshot (None: there is none, nothing to keep)
     st: os.stat_result
     born: bool  # born after `seq`: no snapshot sees it
     capture: Capture | None  # run it, then plan again
@@ -67,10 +68,10 @@ class RemovalPlan:
 class RenamePlan:
     """A rename: the moved object, the object it replaces (if any), which were born after `seq`."""
 
-    seq: int | None
+    seq: Seq | None
     moved: os.stat_result
     target: os.stat_result | None
-    born: dict[int, bool]
+    born: dict[BackingIno, bool]
     capture: Capture | None
 
 
@@ -82,24 +83,24 @@ class CaptureCache:
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self.limit = limit
-        self.seq: int | None = None
-        self.born: set[int] = set()
-        self.blocks: dict[int, set[int]] = {}
-        self.data_blocks: dict[int, int] = {}
+        self.seq: Seq | None = None
+        self.born: set[BackingIno] = set()
+        self.blocks: dict[BackingIno, set[int]] = {}
+        self.data_blocks: dict[BackingIno, int] = {}
         self._count = 0
 
-    def reset(self, seq: int | None) -> None:
+    def reset(self, seq: Seq | None) -> None:
         self.seq = seq
         self.born.clear()
         self.blocks.clear()
         self.data_blocks.clear()
         self._count = 0
 
-    def is_born(self, seq: int, ino: int) -> bool:
+    def is_born(self, seq: Seq, ino: BackingIno) -> bool:
         """Whether `ino` is known to be born after snapshot `seq` (False: unknown)."""
         return seq == self.seq and ino in self.born
 
-    def covers(self, seq: int, ino: int, blocks: range) -> bool:
+    def covers(self, seq: Seq, ino: BackingIno, blocks: range) -> bool:
         if seq != self.seq:
             return False
         if ino in self.born:
@@ -111,18 +112,18 @@ class CaptureCache:
         return known is not None and all(block in known for block in blocks
                                          if limit is None or block < limit)
 
-    def add_data_blocks(self, seq: int, ino: int, count: int) -> None:
+    def add_data_blocks(self, seq: Seq, ino: BackingIno, count: int) -> None:
         """`ino` held data in its first `count` blocks at `seq` (from its attribute pre-image)."""
         if seq == self.seq:
             self._grow(1)
             self.data_blocks[ino] = count
 
-    def add_born(self, seq: int, ino: int) -> None:
+    def add_born(self, seq: Seq, ino: BackingIno) -> None:
         if seq == self.seq:
             self._grow(1)
             self.born.add(ino)
 
-    def add_blocks(self, seq: int, ino: int, blocks: range) -> None:
+    def add_blocks(self, seq: Seq, ino: BackingIno, blocks: range) -> None:
         if seq == self.seq:
             self._grow(len(blocks))
             self.blocks.setdefault(ino, set()).update(blocks)
@@ -155,21 +156,21 @@ class CapturePlanner:
     """The capture questions of one volume, answered against its diff area."""
 
     def __init__(self, area: DiffArea, engine: CaptureEngine, committer: Committer,
-                 newest: int | None = None) -> None:
+                 newest: Seq | None = None) -> None:
         self.area = area
         self.engine = engine
         self.committer = committer
         self.cache = CaptureCache()
-        self.newest: int | None = None
+        self.newest: Seq | None = None
         self.set_newest(newest)
 
-    def set_newest(self, seq: int | None) -> None:
+    def set_newest(self, seq: Seq | None) -> None:
         """The newest snapshot changed (commit or delete): capture against `seq` from now on."""
         if seq != self.newest or seq != self.cache.seq:
             self.newest = seq
             self.cache.reset(seq)
 
-    def seq_for(self, fd: int) -> int | None:
+    def seq_for(self, fd: int) -> Seq | None:
         """`newest`, or None when the object behind `fd` has no name left (invisible to snapshots)."""
         if self.newest is None or os.fstat(fd).st_nlink == 0:
             return None
@@ -177,14 +178,14 @@ class CapturePlanner:
 
     # ---- plans ------------------------------------------------------------------------------
 
-    def objects(self, seq: int | None, attrs: Sequence[int] = (),
-                entries: Sequence[tuple[int, bytes]] = ()) -> Capture | None:
+    def objects(self, seq: Seq | None, attrs: Sequence[BackingIno] = (),
+                entries: Sequence[tuple[BackingIno, bytes]] = ()) -> Capture | None:
         """The capture of the attributes of `attrs` and the entries `entries` under `seq`, if needed."""
         if seq is None or self._status(seq, attrs, entries)[0]:
             return None
         return Capture(self._objects_job(seq, attrs, entries))
 
-    def write(self, seq: int | None, ino: int, fd: int, offset: int, length: int,
+    def write(self, seq: Seq | None, ino: BackingIno, fd: int, offset: int, length: int,
               ahead: int = 0) -> Capture | None:
         """The capture a write of [offset, offset+length) to `ino` (open as `fd`) needs, if any;
         a needed capture covers `ahead` more bytes."""
@@ -194,7 +195,7 @@ class CapturePlanner:
         return Capture(lambda txn: self.engine.for_write(txn, seq, ino, offset, span),
                        lambda: self.cache.add_blocks(seq, ino, block_span(offset, span)))
 
-    def truncate(self, seq: int | None, ino: int, size: int) -> Capture | None:
+    def truncate(self, seq: Seq | None, ino: BackingIno, size: int) -> Capture | None:
         """The capture cutting `ino` to `size` bytes needs, if any."""
         if seq is None or self.cache.is_born(seq, ino):
             return None
@@ -206,7 +207,7 @@ class CapturePlanner:
                 return None
         return Capture(lambda txn: self.engine.for_truncate(txn, seq, ino, size))
 
-    def removal(self, parent: int, parent_fd: int, name: bytes, *, directory: bool) -> RemovalPlan:
+    def removal(self, parent: BackingIno, parent_fd: int, name: bytes, *, directory: bool) -> RemovalPlan:
         """Removing `name` from directory `parent`: the entry and the object it names."""
         seq = self.newest
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -215,26 +216,27 @@ class CapturePlanner:
             raise OSError(code, os.strerror(code))
         if seq is None:
             return RemovalPlan(None, st, False, None)
-        done, born = self._status(seq, [st.st_ino], [(parent, name)])
+        ino = BackingIno(st.st_ino)
+        done, born = self._status(seq, [ino], [(parent, name)])
         if done:
-            return RemovalPlan(seq, st, born[st.st_ino], None)
-        return RemovalPlan(seq, st, False, Capture(self._objects_job(seq, [st.st_ino], [(parent, name)])))
+            return RemovalPlan(seq, st, born[ino], None)
+        return RemovalPlan(seq, st, False, Capture(self._objects_job(seq, [ino], [(parent, name)])))
 
-    def rename(self, old_parent: int, old_fd: int, old_name: bytes, new_parent: int, new_fd: int,
-               new_name: bytes) -> RenamePlan:
+    def rename(self, old_parent: BackingIno, old_fd: int, old_name: bytes, new_parent: BackingIno,
+               new_fd: int, new_name: bytes) -> RenamePlan:
         """Moving `old_name` over `new_name`: both entries, the moved object and the one replaced."""
         seq = self.newest
         moved = os.stat(old_name, dir_fd=old_fd, follow_symlinks=False)
         target = _lstat_or_none(new_fd, new_name)
         if seq is None:
             return RenamePlan(None, moved, target, {}, None)
-        inos = [moved.st_ino] + ([target.st_ino] if target is not None else [])
+        inos = [BackingIno(moved.st_ino)] + ([BackingIno(target.st_ino)] if target is not None else [])
         entries = [(old_parent, old_name), (new_parent, new_name)]
         done, born = self._status(seq, inos, entries)
         capture = None if done else Capture(self._objects_job(seq, inos, entries))
         return RenamePlan(seq, moved, target, born, capture)
 
-    def note_new(self, seq: int | None, ino: int) -> None:
+    def note_new(self, seq: Seq | None, ino: BackingIno) -> None:
         """`ino` was just created: no snapshot up to `seq` can see it (recorded in the background)."""
         if seq is not None:
             self.cache.add_born(seq, ino)
@@ -242,8 +244,8 @@ class CapturePlanner:
 
     # ---- what is stored already ------------------------------------------------------------
 
-    def _status(self, seq: int, attrs: Iterable[int],
-                entries: Iterable[tuple[int, bytes]]) -> tuple[bool, dict[int, bool]]:
+    def _status(self, seq: Seq, attrs: Iterable[BackingIno],
+                entries: Iterable[tuple[BackingIno, bytes]]) -> tuple[bool, dict[BackingIno, bool]]:
         """(every listed object has its pre-image at >= seq, born-after-seq flag of each attrs ino).
 
         Objects known to be born after `seq` (the capture cache) need nothing and no lookup:
@@ -256,7 +258,7 @@ class CapturePlanner:
                 self.cache.is_born(seq, dir_ino) for dir_ino, _name in entries):
             return True, dict.fromkeys(attrs, True)
         done = True
-        born: dict[int, bool] = {}
+        born: dict[BackingIno, bool] = {}
         with self.area.read() as txn:
             for ino in attrs:
                 record = self._attr_record(txn, seq, ino)
@@ -270,22 +272,23 @@ class CapturePlanner:
                     done = False
         return done, born
 
-    def _attr_record(self, txn: lmdb.Transaction, seq: int, ino: int) -> AttrRecord | None:
+    def _attr_record(self, txn: Txn, seq: Seq, ino: BackingIno) -> AttrRecord | None:
         """The attribute pre-image of `ino` at >= seq; one saying "born after seq" is remembered."""
         record = self.area.attr_at(txn, ino, seq)
         if record is not None and not record.exists:
             self.cache.add_born(seq, ino)
         return record
 
-    def _objects_job(self, seq: int, attrs: Sequence[int], entries: Sequence[tuple[int, bytes]]) -> Job:
-        def job(txn: lmdb.Transaction) -> None:
+    def _objects_job(self, seq: Seq, attrs: Sequence[BackingIno],
+                     entries: Sequence[tuple[BackingIno, bytes]]) -> Job:
+        def job(txn: Txn) -> None:
             for dir_ino, name in entries:
                 self.engine.for_entry_change(txn, seq, dir_ino, name)
             for ino in attrs:
                 self.engine.for_attr_change(txn, seq, ino)
         return job
 
-    def _write_needs_capture(self, seq: int, ino: int, fd: int, offset: int, length: int) -> bool:
+    def _write_needs_capture(self, seq: Seq, ino: BackingIno, fd: int, offset: int, length: int) -> bool:
         blocks = block_span(offset, length)
         if self.cache.covers(seq, ino, blocks):
             return False

@@ -27,6 +27,15 @@ The kinds of object (`KINDS`, `KIND_OF_FMT`) name the file types an
 attribute record's mode may carry (its S_IFMT bits); every layer above (the
 snapshot readers, the backup trees, the media records) uses these names.
 
+The two numbers every key is made of have types of their own, so that a type
+checker catches one passed where the other (or a FUSE inode, or a browser node
+id) is meant: `BackingIno`, an inode number of the backing filesystem (the
+identity of an object, design §3.8), and `Seq`, a snapshot's sequence number in
+this diff area (design §3). Both are plain ints at run time (`typing.NewType`).
+A number read from a key is typed where it is unpacked (`read_seq`, `read_ino`,
+`object_ino`); one from the kernel or the wire is converted once where it
+enters shadowfs.
+
 Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
 """
 
@@ -36,8 +45,15 @@ import json
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NewType
+
+BackingIno = NewType("BackingIno", int)
+"""An inode number of the backing filesystem: the identity of an object in every key (design §3.8)."""
+
+Seq = NewType("Seq", int)
+"""A snapshot's sequence number in its volume's diff area: grows, never reused (design §3)."""
 
 FORMAT_VERSION = 2
 BLOCK_SIZE = 64 * 1024
@@ -99,13 +115,30 @@ def blocks_to_ranges(blocks: Iterable[int], size: int) -> list[tuple[int, int]]:
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
+# struct's unpackers return untyped tuples; these say, once, what a field of each layout is.
+# Calling them costs no more than the Struct methods they are (no conversion on cursor loops).
+_unpack_u32: Callable[[bytes], tuple[int]] = _U32.unpack
+_unpack_u64: Callable[[bytes, int], tuple[int]] = _U64.unpack_from
+_unpack_seq: Callable[[bytes, int], tuple[Seq]] = _U64.unpack_from
+_unpack_ino: Callable[[bytes, int], tuple[BackingIno]] = _U64.unpack_from
+
 
 def u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
 def read_u64(data: bytes, offset: int = 0) -> int:
-    return _U64.unpack_from(data, offset)[0]
+    return _unpack_u64(data, offset)[0]
+
+
+def read_seq(data: bytes, offset: int = 0) -> Seq:
+    """A sequence number stored as u64 (a ``snapshots``, ``usage`` or ``bysnap`` key, a key's tail)."""
+    return _unpack_seq(data, offset)[0]
+
+
+def read_ino(data: bytes, offset: int = 0) -> BackingIno:
+    """A backing inode number stored as u64 (a ``graveyard`` key, inside an object key)."""
+    return _unpack_ino(data, offset)[0]
 
 
 def u32(value: int) -> bytes:
@@ -113,31 +146,36 @@ def u32(value: int) -> bytes:
 
 
 def read_u32(data: bytes) -> int:
-    return _U32.unpack(data)[0]
+    return _unpack_u32(data)[0]
 
 
 # ---- object keys -----------------------------------------------------------
 
-def attr_object(ino: int) -> bytes:
+def attr_object(ino: BackingIno) -> bytes:
     return b"A" + u64(ino)
 
 
-def block_object(ino: int, block: int) -> bytes:
+def block_object(ino: BackingIno, block: int) -> bytes:
     return b"B" + u64(ino) + u64(block)
 
 
-def blocks_prefix(ino: int) -> bytes:
+def blocks_prefix(ino: BackingIno) -> bytes:
     return b"B" + u64(ino)
 
 
-def dirent_object(dir_ino: int, name: bytes) -> bytes:
+def dirent_object(dir_ino: BackingIno, name: bytes) -> bytes:
     if b"\0" in name or b"/" in name or not name:
         raise ValueError(f"invalid directory entry name {name!r}")
     return b"D" + u64(dir_ino) + name + b"\0"
 
 
-def dirents_prefix(dir_ino: int) -> bytes:
+def dirents_prefix(dir_ino: BackingIno) -> bytes:
     return b"D" + u64(dir_ino)
+
+
+def object_ino(obj: bytes) -> BackingIno:
+    """The inode of any object key: the object's for ``A`` and ``B``, the directory's for ``D``."""
+    return read_ino(obj, 1)
 
 
 def dirent_name(obj: bytes) -> bytes:
@@ -149,20 +187,20 @@ def block_number(obj: bytes) -> int:
     return read_u64(obj, 9)
 
 
-def preimage_key(obj: bytes, seq: int) -> bytes:
+def preimage_key(obj: bytes, seq: Seq) -> bytes:
     return obj + u64(seq)
 
 
-def split_preimage_key(key: bytes) -> tuple[bytes, int]:
-    return key[:-SEQ_BYTES], read_u64(key, len(key) - SEQ_BYTES)
+def split_preimage_key(key: bytes) -> tuple[bytes, Seq]:
+    return key[:-SEQ_BYTES], read_seq(key, len(key) - SEQ_BYTES)
 
 
-def bysnap_key(seq: int, obj: bytes) -> bytes:
+def bysnap_key(seq: Seq, obj: bytes) -> bytes:
     return u64(seq) + obj
 
 
-def split_bysnap_key(key: bytes) -> tuple[int, bytes]:
-    return read_u64(key), key[SEQ_BYTES:]
+def split_bysnap_key(key: bytes) -> tuple[Seq, bytes]:
+    return read_seq(key), key[SEQ_BYTES:]
 
 
 # ---- values ----------------------------------------------------------------
@@ -268,7 +306,7 @@ _DIRENT_ABSENT = 1
 class DirentRecord:
     """One directory entry at one instant: the inode and its file type, or absent."""
 
-    ino: int = 0
+    ino: BackingIno = BackingIno(0)
     kind: int = 0  # the S_IFMT bits of the target, >> 12
     present: bool = True
 
@@ -331,7 +369,7 @@ def split_extent_key(key: bytes) -> tuple[int, int]:
 class SnapshotRecord:
     """One snapshot of this volume as recorded in the diff area."""
 
-    seq: int
+    seq: Seq
     snapshot_id: str
     set_id: str
     created: str
@@ -342,6 +380,6 @@ def encode_snapshot(record: SnapshotRecord) -> bytes:
                        "created": record.created}).encode()
 
 
-def decode_snapshot(seq: int, data: bytes) -> SnapshotRecord:
+def decode_snapshot(seq: Seq, data: bytes) -> SnapshotRecord:
     fields = json.loads(data)
     return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"])

@@ -53,7 +53,8 @@ def handle_type_of(path: str) -> int:
     if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(handle),
                                ctypes.byref(mount_id), 0) != 0:
         _raise_errno(f"name_to_handle_at({path})")
-    return handle.handle_type
+    kind: int = handle.handle_type  # a c_int field (ctypes leaves it untyped)
+    return kind
 
 
 def check_backing_fs(path: str) -> None:
@@ -94,7 +95,7 @@ def open_by_ino(mount_fd: int, ino: int, flags: int) -> int:
     handle.handle_bytes = 8
     handle.handle_type = FILEID_INO32_GEN
     struct.pack_into("<II", handle.f_handle, 0, ino, 0)
-    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)
+    fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)  # untyped C int
     if fd < 0:
         _raise_errno(f"open_by_handle_at(inode {ino})")
     return fd

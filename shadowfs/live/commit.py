@@ -19,11 +19,14 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from shadowfs.capture.committer import Committer, Job
+from shadowfs.capture.committer import Committer
 from shadowfs.capture.planner import Capture
+from shadowfs.diffarea.area import Txn
+
+T = TypeVar("T")
 
 
-async def commit(committer: Committer, job: Job) -> Any:
+async def commit(committer: Committer, job: Callable[[Txn], T]) -> T:
     """Run `job` on the committer thread and wait (shielded) until its commit is durable."""
     token = trio.lowlevel.current_trio_token()
     done_evt = trio.Event()
@@ -38,7 +41,8 @@ async def commit(committer: Committer, job: Job) -> Any:
         await done_evt.wait()
     if box[1] is not None:
         raise box[1]
-    return box[0]
+    result: T = box[0]  # what `job` returned (the error slot is None)
+    return result
 
 
 async def store(committer: Committer, capture: Capture | None) -> None:

@@ -40,6 +40,12 @@ Invariants:
 - A file opened write-only is served with direct I/O (`_file_info`); every
   other open is cached. No writeback cache: a write reaches the handler
   before write() returns, so the hold gate sees every change.
+- Handlers keep pyfuse3's parameter types (`pyfuse3.InodeT` and friends,
+  plain ints). An inode number from the kernel is a `FuseInode`, and `_ino`
+  turns it into the `BackingIno` that the capture planner and the descriptor
+  cache take (`_inode` the other way, for replies); an inode from a stat of
+  the backing filesystem is typed where it is read. Open files keep their
+  `BackingIno`, so a write converts nothing.
 """
 
 from __future__ import annotations
@@ -50,13 +56,14 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NewType
 
 import pyfuse3
 import trio
 
 from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner, SequentialWrites
-from shadowfs.diffarea.schema import HIDDEN_DIR
+from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, open_by_ino, proc_path
@@ -64,6 +71,10 @@ from shadowfs.live.commit import settle, store
 from shadowfs.live.gate import HoldGate
 
 log = logging.getLogger(__name__)
+
+FuseInode = NewType("FuseInode", int)
+"""An inode number of the live mount as the kernel knows it: the backing inode, except
+`pyfuse3.ROOT_INODE` for the backing root (`LiveOperations._ino` and `_inode` convert)."""
 
 # How long the kernel may trust a name or attributes it got from the mount without asking again.
 # Every change to the volume goes through the mount's handlers, and the kernel invalidates what a
@@ -86,14 +97,14 @@ _OPEN_DROP = (os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_APPEND
 @dataclass
 class _File:
     fd: int
-    ino: int
+    ino: BackingIno
     writes: SequentialWrites = field(default_factory=SequentialWrites)
 
 
 @dataclass
 class _Dir:
     fd: int  # O_RDONLY | O_DIRECTORY
-    ino: int
+    ino: BackingIno
     names: list[bytes] = field(default_factory=list)
 
 
@@ -114,13 +125,13 @@ class LiveOperations(pyfuse3.Operations):
         self.committer = planner.committer
         self.gate = gate
         root = os.fstat(root_fd)
-        self.root_ino = root.st_ino
+        self.root_ino = BackingIno(root.st_ino)
         self.root_dev = root.st_dev
         self._hidden_inos = {os.stat(HIDDEN_DIR, dir_fd=root_fd, follow_symlinks=False).st_ino,
                              os.fstat(graveyard.fd).st_ino}
         self._root_path = os.open(".", _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=root_fd)
         self._retired: list[int] = []
-        self._paths: DescriptorCache[int] = DescriptorCache(
+        self._paths: DescriptorCache[BackingIno] = DescriptorCache(
             PATH_FD_CAPACITY, lambda ino: open_by_ino(root_fd, ino, _O_PATH_FLAGS), dispose=self._retire)
         self.gate.on_idle = self._reap
         self._files: dict[int, _File] = {}
@@ -129,7 +140,8 @@ class LiveOperations(pyfuse3.Operations):
 
     def close(self) -> None:
         """Close every descriptor the handlers hold (after the FUSE loop ended)."""
-        for handle in [*self._files.values(), *self._dirs.values()]:
+        handles: list[_File | _Dir] = [*self._files.values(), *self._dirs.values()]
+        for handle in handles:
             os.close(handle.fd)
         self._files.clear()
         self._dirs.clear()
@@ -139,13 +151,13 @@ class LiveOperations(pyfuse3.Operations):
 
     # ---- inode table -----------------------------------------------------
 
-    def _ino(self, inode: int) -> int:
-        return self.root_ino if inode == pyfuse3.ROOT_INODE else inode
+    def _ino(self, inode: FuseInode) -> BackingIno:
+        return self.root_ino if inode == pyfuse3.ROOT_INODE else BackingIno(inode)
 
-    def _inode(self, ino: int) -> int:
-        return pyfuse3.ROOT_INODE if ino == self.root_ino else ino
+    def _inode(self, ino: BackingIno) -> FuseInode:
+        return FuseInode(pyfuse3.ROOT_INODE if ino == self.root_ino else ino)
 
-    def _fd(self, ino: int) -> int:
+    def _fd(self, ino: BackingIno) -> int:
         """An O_PATH descriptor of `ino`: cached, reopened by number, or an open file's own."""
         if ino == self.root_ino:
             return self._root_path
@@ -163,7 +175,7 @@ class LiveOperations(pyfuse3.Operations):
         if st.st_ino == self.root_ino:
             os.close(fd)
         else:
-            self._paths.put(st.st_ino, fd)
+            self._paths.put(BackingIno(st.st_ino), fd)
 
     def _retire(self, fd: int) -> None:
         """Dispose of an evicted descriptor: a handler may hold it across an await until idle."""
@@ -177,17 +189,17 @@ class LiveOperations(pyfuse3.Operations):
         for fd in retired:
             os.close(fd)
 
-    def _hidden(self, dir_ino: int, name: bytes) -> bool:
+    def _hidden(self, dir_ino: BackingIno, name: bytes) -> bool:
         return dir_ino == self.root_ino and name == HIDDEN_DIR
 
-    def _visible(self, parent_inode: int, name: bytes) -> int:
+    def _visible(self, parent_inode: FuseInode, name: bytes) -> BackingIno:
         """The backing inode of a directory whose entry `name` an existing-name request names."""
         parent = self._ino(parent_inode)
         if self._hidden(parent, name):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return parent
 
-    def _new_name(self, parent_inode: int, name: bytes) -> int:
+    def _new_name(self, parent_inode: FuseInode, name: bytes) -> BackingIno:
         """The backing inode of a directory in which `name` is to be made."""
         parent = self._ino(parent_inode)
         if self._hidden(parent, name):
@@ -210,7 +222,7 @@ class LiveOperations(pyfuse3.Operations):
 
     def _entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
-        attr.st_ino = self._inode(st.st_ino)
+        attr.st_ino = self._inode(BackingIno(st.st_ino))
         attr.generation = 0
         attr.entry_timeout = self.cache_timeout
         attr.attr_timeout = self.cache_timeout
@@ -228,12 +240,12 @@ class LiveOperations(pyfuse3.Operations):
         attr.st_ctime_ns = st.st_ctime_ns
         return attr
 
-    def _new_fh(self) -> int:
+    def _new_fh(self) -> pyfuse3.FileHandleT:
         fh = self._next_fh
         self._next_fh += 1
         return fh
 
-    def _file(self, fh: int) -> _File:
+    def _file(self, fh: pyfuse3.FileHandleT) -> _File:
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -242,26 +254,27 @@ class LiveOperations(pyfuse3.Operations):
     # ---- lookups and attributes -------------------------------------------
 
     @fuse_handler
-    async def lookup(self, parent_inode: int, name: bytes,
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self._visible(parent_inode, name)
+        parent = self._visible(FuseInode(parent_inode), name)
         if name == b".." and parent == self.root_ino:
             name = b"."
         fd, st = self._open_entry(self._fd(parent), name)
         self._remember(fd, st)
         return self._entry(st)
 
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         """Nothing to drop: no per-inode state is kept beyond the bounded descriptor cache."""
 
     @fuse_handler
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(os.fstat(self._fd(self._ino(inode))))
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(os.fstat(self._fd(self._ino(FuseInode(inode)))))
 
     @fuse_handler
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        ino = self._ino(inode)
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        ino = self._ino(FuseInode(inode))
         fd = self._fd(ino)
         handle = self._files.get(fh) if fh is not None else None
         async with self.gate.change():
@@ -272,13 +285,13 @@ class LiveOperations(pyfuse3.Operations):
         return self._entry(os.fstat(fd))
 
     @fuse_handler
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.readlink(b"", dir_fd=self._fd(self._ino(inode)))
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.readlink(b"", dir_fd=self._fd(self._ino(FuseInode(inode))))
 
     @fuse_handler
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext) -> bool:
         """Only called without default_permissions; the classic owner/group/other check."""
-        return _permits(os.fstat(self._fd(self._ino(inode))), mode, ctx)
+        return _permits(os.fstat(self._fd(self._ino(FuseInode(inode)))), mode, ctx)
 
     @fuse_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -292,26 +305,26 @@ class LiveOperations(pyfuse3.Operations):
     # ---- creating names --------------------------------------------------
 
     @fuse_handler
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         mode &= ~(ctx.umask & 0o777)
-        return await self._make(parent_inode, name, ctx,
+        return await self._make(FuseInode(parent_inode), name, ctx,
                                 lambda dir_fd: os.mknod(name, mode, rdev, dir_fd=dir_fd), mode)
 
     @fuse_handler
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         mode = stat.S_IFDIR | (mode & 0o7777 & ~ctx.umask)
-        return await self._make(parent_inode, name, ctx,
+        return await self._make(FuseInode(parent_inode), name, ctx,
                                 lambda dir_fd: os.mkdir(name, stat.S_IMODE(mode), dir_fd=dir_fd), mode)
 
     @fuse_handler
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._make(parent_inode, name, ctx,
+        return await self._make(FuseInode(parent_inode), name, ctx,
                                 lambda dir_fd: os.symlink(target, name, dir_fd=dir_fd), stat.S_IFLNK)
 
-    async def _make(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext,
+    async def _make(self, parent_inode: FuseInode, name: bytes, ctx: pyfuse3.RequestContext,
                     make: Callable[[int], None], mode: int) -> pyfuse3.EntryAttributes:
         """Shared flow of mknod / mkdir / symlink: capture the entry, make, give to the caller."""
         parent = self._new_name(parent_inode, name)
@@ -321,32 +334,34 @@ class LiveOperations(pyfuse3.Operations):
             await store(self.committer, self.planner.objects(seq, entries=[(parent, name)]))
             make(parent_fd)
             fd, st = _give_to_caller(parent_fd, name, mode, ctx, self._open_entry)
-            self.planner.note_new(seq, st.st_ino)
+            self.planner.note_new(seq, BackingIno(st.st_ino))
         self._remember(fd, st)
         return self._entry(st)
 
     @fuse_handler
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        parent = self._new_name(parent_inode, name)
+    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
+                     flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._new_name(FuseInode(parent_inode), name)
         parent_fd = self._fd(parent)
         async with self.gate.change():
             seq = self.planner.newest
             await store(self.committer, self.planner.objects(seq, entries=[(parent, name)]))
             fd, st = _create_file(parent_fd, name, stat.S_IMODE(mode) & ~ctx.umask, flags, ctx)
-            self.planner.note_new(seq, st.st_ino)
+            ino = BackingIno(st.st_ino)
+            self.planner.note_new(seq, ino)
         # No O_PATH descriptor is cached for the new file: while it is open `_fd` finds its
         # handle, afterwards it is reopened by number if ever needed (most new files are
         # only written and closed), which spares every create an open and the cache an eviction.
         fh = self._new_fh()
-        self._files[fh] = _File(fd, st.st_ino)
+        self._files[fh] = _File(fd, ino)
         return _file_info(fh, flags), self._entry(st)
 
     @fuse_handler
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        ino = self._ino(inode)
-        parent = self._new_name(new_parent_inode, new_name)
+        ino = self._ino(FuseInode(inode))
+        parent = self._new_name(FuseInode(new_parent_inode), new_name)
         fd = self._fd(ino)
         parent_fd = self._fd(parent)
         async with self.gate.change():
@@ -358,8 +373,8 @@ class LiveOperations(pyfuse3.Operations):
     # ---- removing and moving names ------------------------------------------
 
     @fuse_handler
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self._visible(parent_inode, name)
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._visible(FuseInode(parent_inode), name)
         parent_fd = self._fd(parent)
         async with self.gate.change():
             plan = await settle(self.committer,
@@ -367,8 +382,8 @@ class LiveOperations(pyfuse3.Operations):
             self.graveyard.unlink(plan, parent_fd, name)  # no await since the plan: it still holds
 
     @fuse_handler
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self._visible(parent_inode, name)
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._visible(FuseInode(parent_inode), name)
         parent_fd = self._fd(parent)
         async with self.gate.change():
             plan = await settle(self.committer,
@@ -376,10 +391,11 @@ class LiveOperations(pyfuse3.Operations):
             self.graveyard.rmdir(plan, parent_fd, name)
 
     @fuse_handler
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        old_parent = self._visible(parent_inode_old, name_old)
-        new_parent = self._new_name(parent_inode_new, name_new)
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
+                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: pyfuse3.FlagT,
+                     ctx: pyfuse3.RequestContext) -> None:
+        old_parent = self._visible(FuseInode(parent_inode_old), name_old)
+        new_parent = self._new_name(FuseInode(parent_inode_new), name_new)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         old_fd = self._fd(old_parent)
@@ -392,8 +408,9 @@ class LiveOperations(pyfuse3.Operations):
     # ---- files -----------------------------------------------------------
 
     @fuse_handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        ino = self._ino(inode)
+    async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        ino = self._ino(FuseInode(inode))
         path_fd = self._fd(ino)
         reopen = (flags & ~_OPEN_DROP) | os.O_CLOEXEC
         if flags & os.O_TRUNC:
@@ -407,11 +424,11 @@ class LiveOperations(pyfuse3.Operations):
         return _file_info(fh, flags)
 
     @fuse_handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         return os.pread(self._file(fh).fd, size, off)
 
     @fuse_handler
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._file(fh)
         ahead = handle.writes.advance(off, len(buf))
         async with self.gate.change():
@@ -421,18 +438,18 @@ class LiveOperations(pyfuse3.Operations):
             return os.pwrite(handle.fd, buf, off)
 
     @fuse_handler
-    async def flush(self, fh: int) -> None:
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         # Writes reach the backing file synchronously, so close has nothing to flush; ENOSYS
         # tells the kernel to stop sending FLUSH, one request less per close.
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_handler
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         fd = self._file(fh).fd
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
 
     @fuse_handler
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None:
             os.close(handle.fd)
@@ -440,8 +457,8 @@ class LiveOperations(pyfuse3.Operations):
     # ---- directories -----------------------------------------------------
 
     @fuse_handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        ino = self._ino(inode)
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        ino = self._ino(FuseInode(inode))
         fd = os.open(proc_path(self._fd(ino)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with os.scandir(fd) as entries:
@@ -456,7 +473,7 @@ class LiveOperations(pyfuse3.Operations):
         return fh
 
     @fuse_handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self._dirs.get(fh)
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -472,13 +489,13 @@ class LiveOperations(pyfuse3.Operations):
             self._remember(fd, st)
 
     @fuse_handler
-    async def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         listing = self._dirs.pop(fh, None)
         if listing is not None:
             os.close(listing.fd)
 
     @fuse_handler
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         listing = self._dirs.get(fh)
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -487,24 +504,25 @@ class LiveOperations(pyfuse3.Operations):
     # ---- extended attributes ---------------------------------------------
 
     @fuse_handler
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.getxattr(proc_path(self._fd(self._ino(inode))), name)
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.getxattr(proc_path(self._fd(self._ino(FuseInode(inode)))), name)
 
     @fuse_handler
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [os.fsencode(name) for name in os.listxattr(proc_path(self._fd(self._ino(inode))))]
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [os.fsencode(name) for name in os.listxattr(proc_path(self._fd(self._ino(FuseInode(inode)))))]
 
     @fuse_handler
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        ino = self._ino(inode)
+    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        ino = self._ino(FuseInode(inode))
         fd = self._fd(ino)
         async with self.gate.change():
             await store(self.committer, self.planner.objects(self.planner.seq_for(fd), attrs=[ino]))
             os.setxattr(proc_path(fd), name, value)
 
     @fuse_handler
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        ino = self._ino(inode)
+    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        ino = self._ino(FuseInode(inode))
         fd = self._fd(ino)
         async with self.gate.change():
             await store(self.committer, self.planner.objects(self.planner.seq_for(fd), attrs=[ino]))

@@ -30,6 +30,11 @@ From the candidates:
   every captured block, for backups, which then read each block once.
 
 Nothing here reads an unchanged file or lists an unchanged directory.
+
+Every inode here is a `BackingIno` (the diff-area identity; readers hand them
+out typed) and the two snapshots are `Seq`s: a tree built from anything else,
+such as a backup image's records, converts its inode numbers where it reads
+them.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, DirentRecord, blocks_to_ranges
+from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, BackingIno, DirentRecord, Seq, blocks_to_ranges
 from shadowfs.linux.confined import join
 from shadowfs.snapshot.readers import PathReader, SnapshotReader  # PathReader: for `changes.PathReader` users
 
@@ -67,12 +72,12 @@ class ObjectChanges:
     """Every object with a pre-image keyed in [base, new), with its value at base."""
 
     area: DiffArea
-    base: int
-    new: int
-    inodes: dict[int, InodeDelta] = field(default_factory=dict)
-    entries: dict[tuple[int, str], DirentRecord] = field(default_factory=dict)
+    base: Seq
+    new: Seq
+    inodes: dict[BackingIno, InodeDelta] = field(default_factory=dict)
+    entries: dict[tuple[BackingIno, str], DirentRecord] = field(default_factory=dict)
 
-    def block_at_base(self, ino: int, block: int) -> bytes | None:
+    def block_at_base(self, ino: BackingIno, block: int) -> bytes | None:
         """The block's pre-image as snapshot `base` sees it (DiffAreaError if `base` is gone: a later
         pre-image could then be mistaken for it)."""
         with self.area.read() as txn:
@@ -80,14 +85,14 @@ class ObjectChanges:
                 raise DiffAreaError(f"{self.area.path}: base snapshot {self.base} was deleted meanwhile")
             return self.area.block_at(txn, ino, block, self.base)
 
-    def entry_names(self) -> dict[int, list[str]]:
-        out: dict[int, list[str]] = {}
+    def entry_names(self) -> dict[BackingIno, list[str]]:
+        out: dict[BackingIno, list[str]] = {}
         for dir_ino, name in self.entries:
             out.setdefault(dir_ino, []).append(name)
         return out
 
 
-def scan(area: DiffArea, base: int, new: int) -> ObjectChanges:
+def scan(area: DiffArea, base: Seq, new: Seq) -> ObjectChanges:
     """The candidates between snapshots `base` and `new` (both must exist, base < new)."""
     with area.read() as txn:
         for seq in (base, new):
@@ -96,7 +101,7 @@ def scan(area: DiffArea, base: int, new: int) -> ObjectChanges:
         if base >= new:
             raise DiffAreaError(f"base snapshot {base} is not older than {new}")
         changes = ObjectChanges(area, base, new)
-        attr_inos: set[int] = set()
+        attr_inos: set[BackingIno] = set()
         cursor = txn.cursor(db=area.bysnap)
         found = cursor.set_range(schema.u64(base))
         while found:
@@ -105,12 +110,12 @@ def scan(area: DiffArea, base: int, new: int) -> ObjectChanges:
                 break
             tag = obj[:1]
             if tag == b"A":
-                attr_inos.add(schema.read_u64(obj, 1))
+                attr_inos.add(schema.object_ino(obj))
             elif tag == b"B":
-                delta = changes.inodes.setdefault(schema.read_u64(obj, 1), InodeDelta())
+                delta = changes.inodes.setdefault(schema.object_ino(obj), InodeDelta())
                 delta.blocks.add(schema.block_number(obj))
             elif tag == b"D":
-                key = (schema.read_u64(obj, 1), os.fsdecode(schema.dirent_name(obj)))
+                key = (schema.object_ino(obj), os.fsdecode(schema.dirent_name(obj)))
                 if key not in changes.entries:
                     record = area.dirent_at(txn, key[0], schema.dirent_name(obj), base)
                     assert record is not None  # the key just seen is >= base
@@ -129,16 +134,16 @@ def scan(area: DiffArea, base: int, new: int) -> ObjectChanges:
 class Tree:
     """Directory structure: directory inode -> name -> (inode, S_IFMT)."""
 
-    root: int
-    children: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    root: BackingIno
+    children: dict[BackingIno, dict[str, tuple[BackingIno, int]]] = field(default_factory=dict)
     # set by `tree_at_new`: the path of every directory reached, and the directories whose
     # entries were looked up or listed (every other one shares its entries with the base tree)
-    dir_paths: dict[int, str] = field(default_factory=dict)
-    touched: set[int] = field(default_factory=set)
+    dir_paths: dict[BackingIno, str] = field(default_factory=dict)
+    touched: set[BackingIno] = field(default_factory=set)
 
-    def walk(self) -> Iterable[tuple[str, int, int, int]]:
+    def walk(self) -> Iterable[tuple[str, BackingIno, int, BackingIno]]:
         """(path, inode, S_IFMT, parent inode) of every object but the root, parents first, names sorted."""
-        stack: list[tuple[int, str]] = [(self.root, "")]
+        stack: list[tuple[BackingIno, str]] = [(self.root, "")]
         while stack:
             dir_ino, dir_path = stack.pop()
             kids = self.children.get(dir_ino, {})
@@ -149,9 +154,9 @@ class Tree:
                 if kind == stat.S_IFDIR:
                     stack.append((ino, path))
 
-    def paths(self) -> dict[int, list[str]]:
+    def paths(self) -> dict[BackingIno, list[str]]:
         """inode -> every path of it (the root is "")."""
-        out: dict[int, list[str]] = {self.root: [""]}
+        out: dict[BackingIno, list[str]] = {self.root: [""]}
         for path, ino, _, _ in self.walk():
             known = out.get(ino)
             if known is None:
@@ -161,10 +166,10 @@ class Tree:
                 known.sort(key=lambda p: p.split("/"))
         return out
 
-    def index(self) -> tuple[dict[str, tuple[int, int]], dict[int, list[str]]]:
+    def index(self) -> tuple[dict[str, tuple[BackingIno, int]], dict[BackingIno, list[str]]]:
         """`path_map` and `paths` in one walk."""
-        by_path: dict[str, tuple[int, int]] = {"": (self.root, stat.S_IFDIR)}
-        by_ino: dict[int, list[str]] = {self.root: [""]}
+        by_path: dict[str, tuple[BackingIno, int]] = {"": (self.root, stat.S_IFDIR)}
+        by_ino: dict[BackingIno, list[str]] = {self.root: [""]}
         for path, ino, kind, _ in self.walk():
             by_path[path] = (ino, kind)
             known = by_ino.get(ino)
@@ -175,24 +180,24 @@ class Tree:
                 known.sort(key=lambda p: p.split("/"))
         return by_path, by_ino
 
-    def path_map(self) -> dict[str, tuple[int, int]]:
+    def path_map(self) -> dict[str, tuple[BackingIno, int]]:
         """path -> (inode, S_IFMT), the root included."""
         out = {"": (self.root, stat.S_IFDIR)}
         for path, ino, kind, _ in self.walk():
             out[path] = (ino, kind)
         return out
 
-    def links(self) -> dict[int, set[tuple[int, str]]]:
+    def links(self) -> dict[BackingIno, set[tuple[BackingIno, str]]]:
         """inode -> its directory entries (parent inode, name)."""
-        out: dict[int, set[tuple[int, str]]] = {}
+        out: dict[BackingIno, set[tuple[BackingIno, str]]] = {}
         for path, ino, _, parent in self.walk():
             out.setdefault(ino, set()).add((parent, path.rsplit("/", 1)[-1]))
         return out
 
 
-def tree_from_paths(items: Iterable[tuple[str, int, int]]) -> Tree:
+def tree_from_paths(items: Iterable[tuple[str, BackingIno, int]]) -> Tree:
     """A tree from (path, inode, S_IFMT) of every object, parents before children, root ("") first."""
-    ino_of: dict[str, int] = {}
+    ino_of: dict[str, BackingIno] = {}
     tree: Tree | None = None
     for path, ino, kind in items:
         ino_of[path] = ino
@@ -211,7 +216,7 @@ def tree_from_paths(items: Iterable[tuple[str, int, int]]) -> Tree:
     return tree
 
 
-def tree_from_map(by_path: dict[str, tuple[int, int]]) -> Tree:
+def tree_from_map(by_path: Mapping[str, tuple[BackingIno, int]]) -> Tree:
     """A tree from path -> (inode, S_IFMT) of every object (the root is "")."""
     tree = Tree(by_path[""][0])
     children = tree.children
@@ -230,10 +235,10 @@ def tree_from_map(by_path: dict[str, tuple[int, int]]) -> Tree:
     return tree
 
 
-def walk_tree(reader: SnapshotReader, root: int) -> Tree:
+def walk_tree(reader: SnapshotReader, root: BackingIno) -> Tree:
     """The whole directory structure of a snapshot (every directory listed once)."""
     tree = Tree(root)
-    queue: deque[tuple[int, str]] = deque([(root, "")])
+    queue: deque[tuple[BackingIno, str]] = deque([(root, "")])
     while queue:
         dir_ino, dir_path = queue.popleft()
         kids = {name: (ino, kind) for name, ino, kind in reader.listdir(dir_ino, dir_path)}
@@ -250,7 +255,7 @@ def tree_at_new(base: Tree, changes: ObjectChanges, reader: SnapshotReader) -> T
     with `base` (neither tree is changed afterwards)."""
     names = changes.entry_names()
     tree = Tree(base.root)
-    queue: deque[tuple[int, str]] = deque([(base.root, "")])
+    queue: deque[tuple[BackingIno, str]] = deque([(base.root, "")])
     while queue:
         dir_ino, dir_path = queue.popleft()
         if dir_ino in tree.children:
@@ -288,11 +293,11 @@ class TreeDelta:
     either tree is *stable*: the same object at the same path in both. A path at new that is
     not moved in and a path at base that is not moved out are therefore the same path."""
 
-    moved_in: dict[str, tuple[int, int]] = field(default_factory=dict)
-    moved_out: dict[str, tuple[int, int]] = field(default_factory=dict)
+    moved_in: dict[str, tuple[BackingIno, int]] = field(default_factory=dict)
+    moved_out: dict[str, tuple[BackingIno, int]] = field(default_factory=dict)
 
 
-def tree_delta(base: Tree, base_dirs: dict[int, str], new: Tree) -> TreeDelta:
+def tree_delta(base: Tree, base_dirs: Mapping[BackingIno, str], new: Tree) -> TreeDelta:
     """The delta from `base` (with `base_dirs`: directory inode -> its path) to `new`, from the
     directories `tree_at_new` touched only: nothing proportional to the unchanged tree."""
     delta = TreeDelta()
@@ -310,7 +315,8 @@ def tree_delta(base: Tree, base_dirs: dict[int, str], new: Tree) -> TreeDelta:
     return delta
 
 
-def _subtree(tree: Tree, path: str, value: tuple[int, int], out: dict[str, tuple[int, int]]) -> None:
+def _subtree(tree: Tree, path: str, value: tuple[BackingIno, int],
+             out: dict[str, tuple[BackingIno, int]]) -> None:
     """Every path at and below `path` (whose entry is `value`) into `out`; a directory is entered
     once, whatever a malformed tree says."""
     out[path] = value
@@ -331,7 +337,7 @@ def _subtree(tree: Tree, path: str, value: tuple[int, int], out: dict[str, tuple
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def changed_blocks(changes: ObjectChanges, ino: int, size_before: int, size_after: int,
+def changed_blocks(changes: ObjectChanges, ino: BackingIno, size_before: int, size_after: int,
                    read_after: Callable[[int, int], bytes]) -> list[int]:
     """Blocks (below size_after) whose bytes at new differ from base, or that hold bytes past size_before."""
     delta = changes.inodes.get(ino)
@@ -354,7 +360,7 @@ def changed_blocks(changes: ObjectChanges, ino: int, size_before: int, size_afte
     return sorted(b for b in out if b * BLOCK_SIZE < size_after)
 
 
-def captured_ranges(changes: ObjectChanges, ino: int, size_before: int,
+def captured_ranges(changes: ObjectChanges, ino: BackingIno, size_before: int,
                     size_after: int) -> list[tuple[int, int]]:
     """Byte ranges (below size_after) that may differ from base without reading anything: the
     captured blocks and the blocks past size_before. A superset of `changed_ranges` (a block
@@ -367,7 +373,7 @@ def captured_ranges(changes: ObjectChanges, ino: int, size_before: int,
     return blocks_to_ranges(blocks, size_after)
 
 
-def changed_ranges(changes: ObjectChanges, ino: int, size_before: int, size_after: int,
+def changed_ranges(changes: ObjectChanges, ino: BackingIno, size_before: int, size_after: int,
                    read_after: Callable[[int, int], bytes]) -> list[tuple[int, int]]:
     """`changed_blocks` as byte ranges."""
     return blocks_to_ranges(changed_blocks(changes, ino, size_before, size_after, read_after), size_after)
