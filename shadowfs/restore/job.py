@@ -36,6 +36,7 @@ from shadowfs.backup.plan import base_document, locate
 from shadowfs.documents import (
     BackupSchema,
     ComponentState,
+    DirectedTarget,
     DocumentError,
     RangeError,
     RestoreTarget,
@@ -57,7 +58,7 @@ from shadowfs.vss.requester import SyncBackupComponents
 class _WriterRestore:
     """The restore hooks: PreRestore / PostRestore with the writers of each image's saved BCD."""
 
-    def __init__(self, bc: Any, chain: list[Image], registered: set[str],
+    def __init__(self, bc: SyncBackupComponents, chain: list[Image], registered: set[str],
                  new_targets: Sequence[tuple[str, str]]) -> None:
         self.bc = bc
         self.chain = chain
@@ -157,7 +158,7 @@ class _WriterRestore:
                 steps.directed.append(self._directed(directed, roots, state))
         return steps
 
-    def _directed(self, directed: Any, roots: Mapping[str, str], state: ChainState) -> Directed:
+    def _directed(self, directed: DirectedTarget, roots: Mapping[str, str], state: ChainState) -> Directed:
         source = os.path.join(directed.source_path, directed.source_filename)
         dest = os.path.join(directed.destination_path, directed.destination_filename)
         label = f"directed target {source} -> {dest}"
