@@ -3,14 +3,14 @@
 One job: decide, per volume, which records and bytes go into the new image,
 and write them with `media.ImageWriter`. Sources are directory trees (a set's
 ``<mount root>/snapshots/<set id>/<volume>/``, or any directory), read with
-`snaptree` and never followed through a symlink.
+`snapshot.tree` and never followed through a symlink.
 
 - full and copy: every object of every volume (holes skipped);
 - incremental (base: the newest full, incremental or differential image of
   the same volumes) and differential (base: the newest full image): only what
   differs from the state the base chain restores (`media.ChainState`), with
   deletions recorded; log: no data outside writers' log files (none yet);
-- the fast path, when `changed_hint` gives a volume's `changes.ObjectChanges`
+- the fast path, when a volume's `VolumeSource.changes` gives its `changes.ObjectChanges`
   from the base image's snapshot to this one: the tree at this snapshot is
   derived from the base state and the candidates (`changes.tree_at_new`), and
   only candidate files are read, changed files as patches of their captured
