@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from shadowfs import statedir
 from shadowfs.backup.plan import base_document, locate
@@ -51,7 +50,7 @@ from shadowfs.errors import BackupJobError, BackupRefused
 from shadowfs.media import Image
 from shadowfs.media.reader import chain_images
 from shadowfs.media.state import ChainState
-from shadowfs.restore.engine import Directed, ImageSteps, Relocation, RestoreResult, restore
+from shadowfs.restore.engine import Directed, ImageSteps, Progress, Relocation, RestoreResult, restore
 from shadowfs.vss.requester import SyncBackupComponents
 
 
@@ -192,7 +191,7 @@ class _WriterRestore:
 def run_restore(state_dir: str | None, media: str, image_id: str, to: str | None = None, *,
                 targets: Mapping[str, str] | None = None, volumes: Sequence[str] | None = None,
                 new_targets: Sequence[tuple[str, str]] = (), with_writers: bool = True,
-                progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[RestoreResult, list[str]]:
+                progress: Progress | None = None) -> tuple[RestoreResult, list[str]]:
     """Restore `image_id` and its chain with the writers of its saved BCDs; returns the engine's result
     and the writers' PostRestore failures."""
     chain = chain_images(media, image_id)
