@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowfs.backup.engine import backup
+from shadowfs.backup.engine import BackupRequest, VolumeSource, backup
 from shadowfs.cli import common, main
 from shadowfs.cli.progress import Progress
 
@@ -20,7 +20,7 @@ def store(tmp_path: Path) -> tuple[str, str, str]:
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_bytes(b"hello" * 1000)
     path = str(tmp_path / "media")
-    return path, backup({"vol": str(src)}, path, "full"), str(src)
+    return path, backup(BackupRequest(path, {"vol": VolumeSource(str(src))}, "full")), str(src)
 
 
 def test_media_list_and_verify(store: tuple[str, str, str], capsys: pytest.CaptureFixture[str]) -> None:

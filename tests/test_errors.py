@@ -279,12 +279,12 @@ def test_usage_errors_stay_argparse_with_exit_2(tmp_path: Path) -> None:
 
 
 def test_damaged_media_exits_1(tmp_path: Path) -> None:
-    from shadowfs.backup.engine import backup
+    from shadowfs.backup.engine import BackupRequest, VolumeSource, backup
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_bytes(b"data" * 100)
     media = str(tmp_path / "media")
-    image = backup({"vol": str(tmp_path / "src")}, media, "full")
+    image = backup(BackupRequest(media, {"vol": VolumeSource(str(tmp_path / "src"))}, "full"))
     assert shadowfs("media", "verify", "--media", media).returncode == 0
     with open(os.path.join(media, image, "data", "000000.pack"), "r+b") as pack:
         pack.write(b"X")

@@ -45,10 +45,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from shadowfs import statedir
-from shadowfs.backup.engine import Documents, Progress, backup
+from shadowfs.backup.engine import BackupRequest, Documents, Progress, VolumeInfo, VolumeSource, backup
 from shadowfs.backup.fileset import specs_for_type
 from shadowfs.backup.plan import (
     BackupJobError,
@@ -71,6 +71,7 @@ from shadowfs.documents import (
 from shadowfs.errors import BackupRefused, ShadowfsError
 from shadowfs.ipc.client import request_fds
 from shadowfs.ipc.frames import close_fds
+from shadowfs.ipc.messages import CreatedSnapshot, WriterResult
 from shadowfs.media import Image, find_base, open_image
 from shadowfs.snapshot import changes
 from shadowfs.snapshot.readers import ViewReader
@@ -100,7 +101,7 @@ class _Hints:
             hint.area.close()
 
 
-def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[Mapping[str, Any]],
+def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[CreatedSnapshot],
                 alive: set[str], direct: bool) -> _Hints:
     """Diff-area candidates per volume, where the base image's snapshot still exists."""
     hints = _Hints()
@@ -154,6 +155,18 @@ def _created_ns(image: Image) -> int:
     return int(datetime.fromisoformat(image.info.created.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
+class ComponentOutcome(TypedDict):
+    """One selected component of a backup (image.json's `components`, `backup --json`): `succeeded`
+    and, when it failed, `failures` are added once the image is written."""
+
+    writer: str
+    instance_id: str
+    component: str
+    type: str  # the effective backup type the writer got
+    succeeded: NotRequired[bool]
+    failures: NotRequired[list[str]]
+
+
 @dataclass
 class BackupOutcome:
     """What `run_backup` did."""
@@ -162,11 +175,41 @@ class BackupOutcome:
     set_id: str
     type: str
     base: str | None
-    components: list[dict[str, Any]]
+    components: list[ComponentOutcome]
     live_volumes: list[str]
     fast_path: list[str]
     warnings: list[str]
     direct: list[str] = field(default_factory=list)  # volumes whose snapshot was read in-process
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What `run_backup` was asked to do, resolved: what every step of the job reads."""
+
+    state_dir: str
+    media: str
+    volumes: list[str]
+    type: BackupType
+    base: Image | None
+    chain_types: list[str]  # the types of the base image's chain, oldest first
+    keep_snapshot: bool
+    with_writers: bool
+    progress: Progress | None
+    direct: bool
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """What the VSS steps before the image made: the components chosen, the writers' metadata,
+    each volume's live root and whether it is read live, and the snapshot set."""
+
+    set_id: str
+    chosen: list[Chosen]
+    wmds: Mapping[str, WriterMetadata]
+    base_doc: BackupComponentsDocument | None
+    roots: Mapping[str, str]
+    live: set[str]
+    snapshots: list[CreatedSnapshot]
 
 
 def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: str = "full", *,
@@ -188,33 +231,33 @@ def run_backup(state_dir: str, media: str, volumes: Sequence[str], backup_type: 
                                  f"{', '.join(volumes)}: run a full backup first")
     chain_types = [] if base is None else [open_image(media, i).info.type for i in base.info.chain] \
         + [base.info.type]
+    job = _Job(state_dir, media, list(volumes), wanted, base, chain_types, keep_snapshot, with_writers,
+               progress, direct)
     bc = SyncBackupComponents(state_dir)
     try:
-        return _backup(bc, state_dir, media, list(volumes), wanted, base, chain_types, keep_snapshot,
-                       with_writers, progress, direct)
+        return _backup(bc, job)
     finally:
         bc.close()
 
 
-def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: BackupType,
-            base: Image | None, chain_types: list[str], keep_snapshot: bool, with_writers: bool,
-            progress: Progress | None, direct: bool) -> BackupOutcome:
+def _backup(bc: SyncBackupComponents, job: _Job) -> BackupOutcome:
+    volumes, wanted, keep_snapshot = job.volumes, job.type, job.keep_snapshot
     known = {v["name"]: v for v in bc.volumes()}
     missing = [v for v in volumes if v not in known]
     if missing:
         raise BackupRefused(f"no volume {', '.join(missing)}")
     roots = {v: known[v]["mount"] for v in volumes}
-    if with_writers:
+    if job.with_writers:
         context = SnapshotContext.CLIENT_ACCESSIBLE_WRITERS if keep_snapshot else SnapshotContext.BACKUP
     else:
         context = SnapshotContext.CLIENT_ACCESSIBLE if keep_snapshot else SnapshotContext.FILE_SHARE_BACKUP
     bc.set_context(context)
-    wmds: dict[str, WriterMetadata] = bc.gather_writer_metadata() if with_writers else {}
-    chosen = select_components(wmds, roots, wanted, chain_types)
+    wmds: dict[str, WriterMetadata] = bc.gather_writer_metadata() if job.with_writers else {}
+    chosen = select_components(wmds, roots, wanted, job.chain_types)
     for item in chosen:
         bc.add_component(item.instance_id, item.writer_id, item.type_value, item.logical_path, item.name)
     bc.set_backup_state(True, False, wanted, True)
-    base_doc = base_document(base)
+    base_doc = base_document(job.base)
     if base_doc is not None:
         for writer, component in base_doc.iter_components():
             mine = bc.document.get_component(writer.instance_id, component.logical_path, component.name)
@@ -233,15 +276,15 @@ def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: Bac
     try:
         bc.prepare_for_backup()
         _check_results(bc.last_results, "PrepareForBackup")
-        snapshots: list[dict[str, Any]] = []
+        snapshots: list[CreatedSnapshot] = []
         for volume in volumes:
             if volume not in live:
                 bc.add_to_snapshot_set(volume)
         if len(live) < len(volumes):
             reply = bc.do_snapshot_set()
             snapshots = list(reply["snapshots"])
-        outcome = _write_image(bc, state_dir, media, volumes, wanted, base, base_doc, chosen, wmds, roots,
-                               live, snapshots, set_id, progress, direct)
+        taken = _Taken(set_id, chosen, wmds, base_doc, roots, live, snapshots)
+        outcome = _write_image(bc, job, taken)
     except BaseException:
         try:
             bc.abort_backup()
@@ -255,7 +298,7 @@ def _backup(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: Bac
     return outcome
 
 
-def _check_results(results: Sequence[Mapping[str, Any]], event: str) -> None:
+def _check_results(results: Sequence[WriterResult], event: str) -> None:
     failed = [r for r in results if r.get("ok") is False]
     if failed:
         first = failed[0]
@@ -263,13 +306,10 @@ def _check_results(results: Sequence[Mapping[str, Any]], event: str) -> None:
                              f"{first.get('message') or first.get('failure')}")
 
 
-def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted: BackupType,
-                 base: Image | None, base_doc: BackupComponentsDocument | None, chosen: list[Chosen],
-                 wmds: Mapping[str, WriterMetadata], roots: Mapping[str, str], live: set[str],
-                 snapshots: list[dict[str, Any]], set_id: str, progress: Progress | None,
-                 direct: bool) -> BackupOutcome:
-    sources = {s["volume"]: s["path"] for s in snapshots}
-    sources.update({volume: roots[volume] for volume in live})
+def _write_image(bc: SyncBackupComponents, job: _Job, taken: _Taken) -> BackupOutcome:
+    base, base_doc, chosen, wmds, roots = job.base, taken.base_doc, taken.chosen, taken.wmds, taken.roots
+    sources = {s["volume"]: s["path"] for s in taken.snapshots}
+    sources.update({volume: roots[volume] for volume in taken.live})
     last_ns = 0
     if base_doc is not None and base_doc.snapshot_set is not None:
         last_ns = base_doc.snapshot_set.creation_time
@@ -278,15 +318,15 @@ def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted
     planned = build_plans(chosen, bc.document, wmds, roots, sources, base is not None, last_ns)
     for warning in planned.warnings:
         log.warning("%s", warning)
-    info: dict[str, dict[str, Any]] = {v: {"mount": roots[v]} for v in volumes}
-    for snap in snapshots:
+    info: dict[str, VolumeInfo] = {v: {"mount": roots[v]} for v in job.volumes}
+    for snap in taken.snapshots:
         info[snap["volume"]].update({"snapshot_id": snap["id"], "seq": snap["seq"]})
-    for volume in live:
+    for volume in taken.live:
         info[volume]["live"] = True
     hints = _Hints()
-    if base is not None and snapshots:
+    if base is not None and taken.snapshots:
         alive = {p.snapshot_id for p in bc.query_snapshots()}
-        hints = _diff_hints(state_dir, base, snapshots, alive, direct)
+        hints = _diff_hints(job.state_dir, base, taken.snapshots, alive, job.direct)
     by_ident = {(item.key, item.instance_id): item for item in chosen}
 
     def failed(volume: str, path: str, component: str, writer: str, message: str) -> None:
@@ -304,21 +344,24 @@ def _write_image(bc: Any, state_dir: str, media: str, volumes: list[str], wanted
         selected = {item.instance_id for item in chosen}
         return Documents(bc.save_as_xml(), [wmds[i].to_xml() for i in wmds if i in selected])
 
-    summary = [{"writer": item.writer_name, "instance_id": item.instance_id, "component": item.key,
-                "type": item.effective.value} for item in chosen]
+    summary: list[ComponentOutcome] = [{"writer": item.writer_name, "instance_id": item.instance_id,
+                                        "component": item.key, "type": item.effective.value}
+                                       for item in chosen]
+    volumes = {v: VolumeSource(sources[v], plan=planned.plans[v], changes=hints.changes.get(v),
+                               reader=hints.readers.get(v), info=info[v]) for v in sources}
+    request = BackupRequest(job.media, volumes, job.type.value, base.id if base else None,
+                            set_id=taken.set_id, components=summary, late_documents=documents,
+                            progress=job.progress, failures=failed)
     try:
-        image_id = backup(sources, media, wanted.value, base.id if base else None, hints.changes,
-                          set_id=set_id, plans=planned.plans, components=summary, volume_info=info,
-                          progress=progress, failures=failed, late_documents=documents,
-                          readers=hints.readers)
+        image_id = backup(request)
     finally:
         hints.close()
     for entry, item in zip(summary, chosen, strict=True):
         entry["succeeded"] = not item.failures
         if item.failures:
             entry["failures"] = item.failures
-    return BackupOutcome(image_id, set_id, wanted.value, base.id if base else None, summary, sorted(live),
-                         sorted(hints.changes), planned.warnings, sorted(hints.readers))
+    return BackupOutcome(image_id, taken.set_id, job.type.value, base.id if base else None, summary,
+                         sorted(taken.live), sorted(hints.changes), planned.warnings, sorted(hints.readers))
 
 
-__all__ = ["BackupJobError", "BackupOutcome", "BackupRefused", "run_backup"]
+__all__ = ["BackupJobError", "BackupOutcome", "BackupRefused", "ComponentOutcome", "run_backup"]

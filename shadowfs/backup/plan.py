@@ -44,7 +44,6 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from shadowfs import statedir
 from shadowfs.backup.engine import HIDDEN, VolumePlan
@@ -55,8 +54,12 @@ from shadowfs.documents import (
 from shadowfs.documents import (
     BackupSchema,
     BackupType,
+    Component,
     ComponentState,
+    ComponentType,
     DocumentError,
+    FileSpec,
+    PartialFile,
     RangeError,
     WriterMetadata,
     parse_range_string,
@@ -66,7 +69,7 @@ from shadowfs.documents import (
 from shadowfs.documents.rules import full_path
 from shadowfs.errors import BackupJobError
 from shadowfs.media import Image
-from shadowfs.snapshot.tree import SourceTree
+from shadowfs.snapshot.tree import Meta, SourceTree
 
 UNCOUNTED = "\0uncounted\0"   # prefix of pseudo components: files only uncounted specs name
 
@@ -95,7 +98,7 @@ class Chosen:
     instance_id: str
     writer_id: str
     writer_name: str
-    type_value: Any
+    type_value: ComponentType
     logical_path: str
     name: str
     specs: list[Spec]
@@ -107,7 +110,7 @@ class Chosen:
         return full_path(self.logical_path, self.name)
 
 
-def _spec_of(spec: Any) -> Spec:
+def _spec_of(spec: FileSpec) -> Spec:
     return Spec(spec.path, spec.filespec, spec.recursive, spec.alternate_path, int(spec.backup_type_mask))
 
 
@@ -129,7 +132,7 @@ def select_components(wmds: Mapping[str, WriterMetadata], roots: Mapping[str, st
     for instance_id, wmd in wmds.items():
         effective = effective_type(wmd.backup_schema, wanted, chain_types)
 
-        def on_volumes(component: Any) -> bool:
+        def on_volumes(component: Component) -> bool:
             return any(locate(s.path, roots) is not None
                        or (s.alternate_path and locate(s.alternate_path, roots) is not None)
                        for s in component.all_file_specs)
@@ -196,12 +199,12 @@ def build_plans(chosen: Sequence[Chosen], document: BackupComponentsDocument,
         differenced[ident] = diffs
         counted_set = set(specs_for_type(item.specs, item.effective.value))
         uncounted[ident] = [s for s in item.specs if s not in counted_set]
-    interesting = {v for spec in [s for specs in plain.values() for s in specs]
+    interesting = {place[0] for spec in [s for specs in plain.values() for s in specs]
                    + [s for diffs in differenced.values() for s, _ in diffs]
                    + [s for specs in uncounted.values() for s in specs] + excluded
                    for path in (spec.path, spec.alternate_path) if path
-                   for v in [locate(path, roots)] if v is not None for v in [v[0]]}
-    partial_files: list[tuple[str, Any]] = []
+                   for place in [locate(path, roots)] if place is not None}
+    partial_files: list[tuple[str, PartialFile]] = []
     for item in chosen:
         ident = item.key + "\0" + item.instance_id
         for partial in states[ident].partial_files:
@@ -210,7 +213,7 @@ def build_plans(chosen: Sequence[Chosen], document: BackupComponentsDocument,
             if where is not None:
                 interesting.add(where[0])
     plans = {volume: VolumePlan() for volume in sources}
-    metas: dict[str, dict[str, Any]] = {}
+    metas: dict[str, dict[str, Meta]] = {}
     objects: list[tuple[str, bool]] = []
     for volume in sorted(interesting & set(sources)):
         root = os.path.normpath(roots[volume])
@@ -255,8 +258,8 @@ def build_plans(chosen: Sequence[Chosen], document: BackupComponentsDocument,
             covered_plain = any(spec_covers(s.path, s.filespec, s.recursive, sel.path) for s in plain[ident])
             thresholds = [t for s, t in differenced[ident] if spec_covers(s.path, s.filespec, s.recursive,
                                                                             sel.path)]
-            meta = metas[volume].get(origin[1])
-            if not covered_plain and thresholds and meta is not None and meta.mtime_ns <= min(thresholds):
+            read = metas[volume].get(origin[1])
+            if not covered_plain and thresholds and read is not None and read.mtime_ns <= min(thresholds):
                 plan.keep.add(rel)
     for path in sets.excluded:
         place = locate(path, roots)
@@ -273,8 +276,8 @@ def build_plans(chosen: Sequence[Chosen], document: BackupComponentsDocument,
     return Planned(plans, warnings)
 
 
-def _plan_partial(item: Chosen, partial: Any, roots: Mapping[str, str], sources: Mapping[str, str],
-                  metas: Mapping[str, Mapping[str, Any]], plans: Mapping[str, VolumePlan],
+def _plan_partial(item: Chosen, partial: PartialFile, roots: Mapping[str, str], sources: Mapping[str, str],
+                  metas: Mapping[str, Mapping[str, Meta]], plans: Mapping[str, VolumePlan],
                   warnings: list[str]) -> None:
     path = os.path.join(partial.path, partial.filename)
     label = f"component {item.key!r} of writer {item.writer_name!r}: partial file {path}"

@@ -10,13 +10,14 @@ UUIDs, unknown snapshots and snapshots in the wrong order are `CliError`
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shadowfs import statedir
 from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, snapshot_id, state_of
 from shadowfs.cli.output import print_json
 from shadowfs.errors import ChildFailed, CliError
 from shadowfs.ipc.client import request
+from shadowfs.ipc.messages import SnapshotEntry
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 MARKS = {"created": "+", "deleted": "-", "renamed": "R", "linked": "L", "unlinked": "U", "modified": "M"}
 
 
-def _find_snapshot(snapshots: list[dict[str, Any]], ident: str, volume: str | None) -> dict[str, Any]:
+def _find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | None) -> SnapshotEntry:
     wanted = snapshot_id(ident)
     found = [s for s in snapshots if s["id"] == wanted]
     if not found:

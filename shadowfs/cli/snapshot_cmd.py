@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shadowfs import statedir
 from shadowfs.cli.common import add_command, add_group, snapshot_id, state_of
 from shadowfs.cli.output import print_json, print_table, size
 from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
+from shadowfs.ipc.messages import SnapshotCreateRequest
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
@@ -36,8 +37,8 @@ def cmd_snapshot_create(args: argparse.Namespace) -> int:
                        "command exits; use the shadowfs.vss.requester library for backups")
     if args.writers is True and context in NO_WRITER_CONTEXTS:
         raise CliError(f"context {context} does not involve writers; drop --writers")
-    obj: dict[str, Any] = {"op": "snapshot_create", "volumes": names, "context": context,
-                           "writers": context not in NO_WRITER_CONTEXTS and args.writers is not False}
+    obj: SnapshotCreateRequest = {"op": "snapshot_create", "volumes": names, "context": context,
+                                  "writers": context not in NO_WRITER_CONTEXTS and args.writers is not False}
     if args.freeze_timeout is not None:
         obj["freeze_timeout"] = args.freeze_timeout
     reply = request(state_of(args), obj)

@@ -21,14 +21,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(reply)
         return 0
-    browser = reply.get("browser", {})
-    print(f"shadowfs daemon {reply.get('version')} (pid {reply.get('pid')}) "
-          f"on state {reply.get('state_dir')}")
-    print(f"snapshot browser at {browser.get('mount')}: {browser.get('state', '-')}")
-    print_table(["VOLUME", "MOUNT", "STATE", "PID", "RESTARTS", "SNAPSHOTS", "DIFF AREA"],
-                [[v["name"], v["mount"], v.get("state", "-"), (v.get("process") or {}).get("pid") or "-",
-                  (v.get("process") or {}).get("restarts", "-"), v["snapshots"], size(v["diff_area_bytes"])]
-                 for v in reply.get("volumes", [])])
+    browser = reply["browser"]
+    print(f"shadowfs daemon {reply['version']} (pid {reply['pid']}) on state {reply['state_dir']}")
+    print(f"snapshot browser at {browser['mount']}: {browser.get('state', '-')}")
+    rows: list[list[object]] = []
+    for v in reply["volumes"]:
+        process = v["process"]
+        rows.append([v["name"], v["mount"], v["state"], process and process["pid"] or "-",
+                     process["restarts"] if process else "-", v["snapshots"], size(v["diff_area_bytes"])])
+    print_table(["VOLUME", "MOUNT", "STATE", "PID", "RESTARTS", "SNAPSHOTS", "DIFF AREA"], rows)
     return 0
 
 

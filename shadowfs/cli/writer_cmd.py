@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shadowfs.cli.common import add_command, add_group, state_of
 from shadowfs.cli.output import print_json, print_table
 from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
+from shadowfs.ipc.messages import WriterDescription
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
@@ -36,7 +37,7 @@ def cmd_writers(args: argparse.Namespace) -> int:
         print_json(writers)
         return 0
 
-    def last(writer: dict[str, Any]) -> str:
+    def last(writer: WriterDescription) -> str:
         failure = writer.get("last_failure")
         if not failure:
             return "-"

@@ -30,7 +30,6 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -38,6 +37,7 @@ import shadowfs
 from shadowfs.errors import ChildFailed
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import ChildDescription
 from shadowfs.linux import mounts
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Child:
     def argv(self, control_fd: int) -> list[str]:
         return [sys.executable, "-m", self.module, "--control-fd", str(control_fd), *self.args]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ChildDescription:
         pid = self.process.pid if self.process is not None and self.process.returncode is None else None
         return {"state": self.state, "pid": pid, "restarts": self.restarts, "last_exit": self.last_exit}
 

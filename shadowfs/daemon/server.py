@@ -27,6 +27,8 @@ Invariants:
   daemon, which stops children in order: SIGTERM, then SIGKILL after
   `children.STOP_TIMEOUT`, then a lazy unmount of anything left at the
   child's mount path.
+- Each request is checked into its `ipc.messages` type (`_volume_add_request`,
+  ...) before it is carried out, and each reply is built as its type.
 
 Requests on `<state>/daemon.sock` (the frame's own "id" is the request id; a
 refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
@@ -60,7 +62,6 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -69,15 +70,37 @@ from shadowfs import statedir
 from shadowfs.daemon.children import CALL_TIMEOUT, Child
 from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.errors import AccessDenied, ChildFailed, IOFailed, ShadowfsError
+from shadowfs.errors import AccessDenied, ChildFailed, ConfigError, IOFailed, ShadowfsError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.frames import Frame, Message
+from shadowfs.ipc.messages import (
+    BrowserEntry,
+    BrowserVolume,
+    DeleteRequest,
+    SnapshotDeleteReply,
+    SnapshotDeleteRequest,
+    SnapshotEntry,
+    SnapshotListReply,
+    StatusReply,
+    VolumeAddReply,
+    VolumeAddRequest,
+    VolumeBackingReply,
+    VolumeBackingRequest,
+    VolumeConfig,
+    VolumeEntry,
+    VolumeListReply,
+    VolumeRemoveReply,
+    VolumeRemoveRequest,
+    VolumesRequest,
+    VolumeStatus,
+)
 from shadowfs.linux import mounts
 from shadowfs.service import protocol
-from shadowfs.service.broker import TakenSet
-from shadowfs.service.connection import BoundedChannel
+from shadowfs.service.broker import SnapshotRow, TakenSet
+from shadowfs.service.connection import BoundedChannel, Connection
 from shadowfs.service.core import Service
-from shadowfs.statedir import ConfigError, Volume, VolumeTable
+from shadowfs.statedir import Volume, VolumeTable
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +132,16 @@ class DiffAreaReader:
             self._areas[name] = area
         return area
 
-    def read_volume(self, name: str) -> tuple[list[dict[str, Any]], int]:
-        """(snapshot records as dicts with their bytes, bytes used by the whole diff area)."""
+    def read_volume(self, name: str) -> tuple[list[SnapshotRow], int]:
+        """(snapshot records with their bytes, bytes used by the whole diff area)."""
         with self._lock:
             area = self._area(name)
             if area is None:
                 return [], 0
             with area.read() as txn:
-                records = [{"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id,
-                            "created": r.created, "bytes": area.snapshot_bytes(txn, r.seq)}
-                           for r in area.snapshot_list(txn)]
+                records: list[SnapshotRow] = [
+                    {"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id, "created": r.created,
+                     "bytes": area.snapshot_bytes(txn, r.seq)} for r in area.snapshot_list(txn)]
                 return records, area.used_bytes(txn)
 
     def close(self, name: str | None = None) -> None:
@@ -130,16 +153,54 @@ class DiffAreaReader:
                     area.close()
 
 
+# --- the requests, checked (`ipc.messages` says what each holds) -----------------------------------------
+
+
+def _text(request: Frame, name: str) -> str:
+    value = _optional_text(request, name)
+    if value is None:
+        raise frames.RequestError(f"request field {name!r} is missing or not a str")
+    return value
+
+
+def _optional_text(request: Frame, name: str) -> str | None:
+    value = request.get(name)
+    if value is not None and not isinstance(value, str):
+        raise frames.RequestError(f"request field {name!r} is missing or not a str")
+    return value
+
+
+def _volume_add_request(request: Frame) -> VolumeAddRequest:
+    """Names and paths as strings (the volume table checks them further), the size parsed."""
+    checked: VolumeAddRequest = {"op": "volume_add", "name": _text(request, "name"),
+                                 "backing": _text(request, "backing"),
+                                 "mount": _optional_text(request, "mount")}
+    size = request.get("max_diff_area_bytes")
+    checked["max_diff_area_bytes"] = None if size is None else statedir.parse_size(size)
+    return checked
+
+
+def _volume_remove_request(request: Frame) -> VolumeRemoveRequest:
+    return {"op": "volume_remove", "name": _text(request, "name"), "force": bool(request.get("force", False))}
+
+
+def _volume_backing_request(request: Frame) -> VolumeBackingRequest:
+    return {"op": "volume_backing", "name": _text(request, "name")}
+
+
+def _snapshot_delete_request(request: Frame) -> SnapshotDeleteRequest:
+    return {"op": "snapshot_delete", "snapshot": _text(request, "snapshot")}
+
+
+def _volume_config(volume: Volume) -> VolumeConfig:
+    """`volume` as `volumes.json` holds it (`Volume.to_json`, field by field in its order)."""
+    return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
+            "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created}
+
+
 # --- the daemon -----------------------------------------------------------------------------------------
 
-
-def _field(request: frames.Frame, name: str, kind: type, *, optional: bool = False) -> Any:
-    value = request.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise frames.RequestError(f"request field {name!r} is missing or not a {kind.__name__}")
-    return value
+Op = Callable[[Frame], Awaitable[Message | tuple[Message, list[int]]]]
 
 
 class Daemon:
@@ -159,8 +220,7 @@ class Daemon:
         self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
-        self._ops: dict[str, Callable[[frames.Frame],
-                                      Awaitable[frames.Frame | tuple[frames.Frame, list[int]]]]] = {
+        self._ops: dict[str, Op] = {
             "volume_add": self.op_volume_add, "volume_list": self.op_volume_list,
             "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
@@ -241,7 +301,7 @@ class Daemon:
         self._children.start_soon(child.run)
         return child
 
-    async def _mount_event(self, child: Child, event: frames.Frame, fds: list[int]) -> None:
+    async def _mount_event(self, child: Child, event: Frame, fds: list[int]) -> None:
         frames.close_fds(fds)
         if event.get("event") == "snapshot_deleted":
             log.warning("%s: snapshot %s (seq %s) was deleted: %s", child.label, event.get("snapshot_id"),
@@ -256,11 +316,13 @@ class Daemon:
             return
         volumes = [v for v in sorted(self.table.volumes.values(), key=lambda v: v.index)
                    if v.name in self.backing_fds]
-        entries = [{"name": v.name, "index": v.index,
-                    "diff_area": statedir.diff_area_path(self.state_dir, v.name)} for v in volumes]
+        entries: list[BrowserVolume] = [{"name": v.name, "index": v.index,
+                                         "diff_area": statedir.diff_area_path(self.state_dir, v.name)}
+                                        for v in volumes]
         fds = [self.backing_fds[v.name] for v in volumes]
+        request: VolumesRequest = {"op": "volumes", "volumes": entries}
         try:
-            await browser.channel.call({"op": "volumes", "volumes": entries}, fds=fds, timeout=CALL_TIMEOUT)
+            await browser.channel.call(request, fds=fds, timeout=CALL_TIMEOUT)
         except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
             log.error("snapshot browser did not take the volume list: %s", exc)
 
@@ -287,10 +349,10 @@ class Daemon:
             channel.close()
             return
 
-        async def ignore_event(_event: frames.Frame, fds: list[int]) -> None:
+        async def ignore_event(_event: Frame, fds: list[int]) -> None:
             frames.close_fds(fds)
 
-        async def on_request(request: frames.Frame, fds: list[int]) -> frames.Frame:
+        async def on_request(request: Frame, fds: list[int]) -> Message | tuple[Message, list[int]]:
             return await self._request(client, request, fds)
 
         try:
@@ -313,12 +375,12 @@ class Daemon:
                 await self.service.disconnect(client)
 
     @staticmethod
-    async def _deny(_request: frames.Frame, fds: list[int]) -> frames.Frame:
+    async def _deny(_request: Frame, fds: list[int]) -> Message:
         frames.close_fds(fds)
         raise AccessDenied("permission denied")
 
-    async def _request(self, client: Any, request: frames.Frame,
-                       fds: list[int]) -> frames.Frame | tuple[frames.Frame, list[int]]:
+    async def _request(self, client: Connection, request: Frame,
+                       fds: list[int]) -> Message | tuple[Message, list[int]]:
         """Carry out one client request. Its errors reach the client with their own kind (a
         ConfigError as "invalid", an aborted set as "set_aborted"); a child that refused, failed or
         went silent is the daemon's failure ("child_failed"), never "the daemon is unreachable"."""
@@ -342,28 +404,28 @@ class Daemon:
 
     # ---- listing -------------------------------------------------------------------------------
 
-    async def _read_volume(self, name: str) -> tuple[list[dict[str, Any]], int]:
+    async def _read_volume(self, name: str) -> tuple[list[SnapshotRow], int]:
         return await trio.to_thread.run_sync(self.readers.read_volume, name)
 
-    async def _all_snapshots(self) -> list[tuple[str, dict[str, Any]]]:
-        result = []
+    async def _all_snapshots(self) -> list[tuple[str, SnapshotRow]]:
+        result: list[tuple[str, SnapshotRow]] = []
         for name in sorted(self.table.volumes):
             records, _ = await self._read_volume(name)
             result.extend((name, record) for record in records)
         return result
 
-    def _snapshot_entry(self, volume: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _snapshot_entry(self, volume: str, record: SnapshotRow) -> SnapshotEntry:
         return {"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume,
                 "created": record["created"], "seq": record["seq"],
                 "path": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "diff_area_bytes": record["bytes"], **self.service.snapshot_extra(record["set_id"])}
 
-    async def op_snapshot_list(self, _request: frames.Frame) -> frames.Frame:
+    async def op_snapshot_list(self, _request: Frame) -> SnapshotListReply:
         entries = [self._snapshot_entry(v, r) for v, r in await self._all_snapshots()]
         entries.sort(key=lambda e: (e["created"], e["set_id"], e["volume"]))
         return {"snapshots": entries}
 
-    async def _volume_entry(self, volume: Volume) -> dict[str, Any]:
+    async def _volume_entry(self, volume: Volume) -> VolumeEntry:
         records, used = await self._read_volume(volume.name)
         child = self.mounts.get(volume.name)
         return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
@@ -371,25 +433,26 @@ class Daemon:
                 "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created,
                 "state": child.state if child is not None else "not started"}
 
-    async def op_volume_list(self, _request: frames.Frame) -> frames.Frame:
+    async def op_volume_list(self, _request: Frame) -> VolumeListReply:
         volumes = sorted(self.table.volumes.values(), key=lambda v: v.index)
         return {"volumes": [await self._volume_entry(v) for v in volumes]}
 
-    async def op_status(self, _request: frames.Frame) -> frames.Frame:
-        volumes = []
+    async def op_status(self, _request: Frame) -> StatusReply:
+        volumes: list[VolumeStatus] = []
         for volume in sorted(self.table.volumes.values(), key=lambda v: v.index):
             entry = await self._volume_entry(volume)
             child = self.mounts.get(volume.name)
-            entry["process"] = child.describe() if child is not None else None
-            volumes.append(entry)
-        browser = {"mount": self.browser_path, **(self.browser.describe() if self.browser else {})}
+            volumes.append({**entry, "process": child.describe() if child is not None else None})
+        browser: BrowserEntry = {"mount": self.browser_path}
+        if self.browser is not None:
+            browser = {"mount": self.browser_path, **self.browser.describe()}
         return {"version": shadowfs.__version__, "pid": os.getpid(), "state_dir": self.state_dir,
                 "mount_root": self.mount_root, "browser": browser, "volumes": volumes}
 
     # ---- volumes -------------------------------------------------------------------------------
 
-    async def op_volume_backing(self, request: frames.Frame) -> tuple[frames.Frame, list[int]]:
-        name = _field(request, "name", str)
+    async def op_volume_backing(self, request: Frame) -> tuple[VolumeBackingReply, list[int]]:
+        name = _volume_backing_request(request)["name"]
         fd = self.backing_fds.get(name)
         if name not in self.table.volumes:
             raise frames.RequestError(f"no volume {name!r}")
@@ -398,12 +461,11 @@ class Daemon:
                                       "(see the daemon log)")
         return {"volume": name, "root_ino": os.fstat(fd).st_ino}, [fd]
 
-    async def op_volume_add(self, request: frames.Frame) -> frames.Frame:
-        name = _field(request, "name", str)
-        backing = _field(request, "backing", str)
-        mount = _field(request, "mount", str, optional=True)
-        size = request.get("max_diff_area_bytes")
-        max_bytes = None if size is None else statedir.parse_size(size)
+    async def op_volume_add(self, frame: Frame) -> VolumeAddReply:
+        request = _volume_add_request(frame)
+        name, backing = request["name"], request["backing"]
+        mount, max_bytes = request.get("mount"), request.get("max_diff_area_bytes")
+        assert not isinstance(max_bytes, str)  # parsed by `_volume_add_request`
         async with self.mutation:
             volume = await trio.to_thread.run_sync(self.table.new_volume, name, backing, mount, max_bytes)
             await trio.to_thread.run_sync(self._prepare_volume_dirs, volume)
@@ -418,7 +480,7 @@ class Daemon:
                 raise
             await self._send_volumes()
             log.info("added volume %s: %s mounted at %s", volume.name, volume.backing, volume.mount)
-        return {"volume": volume.to_json()}
+        return {"volume": _volume_config(volume)}
 
     def _prepare_volume_dirs(self, volume: Volume) -> None:
         leftover = statedir.volume_dir(self.state_dir, volume.name)
@@ -443,9 +505,9 @@ class Daemon:
         self.readers.close(name)
         await trio.to_thread.run_sync(statedir.remove_volume_dir, self.state_dir, name)
 
-    async def op_volume_remove(self, request: frames.Frame) -> frames.Frame:
-        name = _field(request, "name", str)
-        force = bool(request.get("force", False))
+    async def op_volume_remove(self, frame: Frame) -> VolumeRemoveReply:
+        request = _volume_remove_request(frame)
+        name, force = request["name"], request.get("force", False)
         async with self.mutation:
             volume = self.table.get(name)
             records, _ = await self._read_volume(name)
@@ -459,11 +521,12 @@ class Daemon:
         log.info("removed volume %s (%s)", name, volume.backing)
         return {"removed": name, "snapshots_deleted": len(records)}
 
-    async def _delete_for_removal(self, name: str, record: dict[str, Any]) -> None:
+    async def _delete_for_removal(self, name: str, record: SnapshotRow) -> None:
         """With --force: delete through the mount process so its graveyard entries go too."""
         try:
             channel = self._ready_channel(name)
-            await channel.call({"op": "delete", "seq": record["seq"]}, timeout=CALL_TIMEOUT)
+            delete: DeleteRequest = {"op": "delete", "seq": record["seq"]}
+            await channel.call(delete, timeout=CALL_TIMEOUT)
         except (frames.RequestError, frames.RemoteError, frames.CallTimeout, frames.ChannelClosed) as exc:
             log.warning("volume %s: could not delete snapshot %s before removal: %s",
                         name, record["snapshot_id"], exc)
@@ -497,11 +560,11 @@ class Daemon:
     async def delete_set(self, set_id: str) -> int:
         return await self.snapshot_sets.delete_set(set_id)
 
-    async def snapshots(self) -> list[tuple[str, dict[str, Any]]]:
+    async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         return await self._all_snapshots()
 
-    async def op_snapshot_delete(self, request: frames.Frame) -> frames.Frame:
-        wanted = _field(request, "snapshot", str)
+    async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
+        wanted = _snapshot_delete_request(request)["snapshot"]
         async with self.mutation:
             deleted, freed = await self.snapshot_sets.delete(wanted)
             await self.service.prune()
@@ -534,7 +597,7 @@ def open_listener(path: str) -> socket.socket:
 
 def max_snapshots_setting(arg: int | None) -> int:
     """The cap of snapshots per volume: the option, else $SHADOWFS_MAX_SNAPSHOTS_PER_VOLUME, else 512."""
-    value: Any = arg if arg is not None else os.environ.get(protocol.MAX_SNAPSHOTS_ENV)
+    value: int | str | None = arg if arg is not None else os.environ.get(protocol.MAX_SNAPSHOTS_ENV)
     if value is None:
         return protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME
     try:

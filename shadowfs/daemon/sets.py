@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -32,7 +31,8 @@ from shadowfs.daemon.children import CALL_TIMEOUT
 from shadowfs.errors import SetAborted
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
-from shadowfs.service.broker import TakenSet
+from shadowfs.ipc.messages import DeletedSnapshot, DeleteRequest, MountRequest
+from shadowfs.service.broker import SnapshotRow, TakenSet
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class SetCoordinator:
     """Takes and deletes snapshot sets over the mount processes' control channels."""
 
     def __init__(self, ready_channel: Callable[[str], Channel],
-                 all_snapshots: Callable[[], Awaitable[list[tuple[str, dict[str, Any]]]]]) -> None:
+                 all_snapshots: Callable[[], Awaitable[list[tuple[str, SnapshotRow]]]]) -> None:
         """`ready_channel(volume)`: the channel of a ready mount process (RequestError if none);
         `all_snapshots()`: (volume, snapshot record) of every snapshot of every volume."""
         self._ready_channel = ready_channel
@@ -60,21 +60,20 @@ class SetCoordinator:
         records = [(v, r) for v, r in await self._all_snapshots() if r["set_id"] == set_id]
         for volume, record in records:
             channel = self._ready_channel(volume)
-            await channel.call({"op": "delete", "seq": record["seq"]}, timeout=CALL_TIMEOUT)
+            await channel.call(_delete(record["seq"]), timeout=CALL_TIMEOUT)
             log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
         return len(records)
 
-    async def delete(self, wanted: str) -> tuple[list[dict[str, Any]], int]:
+    async def delete(self, wanted: str) -> tuple[list[DeletedSnapshot], int]:
         """Delete snapshot or snapshot set `wanted`: (the snapshots deleted, bytes freed)."""
         matches = [(v, r) for v, r in await self._all_snapshots()
                    if wanted in (r["snapshot_id"], r["set_id"])]
         if not matches:
             raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
         freed = 0
-        deleted = []
+        deleted: list[DeletedSnapshot] = []
         for volume, record in matches:
-            reply = await self._ready_channel(volume).call({"op": "delete", "seq": record["seq"]},
-                                                           timeout=CALL_TIMEOUT)
+            reply = await self._ready_channel(volume).call(_delete(record["seq"]), timeout=CALL_TIMEOUT)
             freed += int(reply.get("freed", 0))
             deleted.append({"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume})
             log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
@@ -114,7 +113,7 @@ class SetCoordinator:
                                    taken.note_release)
         return taken
 
-    async def _on_all(self, channels: dict[str, Channel], make: Callable[[str], frames.Frame],
+    async def _on_all(self, channels: dict[str, Channel], make: Callable[[str], MountRequest],
                       timeout: float, what: str,
                       collect: Callable[[str, frames.Frame], None] | None = None) -> list[str]:
         """Send one request to every volume at once; return one error line per failure.
@@ -148,9 +147,13 @@ class SetCoordinator:
     async def _undo(self, channels: dict[str, Channel], committed: dict[str, int]) -> None:
         for name, seq in committed.items():
             try:
-                await channels[name].call({"op": "delete", "seq": seq}, timeout=CALL_TIMEOUT)
+                await channels[name].call(_delete(seq), timeout=CALL_TIMEOUT)
             except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
                 log.error("volume %s: could not delete snapshot seq %d of an aborted set: %s", name, seq, exc)
+
+
+def _delete(seq: int) -> DeleteRequest:
+    return {"op": "delete", "seq": seq}
 
 
 __all__ = ["HOLD_TIMEOUT", "RELEASE_TIMEOUT", "SetCoordinator"]

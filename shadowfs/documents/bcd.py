@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from shadowfs.documents import codec, xmlsafe
 from shadowfs.documents.codec import attr, child, children
@@ -82,6 +82,7 @@ from shadowfs.documents.wmd import AlternateLocationMapping
 from shadowfs.documents.xmlsafe import DEFAULT_LIMITS, XmlLimits
 
 BCD_VERSION = "1.2"
+T = TypeVar("T")
 
 
 def _check_volume_name(value: str) -> None:
@@ -207,7 +208,7 @@ class ComponentState:
         codec.check_scalar(info, value, f"COMPONENT {self.full_path!r}")
         setattr(self, name, value)
 
-    def _append(self, name: str, tag: str, item: Any) -> Any:
+    def _append(self, name: str, tag: str, item: T) -> T:
         codec.check_tree(item, f"COMPONENT {self.full_path!r}/{tag}")
         getattr(self, name).append(item)
         return item

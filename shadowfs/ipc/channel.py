@@ -40,6 +40,7 @@ from shadowfs.ipc.frames import (
     ChannelClosed,
     Frame,
     FrameAssembler,
+    Message,
     ProtocolError,
     RemoteError,
     RequestError,
@@ -56,7 +57,8 @@ from shadowfs.ipc.frames import (
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Frame, list[int]], Awaitable[None]]
-RequestHandler = Callable[[Frame, list[int]], Awaitable["Frame | tuple[Frame, Sequence[int]]"]]
+# a handler's reply: its fields (the channel adds "id" and "ok"), and descriptors to send along
+RequestHandler = Callable[[Frame, list[int]], Awaitable["Message | tuple[Message, Sequence[int]]"]]
 
 
 # --- trio API -----------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ class Channel:
             self.sock.close()
             self._fail_pending(ChannelClosed("channel closed"))
 
-    async def send(self, obj: Frame, fds: Sequence[int] = ()) -> None:
+    async def send(self, obj: Message, fds: Sequence[int] = ()) -> None:
         data = encode_frame(obj)
         anc = fds_ancillary(fds)
         async with self._send_lock:
@@ -137,7 +139,7 @@ class Channel:
         finally:
             self._receiving = False
 
-    async def call(self, request: Frame, fds: Sequence[int] = (), timeout: float = 10.0) -> Frame:
+    async def call(self, request: Message, fds: Sequence[int] = (), timeout: float = 10.0) -> Frame:
         """Send a request, wait for its reply; raises RemoteError, CallTimeout, ChannelClosed.
 
         Needs `run` running. Descriptors in the reply are closed; use `call_fds` to keep them.
@@ -146,7 +148,7 @@ class Channel:
         close_fds(reply_fds)
         return reply
 
-    async def call_fds(self, request: Frame, fds: Sequence[int] = (),
+    async def call_fds(self, request: Message, fds: Sequence[int] = (),
                        timeout: float = 10.0) -> tuple[Frame, list[int]]:
         if not self._running:
             raise RuntimeError("Channel.call needs Channel.run running in a nursery")
@@ -224,13 +226,14 @@ class Channel:
     async def _serve_one(self, handler: RequestHandler, request: Frame, fds: list[int]) -> None:
         request_id = request["id"]
         reply_fds: Sequence[int] = ()
+        fields: Message
         try:
             result = await handler(request, fds)
             if isinstance(result, tuple):
-                reply, reply_fds = result
+                fields, reply_fds = result
             else:
-                reply = result
-            reply = {**reply, "id": request_id, "ok": True}
+                fields = result
+            reply = {**fields, "id": request_id, "ok": True}
         except ShadowfsError as exc:
             reply = error_reply(request_id, str(exc), exc.kind)
         except Exception as exc:
@@ -262,6 +265,7 @@ __all__ = [
     "Frame",
     "FrameAssembler",
     "MAX_FDS",
+    "Message",
     "MAX_FRAME",
     "ProtocolError",
     "RemoteError",

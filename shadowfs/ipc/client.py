@@ -33,6 +33,7 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
+from typing import cast, overload
 
 from shadowfs import statedir
 from shadowfs.errors import (
@@ -44,8 +45,8 @@ from shadowfs.errors import (
     ProtocolError,
     from_wire,
 )
-from shadowfs.ipc import frames
-from shadowfs.ipc.frames import Frame
+from shadowfs.ipc import frames, messages
+from shadowfs.ipc.frames import Frame, Message
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,13 @@ class DaemonClient:
         self.sock = connect(state_dir, timeout)
         self._ids = itertools.count(1)
 
-    def call(self, request: Frame, timeout: float | None = None) -> Frame:
+    def call(self, request: Message, timeout: float | None = None) -> Frame:
         """Send `request`, return the fields of its successful reply (without "id" and "ok")."""
         reply, fds = self.call_fds(request, timeout=timeout)
         frames.close_fds(fds)
         return reply
 
-    def call_fds(self, request: Frame, fds: Sequence[int] = (),
+    def call_fds(self, request: Message, fds: Sequence[int] = (),
                  timeout: float | None = None) -> tuple[Frame, list[int]]:
         """`call`, sending `fds` along, and the descriptors of the reply (the caller's to close)."""
         limit = self.timeout if timeout is None else timeout
@@ -125,13 +126,46 @@ class DaemonClient:
         self.close()
 
 
-def request(state_dir: str, obj: Frame, timeout: float = REQUEST_TIMEOUT) -> Frame:
+# `request` knows the reply of each op the CLI sends, so mypy checks what the commands read of it.
+# The daemon's replies are trusted: they are typed here, not checked again (messages module docstring).
+
+
+@overload
+def request(state_dir: str, obj: messages.VolumeAddRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.VolumeAddReply: ...
+@overload
+def request(state_dir: str, obj: messages.VolumeListRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.VolumeListReply: ...
+@overload
+def request(state_dir: str, obj: messages.VolumeRemoveRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.VolumeRemoveReply: ...
+@overload
+def request(state_dir: str, obj: messages.SnapshotCreateRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotCreateReply: ...
+@overload
+def request(state_dir: str, obj: messages.SnapshotListRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotListReply: ...
+@overload
+def request(state_dir: str, obj: messages.SnapshotDeleteRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotDeleteReply: ...
+@overload
+def request(state_dir: str, obj: messages.StatusRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.StatusReply: ...
+@overload
+def request(state_dir: str, obj: messages.WritersRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.WritersReply: ...
+
+
+def request(state_dir: str, obj: Message, timeout: float = REQUEST_TIMEOUT) -> Message:
     """One request on a connection of its own; the fields of its successful reply."""
     with DaemonClient(state_dir, timeout) as daemon:
         return daemon.call(obj)
 
 
-def request_fds(state_dir: str, obj: Frame, timeout: float = REQUEST_TIMEOUT) -> tuple[Frame, list[int]]:
-    """`request`, and the descriptors that came with the reply (the caller's to close)."""
+def request_fds(state_dir: str, obj: messages.VolumeBackingRequest,
+                timeout: float = REQUEST_TIMEOUT) -> tuple[messages.VolumeBackingReply, list[int]]:
+    """`request` for the one op whose reply carries a descriptor (`volume_backing`): the reply and
+    the descriptors that came with it (the caller's to close)."""
     with DaemonClient(state_dir, timeout) as daemon:
-        return daemon.call_fds(obj)
+        reply, fds = daemon.call_fds(obj)
+    return cast(messages.VolumeBackingReply, reply), fds

@@ -37,7 +37,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # the errors of frames, defined with every other shadowfs error and re-exported here
@@ -52,13 +52,16 @@ MAX_FDS = 253  # SCM_MAX_FD on Linux
 _HEADER = struct.Struct(">I")
 ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
+# A frame as received: one decoded JSON object, checked by whoever reads it.
 Frame = dict[str, Any]
+# What a sender hands over: any JSON object, typically one of `shadowfs.ipc.messages`.
+Message = Mapping[str, Any]
 
 
 # --- encoding ---------------------------------------------------------------------------------
 
 
-def encode_frame(obj: Frame) -> bytes:
+def encode_frame(obj: Message) -> bytes:
     """Header + JSON body for `obj`; refuses non-objects and frames over MAX_FRAME."""
     if not isinstance(obj, dict):
         raise ProtocolError(f"a frame must hold a JSON object, not {type(obj).__name__}")
@@ -168,7 +171,7 @@ class FrameAssembler:
 # --- blocking API (CLI) -----------------------------------------------------------------------
 
 
-def send_frame(sock: socket.socket, obj: Frame, fds: Sequence[int] = ()) -> None:
+def send_frame(sock: socket.socket, obj: Message, fds: Sequence[int] = ()) -> None:
     """Send one frame (blocking); the descriptors stay owned by the caller."""
     data = encode_frame(obj)
     sent = sock.sendmsg([data], fds_ancillary(fds))

@@ -21,6 +21,9 @@ Invariants:
   it, so concurrent commits and deletes cannot leave it stale.
 - When the diff area outgrows its limit the oldest snapshot is deleted (with a
   logged warning and a `snapshot_deleted` event), never a silently wrong one.
+- Every request is checked field by field (`_hold_request`, ...) into its
+  `ipc.messages` type before it is acted on; a bad field is a RequestError
+  naming it.
 - Graveyard entries no remaining snapshot can see are removed at start and
   after every deletion.
 """
@@ -47,6 +50,19 @@ from shadowfs.diffarea.schema import SnapshotRecord
 from shadowfs.errors import StartupError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import (
+    CommitReply,
+    CommitRequest,
+    DeleteReply,
+    DeleteRequest,
+    EmptyReply,
+    HoldRequest,
+    MountStatusReply,
+    ReadyEvent,
+    ReleaseReply,
+    SetMaxRequest,
+    SnapshotDeletedEvent,
+)
 from shadowfs.linux import syscalls
 from shadowfs.live.commit import commit
 from shadowfs.live.gate import HoldGate
@@ -136,7 +152,8 @@ class MountService:
                 if self.max_bytes > 0:
                     self.committer.submit(_noop)  # enforce the limit on what is stored already
                 try:
-                    await self.channel.send({"event": "ready"})
+                    ready: ReadyEvent = {"event": "ready"}
+                    await self.channel.send(ready)
                     log.info("mounted %s (newest snapshot %s)", self.mount, self.planner.newest)
                     await self.channel.run(on_request=self._serve)
                     log.info("control channel closed: unmounting")
@@ -178,9 +195,9 @@ class MountService:
 
     # ---- control requests ------------------------------------------------
 
-    async def _serve(self, request: frames.Frame, fds: list[int]) -> frames.Frame:
+    async def _serve(self, request: frames.Frame, fds: list[int]) -> frames.Message:
         frames.close_fds(fds)
-        handlers: dict[str, Callable[[frames.Frame], Awaitable[frames.Frame]]] = {
+        handlers: dict[str, Callable[[frames.Frame], Awaitable[frames.Message]]] = {
             "hold": self._hold, "commit": self._commit, "release": self._release,
             "delete": self._delete, "set_max": self._set_max, "status": self._status,
         }
@@ -189,9 +206,9 @@ class MountService:
             raise frames.RequestError(f"unknown request {request.get('op')!r}")
         return await handler(request)
 
-    async def _hold(self, request: frames.Frame) -> frames.Frame:
+    async def _hold(self, frame: frames.Frame) -> EmptyReply:
         assert self.nursery is not None
-        timeout = _number(request, "timeout", DEFAULT_HOLD_TIMEOUT)
+        timeout = _hold_request(frame).get("timeout", DEFAULT_HOLD_TIMEOUT)
         if self.gate.held or self._holding:
             raise frames.RequestError(f"volume {self.volume} is already held")
         self._holding = True
@@ -256,10 +273,10 @@ class MountService:
                 log.warning("hold of volume %s expired after %g s: changes flow again", self.volume,
                             timeout)
 
-    async def _commit(self, request: frames.Frame) -> frames.Frame:
+    async def _commit(self, frame: frames.Frame) -> CommitReply:
         assert self._commit_lock is not None
-        fields = {key: _string(request, key) for key in ("snapshot_id", "set_id", "created")}
-        release = request.get("release", False) is True
+        request = _commit_request(frame)
+        snapshot_id, set_id, created = request["snapshot_id"], request["set_id"], request["created"]
         async with self._commit_lock:
             if not self.gate.held:
                 if self._hold_expired:
@@ -269,31 +286,34 @@ class MountService:
             if self._hold_committed:
                 raise frames.RequestError(f"a snapshot was already recorded in this hold of {self.volume}")
             record: SnapshotRecord = await commit(
-                self.committer, lambda txn: self.area.record_snapshot(txn, **fields))
+                self.committer, lambda txn: self.area.record_snapshot(
+                    txn, snapshot_id=snapshot_id, set_id=set_id, created=created))
             self._hold_committed = True
             self._refresh_newest()
-            reply: frames.Frame = {"seq": record.seq}
-            if release:
+            reply: CommitReply = {"seq": record.seq}
+            if request.get("release", False):
                 # only now that `newest` names the new snapshot: changes let through are
                 # captured under it
-                reply.update(self._open_gate())
+                opened = self._open_gate()
+                if "held_ms" in opened:
+                    reply["held_ms"] = opened["held_ms"]
         log.info("snapshot %s recorded as sequence %d", record.snapshot_id, record.seq)
         return reply
 
-    async def _release(self, request: frames.Frame) -> frames.Frame:
+    async def _release(self, frame: frames.Frame) -> ReleaseReply:
         """Open the gate (a hold still flushing is cancelled); see `_open_gate` for the reply."""
         if self._hold_scope is not None:
             self._hold_scope.cancel()
         return self._open_gate()
 
-    def _open_gate(self) -> frames.Frame:
+    def _open_gate(self) -> ReleaseReply:
         """Open the gate; `{"held_ms"}`: how long it was closed, if it was (else `{}`)."""
         self._hold_id += 1  # the hold's expiry timer has nothing left to do
         held = self.gate.release()
         return {} if held is None else {"held_ms": round(held * 1000.0, 3)}
 
-    async def _delete(self, request: frames.Frame) -> frames.Frame:
-        seq = _integer(request, "seq")
+    async def _delete(self, frame: frames.Frame) -> DeleteReply:
+        seq = _delete_request(frame)["seq"]
 
         def job(txn: lmdb.Transaction) -> int:
             return self.area.delete_snapshot(txn, seq)
@@ -307,15 +327,12 @@ class MountService:
         await self._collect_graveyard()
         return {"freed": freed}
 
-    async def _set_max(self, request: frames.Frame) -> frames.Frame:
-        value = _integer(request, "bytes")
-        if value < 0:
-            raise frames.RequestError("bytes must be >= 0 (0: no limit)")
-        self.max_bytes = value
+    async def _set_max(self, frame: frames.Frame) -> EmptyReply:
+        self.max_bytes = _set_max_request(frame)["bytes"]
         self.committer.submit(_noop)  # the after-commit hook enforces the new limit
         return {}
 
-    async def _status(self, request: frames.Frame) -> frames.Frame:
+    async def _status(self, frame: frames.Frame) -> MountStatusReply:
         with self.area.read() as txn:
             snapshots = [record.seq for record in self.area.snapshot_list(txn)]
             used = self.area.used_bytes(txn)
@@ -381,8 +398,9 @@ class MountService:
     async def _after_auto_delete(self, record: SnapshotRecord) -> None:
         assert self.channel is not None
         try:
-            await self.channel.send({"event": "snapshot_deleted", "seq": record.seq,
-                                     "snapshot_id": record.snapshot_id, "reason": "diff area full"})
+            event: SnapshotDeletedEvent = {"event": "snapshot_deleted", "seq": record.seq,
+                                           "snapshot_id": record.snapshot_id, "reason": "diff area full"}
+            await self.channel.send(event)
         except (frames.ChannelClosed, OSError, trio.ClosedResourceError) as exc:
             log.warning("could not tell the daemon about the deleted snapshot: %s", exc)
         await self._collect_graveyard()
@@ -396,8 +414,34 @@ def _nothing() -> None:
     return None
 
 
-def _number(request: frames.Frame, key: str, default: float) -> float:
-    value = request.get(key, default)
+# ---- the requests, checked (`ipc.messages` says what each holds) ----------
+
+
+def _hold_request(frame: frames.Frame) -> HoldRequest:
+    request: HoldRequest = {"op": "hold"}
+    if "timeout" in frame:
+        request["timeout"] = _number(frame, "timeout")
+    return request
+
+
+def _commit_request(frame: frames.Frame) -> CommitRequest:
+    return {"op": "commit", "snapshot_id": _string(frame, "snapshot_id"), "set_id": _string(frame, "set_id"),
+            "created": _string(frame, "created"), "release": frame.get("release", False) is True}
+
+
+def _delete_request(frame: frames.Frame) -> DeleteRequest:
+    return {"op": "delete", "seq": _integer(frame, "seq")}
+
+
+def _set_max_request(frame: frames.Frame) -> SetMaxRequest:
+    value = _integer(frame, "bytes")
+    if value < 0:
+        raise frames.RequestError("bytes must be >= 0 (0: no limit)")
+    return {"op": "set_max", "bytes": value}
+
+
+def _number(request: frames.Frame, key: str) -> float:
+    value = request.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or value <= 0:
         raise frames.RequestError(f"{key} must be a positive number of seconds, not {value!r}")

@@ -47,7 +47,7 @@ import json
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from shadowfs.diffarea.schema import KIND_OF_FMT, KINDS
 from shadowfs.documents import RangeError, validate_ranges
@@ -238,6 +238,8 @@ def parse_record(obj: Any) -> Record:
     op = obj.get("op")
     volume = volume_name(obj.get("volume"))
     path = obj.get("path")
+    if not isinstance(path, str):
+        raise RecordError(f"path: path {path!r} is not a string")  # as `check_rel_path` says it
     try:
         check_rel_path(path)
     except UnsafePath as exc:
@@ -249,7 +251,7 @@ def parse_record(obj: Any) -> Record:
     if op != "put":
         raise RecordError(f"op: {op!r} is not put or delete")
     kind = obj.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise RecordError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     mode = _int(obj, "mode", 0, U32)
     if stat.S_IFMT(mode) != KINDS[kind] or mode & ~(0o170000 | 0o7777):
@@ -260,7 +262,9 @@ def parse_record(obj: Any) -> Record:
     if not all(type(v) is int and low <= v < high
                for v, (_, low, high) in zip(values, _INT_FIELDS, strict=True)):
         values = [_int(obj, key, low, high) for key, low, high in _INT_FIELDS]  # names the bad field
-    record = Record("put", volume, path, kind, mode, *values)
+    uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, ino = cast(list[int], values)  # checked
+    record = Record("put", volume, path, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink,
+                    rdev, ino)
     xattrs = obj.get("xattrs")
     record.xattrs = {} if xattrs is None or xattrs == {} else _xattrs(xattrs)
     record.target = _opt_str(obj, "target")

@@ -64,11 +64,11 @@ from shadowfs.linux.confined import (
     remove_tree_at,
     split_parent,
 )
+from shadowfs.linux.syscalls import data_regions
 from shadowfs.media.reader import Image, chain_images
 from shadowfs.media.records import Record
 from shadowfs.media.state import ChainState
 from shadowfs.media.verify import check_chain
-from shadowfs.snapshot.tree import data_regions
 
 Progress = Callable[[dict[str, Any]], None]
 TEMP_PREFIX = ".shadowfs-restore-"

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from shadowfs import statedir
 from shadowfs.backup.plan import base_document, locate
 from shadowfs.documents import (
     BackupSchema,
     ComponentState,
+    DirectedTarget,
     DocumentError,
     RangeError,
     RestoreTarget,
@@ -50,14 +50,14 @@ from shadowfs.errors import BackupJobError, BackupRefused
 from shadowfs.media import Image
 from shadowfs.media.reader import chain_images
 from shadowfs.media.state import ChainState
-from shadowfs.restore.engine import Directed, ImageSteps, Relocation, RestoreResult, restore
+from shadowfs.restore.engine import Directed, ImageSteps, Progress, Relocation, RestoreResult, restore
 from shadowfs.vss.requester import SyncBackupComponents
 
 
 class _WriterRestore:
     """The restore hooks: PreRestore / PostRestore with the writers of each image's saved BCD."""
 
-    def __init__(self, bc: Any, chain: list[Image], registered: set[str],
+    def __init__(self, bc: SyncBackupComponents, chain: list[Image], registered: set[str],
                  new_targets: Sequence[tuple[str, str]]) -> None:
         self.bc = bc
         self.chain = chain
@@ -157,7 +157,7 @@ class _WriterRestore:
                 steps.directed.append(self._directed(directed, roots, state))
         return steps
 
-    def _directed(self, directed: Any, roots: Mapping[str, str], state: ChainState) -> Directed:
+    def _directed(self, directed: DirectedTarget, roots: Mapping[str, str], state: ChainState) -> Directed:
         source = os.path.join(directed.source_path, directed.source_filename)
         dest = os.path.join(directed.destination_path, directed.destination_filename)
         label = f"directed target {source} -> {dest}"
@@ -191,7 +191,7 @@ class _WriterRestore:
 def run_restore(state_dir: str | None, media: str, image_id: str, to: str | None = None, *,
                 targets: Mapping[str, str] | None = None, volumes: Sequence[str] | None = None,
                 new_targets: Sequence[tuple[str, str]] = (), with_writers: bool = True,
-                progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[RestoreResult, list[str]]:
+                progress: Progress | None = None) -> tuple[RestoreResult, list[str]]:
     """Restore `image_id` and its chain with the writers of its saved BCDs; returns the engine's result
     and the writers' PostRestore failures."""
     chain = chain_images(media, image_id)

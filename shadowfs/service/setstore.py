@@ -94,8 +94,9 @@ class SetStore:
         entry = self.sets.get(set_id)
         if entry is None:
             return LEGACY_CONTEXT, int(context_attributes(LEGACY_CONTEXT))
+        value = entry.get("context")
         try:
-            context = SnapshotContext(entry.get("context"))
+            context = SnapshotContext(value) if isinstance(value, str) else LEGACY_CONTEXT
         except ValueError:
             context = LEGACY_CONTEXT
         return context, int(entry.get("attributes", int(context_attributes(context))))
