@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from shadowfs.diffarea.schema import KINDS
+from shadowfs.diffarea.schema import KINDS, BackingIno
 from shadowfs.linux.confined import split_parent
 from shadowfs.media import layout, stateindex
 from shadowfs.media.imagewriter import ImageWriter
@@ -470,14 +470,14 @@ def _hint_fits(base: Image, volume: str, hint: ObjectChanges, vindex: VolumeInde
 def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeIndex,
           changes: ObjectChanges, reader: SnapshotReader) -> None:
     base.settle()
-    map_b = {path: (entry.ino, KINDS[entry.kind]) for path, entry in base.entries.items()}
+    map_b = {path: (BackingIno(entry.ino), KINDS[entry.kind]) for path, entry in base.entries.items()}
     tree_b = tree_from_map(map_b)
     tree_n = tree_at_new(tree_b, changes, reader)
     moves = tree_delta(tree_b, {ino: path for path, (ino, kind) in map_b.items() if kind == stat.S_IFDIR},
                        tree_n)
     moved_in, moved_out = moves.moved_in, moves.moved_out
 
-    def at_new(path: str) -> tuple[int, int] | None:
+    def at_new(path: str) -> tuple[BackingIno, int] | None:
         return moved_in.get(path) or (map_b.get(path) if path not in moved_out else None)
 
     _emit_deletes(run, volume, [p for p, (ino, _) in moved_out.items()
@@ -489,15 +489,15 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
         if value is not None:
             chosen.add(value[0])
     # every path of the chosen objects, at base and at new (hard links: stable and moved ones)
-    paths_b: dict[int, list[str]] = {}
+    paths_b: dict[BackingIno, list[str]] = {}
     for path, ino in [(p, ino) for p, (ino, _) in map_b.items() if ino in chosen]:
         paths_b.setdefault(ino, []).append(path)
-    paths_n: dict[int, list[str]] = {ino: [p for p in paths if p not in moved_out]
+    paths_n: dict[BackingIno, list[str]] = {ino: [p for p in paths if p not in moved_out]
                                      for ino, paths in paths_b.items()}
     for path, (ino, _) in moved_in.items():
         paths_n.setdefault(ino, []).append(path)
     paths_n = {ino: sorted(paths, key=path_key) for ino, paths in paths_n.items() if paths and ino in chosen}
-    map_n: dict[str, tuple[int, int]] = {}
+    map_n: dict[str, tuple[BackingIno, int]] = {}
     for paths in paths_n.values():
         for path in paths:
             value = at_new(path)

@@ -59,6 +59,7 @@ from shadowfs.backup.plan import (
     select_components,
 )
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
+from shadowfs.diffarea.schema import Seq
 from shadowfs.documents import (
     BackupComponents as BackupComponentsDocument,
 )
@@ -117,17 +118,17 @@ def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[CreatedS
         except DiffAreaError:
             continue
         try:
-            hints.changes[snap["volume"]] = changes.scan(area, recorded["seq"], int(snap["seq"]))
+            hints.changes[snap["volume"]] = changes.scan(area, Seq(recorded["seq"]), Seq(int(snap["seq"])))
         except DiffAreaError:
             area.close()
             continue
-        reader = _direct_reader(state_dir, snap["volume"], area, int(snap["seq"])) if direct else None
+        reader = _direct_reader(state_dir, snap["volume"], area, Seq(int(snap["seq"]))) if direct else None
         if reader is not None:
             hints.readers[snap["volume"]] = reader
     return hints
 
 
-def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: int) -> ViewReader | None:
+def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: Seq) -> ViewReader | None:
     """Snapshot `seq` of `volume` read in this process, or None where that cannot be (the daemon
     does not hand out the backing directory, or opening by inode is not allowed: not root)."""
     try:

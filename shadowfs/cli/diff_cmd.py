@@ -40,6 +40,7 @@ def _find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | Non
 def cmd_diff(args: argparse.Namespace) -> int:
     """What changed from snapshot A to the newer snapshot B of the same volume."""
     from shadowfs.diffarea.area import DiffArea
+    from shadowfs.diffarea.schema import Seq
     from shadowfs.snapshot import changes
     from shadowfs.snapshot.diff import diff_snapshots
     from shadowfs.snapshot.tree import SourceTree
@@ -54,7 +55,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     area = DiffArea.open(statedir.diff_area_path(state, a["volume"]), readonly=True)
     try:
         with SourceTree(a["path"]) as tree_a, SourceTree(b["path"]) as tree_b:
-            found = changes.scan(area, int(a["seq"]), int(b["seq"]))
+            found = changes.scan(area, Seq(int(a["seq"])), Seq(int(b["seq"])))
             root = tree_a.meta("")
             if root is None:  # the daemon lists it, but the snapshot browser does not show it
                 raise ChildFailed(f"snapshot {a['id']} is not readable at {a['path']}")

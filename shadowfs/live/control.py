@@ -38,15 +38,14 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import lmdb
 import trio
 
 from shadowfs.capture.committer import Committer
 from shadowfs.capture.engine import CaptureEngine
 from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner
-from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import SnapshotRecord
+from shadowfs.diffarea.area import DiffArea, DiffAreaError, Txn
+from shadowfs.diffarea.schema import Seq, SnapshotRecord
 from shadowfs.errors import StartupError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
@@ -120,7 +119,7 @@ class MountService:
 
     # ---- before the mount ------------------------------------------------
 
-    def newest(self) -> int | None:
+    def newest(self) -> Seq | None:
         with self.area.read() as txn:
             return self.area.newest_seq(txn)
 
@@ -313,9 +312,9 @@ class MountService:
         return {} if held is None else {"held_ms": round(held * 1000.0, 3)}
 
     async def _delete(self, frame: frames.Frame) -> DeleteReply:
-        seq = _delete_request(frame)["seq"]
+        seq = Seq(_delete_request(frame)["seq"])
 
-        def job(txn: lmdb.Transaction) -> int:
+        def job(txn: Txn) -> int:
             return self.area.delete_snapshot(txn, seq)
 
         try:
@@ -334,7 +333,7 @@ class MountService:
 
     async def _status(self, frame: frames.Frame) -> MountStatusReply:
         with self.area.read() as txn:
-            snapshots = [record.seq for record in self.area.snapshot_list(txn)]
+            snapshots = [int(record.seq) for record in self.area.snapshot_list(txn)]
             used = self.area.used_bytes(txn)
         return {"volume": self.volume, "mount": self.mount, "newest": self.planner.newest,
                 "held": self.gate.held, "snapshots": snapshots, "used_bytes": used,
@@ -361,7 +360,7 @@ class MountService:
         except RuntimeError:  # stopping
             self._auto_deleting = False
 
-    def _delete_oldest_job(self, txn: lmdb.Transaction) -> tuple[SnapshotRecord, int, int] | None:
+    def _delete_oldest_job(self, txn: Txn) -> tuple[SnapshotRecord, int, int] | None:
         oldest = self.area.oldest_seq(txn)
         if oldest is None or self.max_bytes <= 0:
             return None
@@ -406,7 +405,7 @@ class MountService:
         await self._collect_graveyard()
 
 
-def _noop(txn: lmdb.Transaction) -> None:
+def _noop(txn: Txn) -> None:
     return None
 
 
