@@ -13,8 +13,8 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -27,7 +27,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def fuse_handler(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def fuse_handler(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn OSError into FUSEError(errno) and anything unexpected into a logged EIO."""
 
     @functools.wraps(func)
@@ -73,6 +73,8 @@ def raise_readahead_after_init(ops: pyfuse3.Operations, mount_point: str) -> Non
         original()
         trio.lowlevel.current_trio_token().run_sync_soon(set_readahead, mount_point)
 
+    # Deliberately replaces the method on this one instance (pyfuse3 calls `ops.init()`), which
+    # mypy refuses by default because it is usually a mistake; both mounts' Operations use it.
     ops.init = init  # type: ignore[method-assign]
 
 

@@ -1,8 +1,10 @@
 """The state directory: where it is, `volumes.json`, validation of names and paths, the daemon lock.
 
 One job: decide what a volume may be and remember the volumes durably. Nothing
-here starts processes or talks to sockets; `daemon.py` calls in here and turns
-`ConfigError` into error replies.
+here starts processes or talks to sockets; the daemon calls in here and sends
+a `ConfigError` (`shadowfs.errors`, re-exported here) back as an error reply of
+kind "invalid". `is_within` and `utc_now` live here, low enough for every
+module that needs them.
 
 Layout of a state directory:
 
@@ -31,10 +33,11 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
+from shadowfs.errors import ConfigError, DaemonRunning
 from shadowfs.linux import syscalls
 from shadowfs.linux.atomicfile import write_atomic
 
@@ -55,14 +58,6 @@ RESERVED_NAMES = frozenset({"by-time"})
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGTP](?:I?B)?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
-class ConfigError(ValueError):
-    """A bad name, path, size or state directory; the message says which and why."""
-
-
-class DaemonRunning(ConfigError):
-    """Another daemon holds the lock on this state directory."""
 
 
 # --- locations ----------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ def snapshot_path(mount_root: str, set_id: str, volume: str) -> str:
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes from "1048576", "512M", "10G", "1.5G", "64KiB"; binary units. ValueError if bad."""
+    """Bytes from "1048576", "512M", "10G", "1.5G", "64KiB"; binary units. ConfigError if bad."""
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
@@ -118,14 +113,15 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def format_size(value: int) -> str:
-    """Short human form: 1536 -> "1.5K", 10737418240 -> "10G"."""
+def format_size(value: float) -> str:
+    """Short human form with binary units, the one every size the CLI prints has: 1536 -> "1.5K",
+    10737418240 -> "10G", 12 -> "12B"."""
     for unit in ("P", "T", "G", "M", "K"):
         scale = _UNITS[unit]
         if value >= scale:
             shown = f"{value / scale:.1f}".removesuffix(".0")
             return f"{shown}{unit}"
-    return f"{value}B"
+    return f"{int(value)}B"
 
 
 def check_diff_area_size(value: int) -> int:
@@ -164,7 +160,8 @@ def validate_volume_name(name: str) -> str:
 
 
 def is_within(path: str, root: str) -> bool:
-    """True if `path` is `root` or below it (both absolute, normalised)."""
+    """True if `path` is `root` or below it (both absolute, normalised); a plain string test, no
+    file system access."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -208,9 +205,11 @@ class Volume:
             raise ConfigError(f"malformed volume entry in {VOLUMES_FILE}: {obj!r}") from exc
 
 
-def utc_now() -> str:
-    """UTC ISO 8601 with seconds precision and a 'Z'."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_now(timespec: Literal["seconds", "microseconds"] = "seconds") -> str:
+    """The time now, UTC ISO 8601 with a 'Z': `2026-11-21T20:43:52Z` (volumes, snapshot sets, writers'
+    records; the requester reads it back to the second), or with `timespec="microseconds"`
+    `2026-11-21T20:43:52.123456Z` (an image's `created`, which orders images of the same second)."""
+    return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 # --- the volume table ---------------------------------------------------------------------------

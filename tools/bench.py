@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shadowfs.cli.main import request  # noqa: E402
+from shadowfs.ipc.client import request  # noqa: E402
 from shadowfs.linux import mounts  # noqa: E402
 
 MiB = 1 << 20

@@ -3,14 +3,14 @@
 One job: decide, per volume, which records and bytes go into the new image,
 and write them with `media.ImageWriter`. Sources are directory trees (a set's
 ``<mount root>/snapshots/<set id>/<volume>/``, or any directory), read with
-`snaptree` and never followed through a symlink.
+`snapshot.tree` and never followed through a symlink.
 
 - full and copy: every object of every volume (holes skipped);
 - incremental (base: the newest full, incremental or differential image of
   the same volumes) and differential (base: the newest full image): only what
   differs from the state the base chain restores (`media.ChainState`), with
   deletions recorded; log: no data outside writers' log files (none yet);
-- the fast path, when `changed_hint` gives a volume's `changes.ObjectChanges`
+- the fast path, when a volume's `VolumeSource.changes` gives its `changes.ObjectChanges`
   from the base image's snapshot to this one: the tree at this snapshot is
   derived from the base state and the candidates (`changes.tree_at_new`), and
   only candidate files are read, changed files as patches of their captured
@@ -21,6 +21,11 @@ and write them with `media.ImageWriter`. Sources are directory trees (a set's
 - the fallback compares every object with the base state by kind, size,
   mtime, ctime, mode, owner, link count, rdev, xattrs and symlink target, and
   reads changed files whole.
+
+A job is one `BackupRequest`: the media, each volume as a `VolumeSource` (its
+tree, its writers' plan, its diff-area candidates and in-process reader, what
+image.json records of it), the type and base, and the job's hooks (documents,
+progress, failures).
 
 Invariants: records are written deletions first (topmost deleted paths only),
 then puts with parents before children and the first path of every hard-link
@@ -33,30 +38,24 @@ from __future__ import annotations
 import gc
 import os
 import stat
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
+from shadowfs.diffarea.schema import KINDS, BackingIno
 from shadowfs.linux.confined import split_parent
 from shadowfs.media import layout, stateindex
 from shadowfs.media.imagewriter import ImageWriter
 from shadowfs.media.layout import ImageInfo, MediaError
 from shadowfs.media.reader import Image, find_base
-from shadowfs.media.records import KINDS, DataRef, Record, RecordError, volume_name
+from shadowfs.media.records import DataRef, Record, RecordError, volume_name
 from shadowfs.media.state import ChainState, VolumeState
 from shadowfs.media.stateindex import StateIndex, VolumeIndex
-from shadowfs.snapshot.changes import (
-    ObjectChanges,
-    PathReader,
-    SnapshotReader,
-    captured_ranges,
-    tree_at_new,
-    tree_delta,
-    tree_from_map,
-)
+from shadowfs.snapshot.changes import ObjectChanges, captured_ranges, tree_at_new, tree_delta, tree_from_map
+from shadowfs.snapshot.readers import PathReader, SnapshotReader
 from shadowfs.snapshot.tree import ByteSource, Meta, SourceTree, SparseReader
+from shadowfs.statedir import utc_now
 
 HIDDEN = (".shadowfs",)
 Progress = Callable[[dict[str, Any]], None]
@@ -94,8 +93,54 @@ class Documents:
 FailureSink = Callable[[str, str, str, str, str], None]
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+class VolumeInfo(TypedDict, total=False):
+    """What image.json records of a volume besides its name and source: its live mount, the
+    snapshot read (the fast path of the next incremental starts from its `seq`), or that it was
+    read live."""
+
+    mount: str
+    snapshot_id: str
+    seq: int
+    live: bool
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """One volume of a backup: the tree to read and what is known about it."""
+
+    tree: str  # the snapshot (`<mount root>/snapshots/<set id>/<volume>`), the live mount, or any directory
+    plan: VolumePlan = field(default_factory=VolumePlan)  # what writers' file sets say about it
+    # the diff area's candidates since the base image's snapshot: the fast path
+    changes: ObjectChanges | None = None
+    # the same snapshot read by inode (`readers.ViewReader`): the fast path without path walks or the
+    # round trip through the browser per file; else the tree's paths
+    reader: SnapshotReader | None = None
+    info: VolumeInfo = field(default_factory=VolumeInfo)
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """One backup: `volumes` ({name: source}) onto `media` as one image of `type`.
+
+    `base`: the image an incremental, differential or log image builds on (default: the newest
+    suitable one of the same volumes). `components` are recorded in image.json as given.
+    `documents` are written first; `late_documents` is called once the data is written, before
+    the image is committed, for documents that record how the backup went (the BCD after
+    SetBackupSucceeded). `failures` receives each component file that could not be read (it is
+    left out of the image, which still completes); without it such a file fails the backup.
+    """
+
+    media: str
+    volumes: Mapping[str, VolumeSource]
+    type: str = "full"
+    base: str | None = None
+    set_id: str = ""
+    components: Sequence[Mapping[str, Any]] = ()
+    documents: Documents | None = None
+    late_documents: Callable[[], Documents] | None = None
+    hidden: Collection[str] = HIDDEN
+    progress: Progress | None = None
+    failures: FailureSink | None = None
 
 
 def path_key(path: str) -> list[str]:
@@ -205,23 +250,9 @@ class _Run:
         return ref, reader.sha256
 
 
-def backup(sources: Mapping[str, str], media: str, type: str = "full", base_image: str | None = None,
-           changed_hint: Mapping[str, ObjectChanges] | None = None, *, set_id: str = "",
-           plans: Mapping[str, VolumePlan] | None = None, documents: Documents | None = None,
-           components: list[Any] | None = None, volume_info: Mapping[str, Mapping[str, Any]] | None = None,
-           hidden: Collection[str] = HIDDEN, progress: Progress | None = None,
-           failures: FailureSink | None = None,
-           late_documents: Callable[[], Documents] | None = None,
-           readers: Mapping[str, SnapshotReader] | None = None) -> str:
-    """Back up `sources` ({volume: tree}) onto `media` as one image of `type`; returns the image id.
-
-    `readers` ({volume: reader of the same snapshot by inode, such as `changes.ViewReader`}) serve
-    the fast path instead of the source tree's paths: no path walk, no round trip per file.
-
-    `failures` receives each component file that could not be read (it is left out of the image,
-    which still completes); `late_documents` is called once the data is written, before the image
-    is committed, for documents that record how the backup went (the BCD after SetBackupSucceeded).
-    """
+def backup(request: BackupRequest) -> str:
+    """Write the image `request` describes (see the module docstring); returns the image id."""
+    media, type, sources = request.media, request.type, request.volumes
     if type not in layout.BACKUP_TYPES:
         raise MediaError(f"unknown backup type {type!r} (one of {', '.join(layout.BACKUP_TYPES)})")
     try:
@@ -234,7 +265,7 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
     base_index: StateIndex | None = None
     chain: ChainState | None = None
     if type in ("incremental", "differential", "log"):
-        base = Image(media, base_image) if base_image else find_base(media, type, volumes)
+        base = Image(media, request.base) if request.base else find_base(media, type, volumes)
         if base is None:
             raise MediaError(f"no base image on {media} for a {type} backup of {', '.join(volumes)}: "
                              "run a full backup first")
@@ -248,30 +279,31 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
         if base_index is None:
             chain = fold_chain(media, base.info.chain + [base.id])
             base_index = stateindex.from_chain(chain)
-    info = ImageInfo(id=layout.new_image_id(), created=utc_now(), type=type, set_id=set_id,
-                     volumes=[{"name": v, "source": os.path.abspath(sources[v]),
-                               **(volume_info or {}).get(v, {})} for v in volumes],
+    info = ImageInfo(id=layout.new_image_id(), created=utc_now("microseconds"), type=type,
+                     set_id=request.set_id,
+                     volumes=[{"name": v, "source": os.path.abspath(sources[v].tree), **sources[v].info}
+                              for v in volumes],
                      base=None if base is None else base.id,
                      chain=[] if base is None else base.info.chain + [base.id],
-                     components=list(components or []))
+                     components=list(request.components))
     with ImageWriter(media, info) as writer, no_gc():
-        if documents is not None:
-            if documents.bcd is not None:
-                writer.add_document("bcd", documents.bcd)
-            for wmd in documents.wmds:
+        if request.documents is not None:
+            if request.documents.bcd is not None:
+                writer.add_document("bcd", request.documents.bcd)
+            for wmd in request.documents.wmds:
                 writer.add_document("wmd", wmd)
-        run = _Run(writer, progress, failures, base_index)
+        run = _Run(writer, request.progress, request.failures, base_index)
         for volume in volumes:
-            plan = (plans or {}).get(volume) or VolumePlan()
-            with SourceTree(sources[volume], hidden=hidden) as src:
+            plan = sources[volume].plan
+            with SourceTree(sources[volume].tree, hidden=request.hidden) as src:
                 if type == "log":
                     _log(run, volume, src, plan)
                     continue
                 if base is None or base_index is None or volume not in base_index.volumes:
                     _full(run, volume, src, plan)
                     continue
-                hint = (changed_hint or {}).get(volume)
-                reader = (readers or {}).get(volume) or PathReader(src)
+                hint = sources[volume].changes
+                reader = sources[volume].reader or PathReader(src)
                 if hint is not None and _hint_fits(base, volume, hint, base_index.volumes[volume], reader):
                     _fast(run, volume, src, plan, base_index.volumes[volume], hint, reader)
                 else:
@@ -282,8 +314,8 @@ def backup(sources: Mapping[str, str], media: str, type: str = "full", base_imag
         if delta is None:
             run.index.apply(info.id, run.pending)
         writer.add_state_index(delta if delta is not None else run.index.encode(info.id))
-        if late_documents is not None:
-            late = late_documents()
+        if request.late_documents is not None:
+            late = request.late_documents()
             if late.bcd is not None:
                 writer.add_document("bcd", late.bcd)
             for wmd in late.wmds:
@@ -438,14 +470,14 @@ def _hint_fits(base: Image, volume: str, hint: ObjectChanges, vindex: VolumeInde
 def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: VolumeIndex,
           changes: ObjectChanges, reader: SnapshotReader) -> None:
     base.settle()
-    map_b = {path: (entry.ino, KINDS[entry.kind]) for path, entry in base.entries.items()}
+    map_b = {path: (BackingIno(entry.ino), KINDS[entry.kind]) for path, entry in base.entries.items()}
     tree_b = tree_from_map(map_b)
     tree_n = tree_at_new(tree_b, changes, reader)
     moves = tree_delta(tree_b, {ino: path for path, (ino, kind) in map_b.items() if kind == stat.S_IFDIR},
                        tree_n)
     moved_in, moved_out = moves.moved_in, moves.moved_out
 
-    def at_new(path: str) -> tuple[int, int] | None:
+    def at_new(path: str) -> tuple[BackingIno, int] | None:
         return moved_in.get(path) or (map_b.get(path) if path not in moved_out else None)
 
     _emit_deletes(run, volume, [p for p, (ino, _) in moved_out.items()
@@ -457,15 +489,21 @@ def _fast(run: _Run, volume: str, src: SourceTree, plan: VolumePlan, base: Volum
         if value is not None:
             chosen.add(value[0])
     # every path of the chosen objects, at base and at new (hard links: stable and moved ones)
-    paths_b: dict[int, list[str]] = {}
+    paths_b: dict[BackingIno, list[str]] = {}
     for path, ino in [(p, ino) for p, (ino, _) in map_b.items() if ino in chosen]:
         paths_b.setdefault(ino, []).append(path)
-    paths_n: dict[int, list[str]] = {ino: [p for p in paths if p not in moved_out]
+    paths_n: dict[BackingIno, list[str]] = {ino: [p for p in paths if p not in moved_out]
                                      for ino, paths in paths_b.items()}
     for path, (ino, _) in moved_in.items():
         paths_n.setdefault(ino, []).append(path)
     paths_n = {ino: sorted(paths, key=path_key) for ino, paths in paths_n.items() if paths and ino in chosen}
-    map_n = {path: at_new(path) for paths in paths_n.values() for path in paths}
+    map_n: dict[str, tuple[BackingIno, int]] = {}
+    for paths in paths_n.values():
+        for path in paths:
+            value = at_new(path)
+            # every path of `paths_n` exists at new: moved in, or at base and not moved out
+            assert value is not None
+            map_n[path] = value
     puts: dict[str, Record] = {}
     order = sorted(paths_n, key=lambda i: path_key(paths_n[i][0]))  # directory by directory
     captured = {ino: sorted(changed.blocks) for ino, changed in changes.inodes.items()}

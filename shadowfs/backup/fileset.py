@@ -9,7 +9,7 @@ writers' file specs, decide
   (``*`` and ``?`` only; ``*.*`` matches every name, as in VSS), and with
   ``recursive`` the files of every directory below too;
 - exclusions always win: a file any writer excludes is backed up by nobody,
-  not even as data outside components (seed 001);
+  not even as data outside components (vss §10.4);
 - a spec with an alternate location is read from there: each file under the
   alternate path that the spec's filespec and recursion select is recorded
   (and restored) at the same relative place under the normal ``path``; the
@@ -88,7 +88,7 @@ def spec_covers(spec_path: str, filespec: str, recursive: bool, file_path: str) 
 
 
 def specs_for_type(specs: Iterable[Spec], backup_type: str) -> tuple[Spec, ...]:
-    """The specs whose backup-type mask counts for `backup_type` (seed 002; copy counts as full)."""
+    """The specs whose backup-type mask counts for `backup_type` (vss §10.1; copy counts as full)."""
     kind = BackupType(backup_type)
     return tuple(s for s in specs if FileSpecBackupType(s.backup_type_mask).backup_required(kind))
 

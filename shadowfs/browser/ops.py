@@ -1,7 +1,7 @@
-"""The read-only snapshot browser: pyfuse3 `Operations` over `snapview`.
+"""The read-only snapshot browser: pyfuse3 `Operations` over `snapshot.view`.
 
 One job: show every snapshot set of every volume as one read-only tree
-(DESIGN section 5), translating FUSE requests into `SnapshotView` calls::
+(design §5), translating FUSE requests into `SnapshotView` calls::
 
     /                                  virtual, mode 0555, owned by root
     /by-time/                          virtual
@@ -9,39 +9,27 @@ One job: show every snapshot set of every volume as one read-only tree
     /<set id>/                         virtual, one per snapshot set
     /<set id>/<volume>/...             the volume's tree at the snapshot
 
-Node ids (FUSE inode numbers, also reported as st_ino):
-
-- a snapshot object is ``(volume index << 52) | (seq << 32) | backing ino``
-  (index 1..4095, seq < 2**20, ino < 2**32; anything bigger is EOVERFLOW).
-  The id depends only on the object's identity in one snapshot, so it is
-  stable for the life of the snapshot, across browser restarts, and equal for
-  every hard link of one file. The snapshot root is the backing root's id.
-- virtual nodes have volume index 0: the root is ``pyfuse3.ROOT_INODE`` (1),
-  ``by-time`` is 2, a set directory is ``SET_KIND | (index << 20) | seq`` and
-  its by-time symlink the same with ``LINK_FLAG`` set, where
-  ``(index, seq)`` is the set's lowest (volume index, sequence) member when the
-  browser first sees the set. Sequence numbers are never reused, so these ids
-  are unique forever and stable across restarts (unless the lowest member was
-  deleted in between); within one process a set keeps its first id.
+Node ids are laid out in `browser.nodes`; the volumes and the sets they
+show are kept by `browser.volumes` (`ShownVolumes`). This module only turns
+kernel requests into calls on those and on `SnapshotView`, and their results
+into pyfuse3 replies.
 
 Invariants:
 - Nothing is ever written: every mutating handler answers EROFS, open allows
   O_RDONLY only, and the mount itself is "ro,nosuid,nodev".
 - The snapshot records are read from the diff areas on every lookup, getattr
-  and opendir of the virtual nodes (one short read transaction per volume
-  that checks a signature of the snapshots database; records are decoded
-  again only when it changed; virtual entries and attributes have timeout 0),
-  so new and deleted sets show at once without any message. Snapshot
-  contents are immutable: long timeouts, negative entries cached, and
-  ``keep_cache``.
+  and opendir of the virtual nodes (`ShownVolumes.snapshot_sets`; virtual
+  entries and attributes have timeout 0), so new and deleted sets show at
+  once without any message. Snapshot contents are immutable: long timeouts,
+  negative entries cached, and ``keep_cache``.
 - Blocking work (backing-file I/O, LMDB lookups) goes through `_offload`:
   on the trio thread by default, or in up to ``worker_threads`` worker
   threads. Worker threads only get objects prepared on the trio thread (a
   `SnapshotView`; diff areas are opened only there), and every volume they
-  use is pinned meanwhile: `set_volumes` retires a volume's environment and
-  descriptors at once but closes them when the last pin is gone. An open file
-  has a live descriptor of its own (never one from the shared LRU), closed at
-  release once no read uses it.
+  use is pinned meanwhile (`BrowserVolume.pin`): `set_volumes` retires a
+  volume's environment and descriptors at once but closes them when the last
+  pin is gone. An open file has a live descriptor of its own (never one from
+  the shared LRU), closed at release once no read uses it.
 - No LMDB transaction is held across an await or shared between threads
   (each read-model call begins and ends its own). Once a handler has awaited,
   the volume it looked up may have been replaced: results it computed are
@@ -55,6 +43,10 @@ Invariants:
 - Lookup counts are kept per node id (lookup and every accepted
   `readdir_reply` add one, `forget` subtracts); nothing is cached per node, so
   they serve as a consistency check only.
+- Handlers keep pyfuse3's parameter types (`pyfuse3.InodeT` and friends, plain
+  ints) and turn an inode number into a `nodes.NodeId` once, on entry; below
+  them node ids, sequences and backing inodes are `NodeId`, `Seq` and
+  `BackingIno`, so that one is never passed for another.
 """
 
 from __future__ import annotations
@@ -68,231 +60,39 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import pyfuse3
 import trio
 
-from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import AttrRecord, SnapshotRecord
+from shadowfs.browser.nodes import (
+    BY_TIME,
+    BY_TIME_NODE,
+    LINK_FLAG,
+    ROOT_NODE,
+    NodeId,
+    is_snapshot_node,
+    snapshot_node,
+)
+from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet, by_time_names
+from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq
 from shadowfs.fuse_adapter import fuse_handler
-from shadowfs.snapshot.view import LiveObjects, SnapshotView
+from shadowfs.snapshot.view import SnapshotView
 
 log = logging.getLogger(__name__)
 
 FSNAME = "shadowfs-snapshots"
-BY_TIME = b"by-time"
-
-ROOT_NODE = pyfuse3.ROOT_INODE
-BY_TIME_NODE = 2
-VOLUME_SHIFT = 52
-SEQ_SHIFT = 32
-MAX_VOLUME_INDEX = (1 << (64 - VOLUME_SHIFT)) - 1
-MAX_SEQ = (1 << (VOLUME_SHIFT - SEQ_SHIFT)) - 1
-MAX_INO = (1 << SEQ_SHIFT) - 1
-SET_KIND = 1 << 32
-COUNTER_KIND = 2 << 32  # set ids for sets whose lowest seq does not fit in 20 bits
-LINK_FLAG = 1 << 40  # a set's by-time symlink: the set's node id with this bit
+assert ROOT_NODE == pyfuse3.ROOT_INODE  # nodes.py does without pyfuse3; the numbers must agree
 
 SNAPSHOT_TIMEOUT = 3600.0
 VIRTUAL_TIMEOUT = 0.0
 BLKSIZE = 128 * 1024
-AREA_RETRY_SECONDS = 1.0
 VIRTUAL_DIR_MODE = stat.S_IFDIR | 0o555
 LINK_MODE = stat.S_IFLNK | 0o777
 MAX_WORKER_THREADS = 64
 READDIR_BATCH = 64  # entries whose attributes one worker call computes (a readdir takes ~25)
 
 R = TypeVar("R")
-
-
-def snapshot_node(index: int, seq: int, ino: int) -> int:
-    """The node id of backing inode `ino` in snapshot `seq` of volume `index`."""
-    if not (0 < index <= MAX_VOLUME_INDEX and 0 <= seq <= MAX_SEQ and 0 < ino <= MAX_INO):
-        raise OSError(errno.EOVERFLOW, f"volume {index} seq {seq} inode {ino} has no node id")
-    return (index << VOLUME_SHIFT) | (seq << SEQ_SHIFT) | ino
-
-
-def split_snapshot_node(node: int) -> tuple[int, int, int]:
-    """(volume index, seq, backing ino) of a snapshot node id."""
-    return node >> VOLUME_SHIFT, (node >> SEQ_SHIFT) & MAX_SEQ, node & MAX_INO
-
-
-def is_snapshot_node(node: int) -> bool:
-    return node >> VOLUME_SHIFT != 0
-
-
-def parse_created(created: str) -> tuple[str, int]:
-    """The by-time name and the time in ns of a snapshot's `created` stamp."""
-    try:
-        when = datetime.fromisoformat(created)
-    except ValueError:
-        return created.replace("/", "_") or "unknown", 0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
-    seconds = int(when.timestamp())
-    return (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)),
-            seconds * 1_000_000_000 + when.microsecond * 1000)
-
-
-# ---- volumes and sets ---------------------------------------------------------------------------
-
-
-def _same_path(first: str, second: str) -> bool:
-    return os.path.realpath(first) == os.path.realpath(second)
-
-
-def _check_volume_list(volumes: Sequence[tuple[str, int, str, int]]) -> None:
-    """ValueError unless indexes and diff areas are unique and every fd is a directory."""
-    indexes = [index for _, index, _, _ in volumes]
-    if len(set(indexes)) != len(indexes):
-        raise ValueError("duplicate volume index")
-    if any(not 0 < index <= MAX_VOLUME_INDEX for index in indexes):
-        raise ValueError(f"volume index out of range 1..{MAX_VOLUME_INDEX}")
-    if len({os.path.realpath(path) for _, _, path, _ in volumes}) != len(volumes):
-        raise ValueError("two volumes share a diff area")
-    for name, _, _, fd in volumes:
-        try:
-            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        except OSError as exc:
-            raise ValueError(f"volume {name}: bad backing descriptor ({exc.strerror})") from None
-        if not is_dir:
-            raise ValueError(f"volume {name}: backing descriptor is not a directory")
-
-
-class BrowserVolume:
-    """One volume as the browser sees it: its diff area (read-only) and its backing root.
-
-    The diff area is opened lazily: a volume's mount process may not have
-    created it yet when the browser learns of the volume.
-
-    Worker threads use the volume's LMDB environment and descriptors, so the
-    trio thread *pins* the volume around every offloaded call; closing it (or
-    replacing its root) retires the resources at once for new callers but
-    closes them only when the last pin is gone: LMDB must not close an
-    environment under a running transaction, and a descriptor number must not
-    be reused while a thread still reads through it. Pins change on the trio
-    thread only.
-    """
-
-    def __init__(self, name: str, index: int, diff_area: str, root_fd: int) -> None:
-        self.name = name
-        self.index = index
-        self.diff_area = diff_area
-        self.root_fd = root_fd
-        self.live = LiveObjects(root_fd)
-        self.area: DiffArea | None = None
-        self.closed = False
-        self._next_try = 0.0
-        self._last_error = ""
-        self._signature: tuple[int, bytes, bytes] | None = None
-        self._records: list[SnapshotRecord] = []
-        self.pins = 0
-        self._retired: list[Callable[[], None]] = []
-        self.ensure_area()
-
-    def pin(self) -> None:
-        self.pins += 1
-
-    def unpin(self) -> None:
-        self.pins -= 1
-        if self.pins == 0:
-            retired, self._retired = self._retired, []
-            for close in retired:
-                close()
-
-    def _retire(self, close: Callable[[], None]) -> None:
-        """Run `close` now, or when the last worker thread using this volume is done."""
-        if self.pins == 0:
-            close()
-        else:
-            self._retired.append(close)
-
-    def ensure_area(self) -> DiffArea | None:
-        """The open diff area, opening it now if it could not be opened before."""
-        if self.area is not None or self.closed:
-            return self.area
-        now = time.monotonic()
-        if now < self._next_try:
-            return None
-        try:
-            self.area = DiffArea.open(self.diff_area, readonly=True)
-        except DiffAreaError as exc:
-            self._next_try = now + AREA_RETRY_SECONDS
-            if str(exc) != self._last_error:
-                self._last_error = str(exc)
-                log.warning("volume %s: %s", self.name, exc)
-        return self.area
-
-    def retry_area_now(self) -> None:
-        """Let the next `ensure_area` try to open the diff area without waiting."""
-        self._next_try = 0.0
-
-    def replace_root(self, root_fd: int) -> None:
-        """Serve the backing data from a new root descriptor (the old one is closed once
-        no worker thread uses it)."""
-        old_live, old_fd = self.live, self.root_fd
-        self.root_fd = root_fd
-        self.live = LiveObjects(root_fd)
-        self._retire(lambda: _close_live(old_live, old_fd))
-
-    def snapshots(self) -> tuple[tuple[int, bytes, bytes], list[SnapshotRecord]]:
-        """(signature, records) of the volume's snapshots, read now.
-
-        Sequence numbers only grow and a record never changes, so (count,
-        first key, last key) of the snapshots database changes whenever its set
-        of records does; the records are decoded again only then.
-        """
-        area = self.ensure_area()
-        if area is None:
-            return (0, b"", b""), []
-        with area.read() as txn:
-            cursor = txn.cursor(db=area.snapshots_db)
-            first = cursor.key() if cursor.first() else b""
-            last = cursor.key() if cursor.last() else b""
-            signature = (txn.stat(area.snapshots_db)["entries"], first, last)
-            if signature != self._signature:
-                self._records = area.snapshot_list(txn)
-                self._signature = signature
-        return signature, self._records
-
-    def view(self, seq: int) -> SnapshotView:
-        area = self.ensure_area()
-        if area is None or self.closed:
-            raise OSError(errno.ESTALE, f"volume {self.name} is not available")
-        return SnapshotView(area, self.live, seq)
-
-    def close(self) -> None:
-        """Stop serving: `view` answers ESTALE from now on; the environment and
-        descriptors close once no worker thread uses them."""
-        if self.closed:
-            return
-        self.closed = True
-        live, root_fd, area = self.live, self.root_fd, self.area
-        self.area = None
-        self._retire(lambda: _close_live(live, root_fd))
-        if area is not None:
-            self._retire(area.close)
-
-
-def _close_live(live: LiveObjects, root_fd: int) -> None:
-    live.close()
-    os.close(root_fd)
-
-
-@dataclass
-class SnapshotSet:
-    """One snapshot set: every volume's snapshot that shares the set id."""
-
-    set_id: str
-    created: str
-    created_ns: int
-    time_name: str
-    members: dict[str, tuple[BrowserVolume, SnapshotRecord]] = field(default_factory=dict)
-    node: int = 0
-    link_node: int = 0
 
 
 @dataclass
@@ -302,8 +102,8 @@ class OpenFile:
     worker threads never share a cached descriptor that an LRU could close."""
 
     volume: BrowserVolume
-    seq: int
-    ino: int
+    seq: Seq
+    ino: BackingIno
     size: int
     fd: int | None
     readers: int = 0
@@ -322,7 +122,7 @@ class DirHandle:
     attributes of a window of them, computed READDIR_BATCH at a time by one `_offload`
     call (the kernel takes a few dozen per readdir; the window bounds memory)."""
 
-    entries: list[tuple[bytes, int]]
+    entries: list[tuple[bytes, NodeId]]
     window_start: int = 0
     window: list[pyfuse3.EntryAttributes | None] = field(default_factory=list)
 
@@ -344,10 +144,7 @@ class BrowserOperations(pyfuse3.Operations):
         if not 0 <= worker_threads <= MAX_WORKER_THREADS:
             raise ValueError(f"worker_threads must be in 0..{MAX_WORKER_THREADS}")
         self._threads = worker_threads
-        self._volumes: dict[int, BrowserVolume] = {}
-        self._set_nodes: dict[str, int] = {}
-        self._node_sets: dict[int, str] = {}
-        self._set_counter = itertools.count(1)
+        self._shown = ShownVolumes()
         # one total, not a count per node: the kernel may know millions of nodes, and node
         # ids carry everything the browser needs, so per-node counts would only cost memory
         self._lookups = 0
@@ -356,8 +153,6 @@ class BrowserOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._limiter: trio.CapacityLimiter | None = None
         self._mount_ns = time.time_ns()
-        self._sets_key: tuple[object, ...] | None = None
-        self._sets: dict[str, SnapshotSet] = {}
 
     # ---- volumes -------------------------------------------------------------------------------
 
@@ -365,134 +160,33 @@ class BrowserOperations(pyfuse3.Operations):
         """Show exactly these volumes: (name, index, diff area path, backing root fd).
 
         Takes ownership of the descriptors, also when it raises (ValueError for
-        a bad list; the volumes shown then stay as they were). A volume whose
-        index and diff area are unchanged keeps its open environment: LMDB
-        allows one per process.
+        a bad list; the volumes shown then stay as they were); see `ShownVolumes.replace`.
         """
-        fds = [fd for *_, fd in volumes]
-        created: list[BrowserVolume] = []
-        try:
-            _check_volume_list(volumes)
-            old = dict(self._volumes)
-            for name, index, path, fd in volumes:
-                kept = old.get(index)
-                if kept is None or not _same_path(kept.diff_area, path):
-                    created.append(BrowserVolume(name, index, path, fd))
-        except BaseException:
-            owned = {volume.root_fd for volume in created}
-            for volume in created:
-                volume.close()
-            for fd in fds:
-                if fd not in owned:
-                    os.close(fd)
-            raise
-        fresh = {volume.index: volume for volume in created}
-        new: dict[int, BrowserVolume] = {}
-        for name, index, _, fd in volumes:
-            if index in fresh:
-                new[index] = fresh[index]
-            else:
-                kept = old.pop(index)
-                kept.name = name
-                kept.replace_root(fd)
-                # the daemon sends the list again once a volume's mount process is ready, and
-                # only then is its diff area sure to exist: look for it again at once
-                kept.retry_area_now()
-                new[index] = kept
-        for volume in old.values():
-            volume.close()
-        self._volumes = new
-        self._sets_key, self._sets = None, {}
-        log.info("showing volumes %s", ", ".join(f"{v.name}#{v.index}" for v in new.values()) or "(none)")
+        self._shown.replace(volumes)
 
     def known_nodes(self) -> int:
         """How many lookups the kernel holds in all, not yet forgotten (for status and tests)."""
         return self._lookups
 
     def volumes(self) -> list[BrowserVolume]:
-        return [self._volumes[index] for index in sorted(self._volumes)]
+        return self._shown.volumes()
 
     def close(self) -> None:
-        for volume in self._volumes.values():
-            volume.close()
-        self._volumes = {}
-        self._sets_key, self._sets = None, {}
+        self._shown.close()
         for handle in self._files.values():
             handle.released = True
             handle.close_when_idle()
         self._files.clear()
         self._dirs.clear()
 
-    # ---- sets ----------------------------------------------------------------------------------
-
     def snapshot_sets(self) -> dict[str, SnapshotSet]:
-        """Every set, read now from the diff areas (one short read transaction per volume).
-
-        Rebuilt only when some volume's snapshot records changed (the result is
-        shared: callers never modify it).
-        """
-        volumes = self.volumes()
-        read = [(volume, *volume.snapshots()) for volume in volumes]
-        key = tuple((id(volume), signature) for volume, signature, _ in read)
-        if key == self._sets_key:
-            return self._sets
-        sets: dict[str, SnapshotSet] = {}
-        lowest: dict[str, tuple[int, int]] = {}
-        for volume, _, records in read:
-            for record in records:
-                entry = sets.get(record.set_id)
-                if entry is None:
-                    time_name, created_ns = parse_created(record.created)
-                    entry = sets[record.set_id] = SnapshotSet(record.set_id, record.created,
-                                                              created_ns, time_name)
-                    lowest[record.set_id] = (volume.index, record.seq)
-                entry.members.setdefault(volume.name, (volume, record))
-        for set_id, entry in sets.items():
-            entry.node = self._set_node(set_id, *lowest[set_id])
-            entry.link_node = entry.node | LINK_FLAG
-        self._sets_key, self._sets = key, sets
-        return sets
-
-    def _set_node(self, set_id: str, index: int, seq: int) -> int:
-        node = self._set_nodes.get(set_id)
-        if node is None:
-            if seq <= MAX_SEQ:
-                node = SET_KIND | (index << 20) | seq
-            else:
-                node = COUNTER_KIND | next(self._set_counter)
-            if node in self._node_sets:  # cannot happen with unique (index, seq) pairs
-                node = COUNTER_KIND | next(self._set_counter)
-            self._set_nodes[set_id] = node
-            self._node_sets[node] = set_id
-        return node
-
-    def _set_of_node(self, node: int, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
-        set_id = self._node_sets.get(node)
-        entry = None if set_id is None else (self.snapshot_sets() if sets is None else sets).get(set_id)
-        if entry is None:
-            raise OSError(errno.ESTALE, "snapshot set was deleted")
-        return entry
-
-    def _set_of_link(self, node: int, sets: dict[str, SnapshotSet] | None = None) -> SnapshotSet:
-        return self._set_of_node(node & ~LINK_FLAG, sets)
-
-    @staticmethod
-    def by_time_names(sets: dict[str, SnapshotSet]) -> dict[bytes, SnapshotSet]:
-        """Names in by-time/: the creation time, with ".1", ".2" for later set ids at one time."""
-        groups: dict[str, list[SnapshotSet]] = {}
-        for entry in sets.values():
-            groups.setdefault(entry.time_name, []).append(entry)
-        names: dict[bytes, SnapshotSet] = {}
-        for time_name, group in groups.items():
-            for number, entry in enumerate(sorted(group, key=lambda e: e.set_id)):
-                suffix = f".{number}" if number else ""
-                names[os.fsencode(time_name + suffix)] = entry
-        return names
+        """Every set, read now from the diff areas (`ShownVolumes.snapshot_sets`)."""
+        return self._shown.snapshot_sets()
 
     # ---- attributes ----------------------------------------------------------------------------
 
     @staticmethod
-    def _virtual(node: int, mode: int, nlink: int, time_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
+    def _virtual(node: NodeId, mode: int, nlink: int, time_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node
         attrs.generation = 0
@@ -510,7 +204,7 @@ class BrowserOperations(pyfuse3.Operations):
         return attrs
 
     @staticmethod
-    def _snapshot_attrs(node: int, record: AttrRecord) -> pyfuse3.EntryAttributes:
+    def _snapshot_attrs(node: NodeId, record: AttrRecord) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node
         attrs.generation = 0
@@ -529,14 +223,10 @@ class BrowserOperations(pyfuse3.Operations):
         attrs.st_ctime_ns = record.ctime_ns
         return attrs
 
-    def _resolve(self, node: int) -> tuple[BrowserVolume, int, int]:
-        index, seq, ino = split_snapshot_node(node)
-        volume = self._volumes.get(index)
-        if volume is None:
-            raise OSError(errno.ESTALE, f"no volume with index {index}")
-        return volume, seq, ino
+    def _resolve(self, node: NodeId) -> tuple[BrowserVolume, Seq, BackingIno]:
+        return self._shown.resolve(node)
 
-    def _prepare(self, node: int) -> tuple[BrowserVolume, SnapshotView, int]:
+    def _prepare(self, node: NodeId) -> tuple[BrowserVolume, SnapshotView, BackingIno]:
         """(volume, view, backing ino) of a snapshot node, made on the trio thread (which
         alone opens diff areas) for a worker thread to use."""
         volume, seq, ino = self._resolve(node)
@@ -553,7 +243,7 @@ class BrowserOperations(pyfuse3.Operations):
     def _link_target(entry: SnapshotSet) -> bytes:
         return b"../" + os.fsencode(entry.set_id)
 
-    def _virtual_attrs(self, node: int, sets: dict[str, SnapshotSet] | None = None
+    def _virtual_attrs(self, node: NodeId, sets: dict[str, SnapshotSet] | None = None
                        ) -> pyfuse3.EntryAttributes:
         """Attributes of a virtual node (ESTALE when its set no longer exists).
 
@@ -564,15 +254,15 @@ class BrowserOperations(pyfuse3.Operations):
         if node == BY_TIME_NODE:
             return self._virtual(node, VIRTUAL_DIR_MODE, 2, self._mount_ns)
         if node & LINK_FLAG:
-            return self._link_attrs(self._set_of_link(node, sets))
-        return self._set_attrs(self._set_of_node(node, sets))
+            return self._link_attrs(self._shown.set_of_link(node, sets))
+        return self._set_attrs(self._shown.set_of_node(node, sets))
 
     @classmethod
-    def _entry_of(cls, view: SnapshotView, node: int, ino: int) -> pyfuse3.EntryAttributes:
+    def _entry_of(cls, view: SnapshotView, node: NodeId, ino: BackingIno) -> pyfuse3.EntryAttributes:
         """Attributes of snapshot object `ino` under node id `node` (blocking: `_offload`)."""
         return cls._snapshot_attrs(node, view.attr(ino))
 
-    async def _attrs(self, node: int) -> pyfuse3.EntryAttributes:
+    async def _attrs(self, node: NodeId) -> pyfuse3.EntryAttributes:
         """Attributes of any node (ENOENT/ESTALE when it no longer exists)."""
         if not is_snapshot_node(node):
             return self._virtual_attrs(node)
@@ -618,7 +308,7 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- directory contents --------------------------------------------------------------------
 
     @staticmethod
-    def _snapshot_child(index: int, view: SnapshotView, seq: int, dir_ino: int,
+    def _snapshot_child(index: int, view: SnapshotView, seq: Seq, dir_ino: BackingIno,
                         name: bytes) -> pyfuse3.EntryAttributes:
         """The entry `name` of a snapshot directory, negative if none (blocking: `_offload`)."""
         try:
@@ -633,7 +323,7 @@ class BrowserOperations(pyfuse3.Operations):
         node = snapshot_node(index, seq, child)
         return BrowserOperations._snapshot_attrs(node, view.attr(child))
 
-    async def _child(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+    async def _child(self, parent: NodeId, name: bytes) -> pyfuse3.EntryAttributes:
         if is_snapshot_node(parent):
             volume, seq, ino = self._resolve(parent)
             view = volume.view(seq)
@@ -647,13 +337,13 @@ class BrowserOperations(pyfuse3.Operations):
                 raise OSError(errno.ENOENT, "no such snapshot set")
             return self._set_attrs(entry)
         if parent == BY_TIME_NODE:
-            entry = self.by_time_names(self.snapshot_sets()).get(name)
+            entry = by_time_names(self.snapshot_sets()).get(name)
             if entry is None:
                 raise OSError(errno.ENOENT, "no such snapshot time")
             return self._link_attrs(entry)
         if parent & LINK_FLAG:
             raise OSError(errno.ENOTDIR, "not a directory")
-        member = self._set_of_node(parent).members.get(name.decode("utf-8", "surrogateescape"))
+        member = self._shown.set_of_node(parent).members.get(name.decode("utf-8", "surrogateescape"))
         if member is None:
             raise OSError(errno.ENOENT, "volume not in this snapshot set")
         volume, record = member
@@ -662,13 +352,13 @@ class BrowserOperations(pyfuse3.Operations):
         view = volume.view(record.seq)
         return await self._offload([volume], functools.partial(self._entry_of, view, node, root_ino))
 
-    async def _listing(self, node: int) -> list[tuple[bytes, int]]:
+    async def _listing(self, node: NodeId) -> list[tuple[bytes, NodeId]]:
         """(name, node id) of every entry of directory `node`, computed once per opendir."""
         if is_snapshot_node(node):
             volume, seq, ino = self._resolve(node)
             view = volume.view(seq)
 
-            def snapshot_listing() -> list[tuple[bytes, int]]:
+            def snapshot_listing() -> list[tuple[bytes, NodeId]]:
                 return [(name, snapshot_node(volume.index, seq, record.ino))
                         for name, record in view.listdir(ino)]
 
@@ -678,13 +368,10 @@ class BrowserOperations(pyfuse3.Operations):
             return [(BY_TIME, BY_TIME_NODE)] + sorted(
                 (os.fsencode(entry.set_id), entry.node) for entry in sets.values())
         if node == BY_TIME_NODE:
-            return sorted((name, entry.link_node) for name, entry in self.by_time_names(sets).items())
+            return sorted((name, entry.link_node) for name, entry in by_time_names(sets).items())
         if node & LINK_FLAG:
             raise OSError(errno.ENOTDIR, "not a directory")
-        set_id = self._node_sets.get(node)
-        entry = sets.get(set_id) if set_id is not None else None
-        if entry is None:
-            raise OSError(errno.ESTALE, "snapshot set was deleted")
+        entry = self._shown.set_of_node(node, sets)
         listing = []
         for name, (volume, record) in entry.members.items():
             try:
@@ -700,7 +387,7 @@ class BrowserOperations(pyfuse3.Operations):
         batch = handle.entries[start:start + READDIR_BATCH]
         window: list[pyfuse3.EntryAttributes | None] = [None] * len(batch)
         sets = None
-        todo: list[tuple[int, SnapshotView, int, int]] = []
+        todo: list[tuple[int, SnapshotView, NodeId, BackingIno]] = []
         volumes: dict[int, BrowserVolume] = {}
         for position, (_, node) in enumerate(batch):
             if is_snapshot_node(node):
@@ -731,12 +418,12 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- handlers: lookups and attributes ------------------------------------------------------
 
     @fuse_handler
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
-        return self._counted(await self._child(parent_inode, name))
+        return self._counted(await self._child(NodeId(parent_inode), name))
 
     @fuse_handler
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for node, count in inode_list:
             self._lookups -= count
             if self._lookups < 0:
@@ -744,39 +431,42 @@ class BrowserOperations(pyfuse3.Operations):
                 self._lookups = 0
 
     @fuse_handler
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._attrs(inode)
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attrs(NodeId(inode))
 
     @fuse_handler
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        if is_snapshot_node(inode):
-            volume, view, ino = self._prepare(inode)
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        node = NodeId(inode)
+        if is_snapshot_node(node):
+            volume, view, ino = self._prepare(node)
             return await self._offload([volume], functools.partial(view.readlink, ino))
-        if inode & LINK_FLAG:
-            return self._link_target(self._set_of_link(inode))
+        if node & LINK_FLAG:
+            return self._link_target(self._shown.set_of_link(node))
         raise OSError(errno.EINVAL, "not a symlink")
 
-    async def _xattrs(self, inode: int) -> dict[bytes, bytes]:
-        volume, view, ino = self._prepare(inode)
+    async def _xattrs(self, node: NodeId) -> dict[bytes, bytes]:
+        volume, view, ino = self._prepare(node)
         return await self._offload([volume], functools.partial(view.xattrs, ino))
 
     @fuse_handler
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not is_snapshot_node(inode):
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        value = (await self._xattrs(inode)).get(name)
+        value = (await self._xattrs(node)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @fuse_handler
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if not is_snapshot_node(inode):
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
             return []
-        return sorted(await self._xattrs(inode))
+        return sorted(await self._xattrs(node))
 
     @fuse_handler
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext) -> bool:
         return True  # default_permissions: the kernel checks modes and ACLs itself
 
     @fuse_handler
@@ -796,7 +486,7 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- handlers: files -----------------------------------------------------------------------
 
     @staticmethod
-    def _open_file(view: SnapshotView, ino: int) -> tuple[int, int | None]:
+    def _open_file(view: SnapshotView, ino: BackingIno) -> tuple[int, int | None]:
         """(size at the snapshot, own descriptor of the live file or None) of a regular
         file (blocking: `_offload`)."""
         try:
@@ -816,20 +506,25 @@ class BrowserOperations(pyfuse3.Operations):
         return record.size, fd
 
     @fuse_handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        if not is_snapshot_node(inode):
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
             raise OSError(errno.EISDIR, "virtual directory")
-        volume, seq, ino = self._resolve(inode)
+        volume, seq, ino = self._resolve(node)
         view = volume.view(seq)
         size, fd = await self._offload([volume], functools.partial(self._open_file, view, ino))
         fh = next(self._handles)
         self._files[fh] = OpenFile(volume, seq, ino, size, fd)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
+    # pyfuse3's stub says read returns bytes, but pyfuse3 replies with any contiguous buffer
+    # (PyObject_GetBuffer in fuse_read_async): an assembled bytearray goes out uncopied.
     @fuse_handler
-    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
+    async def read(self, fh: pyfuse3.FileHandleT, off: int,  # type: ignore[override]
+                   size: int) -> bytes | bytearray:
         handle = self._files.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, "unknown file handle")
@@ -845,7 +540,7 @@ class BrowserOperations(pyfuse3.Operations):
             handle.close_when_idle()
 
     @fuse_handler
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None:
             handle.released = True
@@ -854,14 +549,14 @@ class BrowserOperations(pyfuse3.Operations):
     # ---- handlers: directories -----------------------------------------------------------------
 
     @fuse_handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        entries = await self._listing(inode)
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        entries = await self._listing(NodeId(inode))
         fh = next(self._handles)
         self._dirs[fh] = DirHandle(entries)
         return fh
 
     @fuse_handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, "unknown directory handle")
@@ -878,64 +573,68 @@ class BrowserOperations(pyfuse3.Operations):
             self._counted(attrs)
 
     @fuse_handler
-    async def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._dirs.pop(fh, None)
 
     # ---- handlers: every change is refused -----------------------------------------------------
 
     @fuse_handler
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
+                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: pyfuse3.FlagT,
+                     ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @fuse_handler
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
+                     flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @fuse_handler
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
 
 

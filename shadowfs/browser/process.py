@@ -1,9 +1,9 @@
 """The snapshot browser process: one read-only FUSE mount of every snapshot set.
 
-One job: run `browserfs.BrowserOperations` at ``--mount PATH`` and serve the
+One job: run `browser.ops.BrowserOperations` at ``--mount PATH`` and serve the
 daemon's control channel (``--control-fd N``, `ipc` frames)::
 
-    python -m shadowfs.browserproc --control-fd N --mount PATH [--threads T]
+    python -m shadowfs.browser.process --control-fd N --mount PATH [--threads T]
 
 - ``--threads T`` (default ``$SHADOWFS_BROWSER_THREADS``, else 0) serves
   blocking reads and lookups in up to T worker threads; 0 serves them on the
@@ -23,6 +23,8 @@ Invariants:
   (a browser that was killed) is cleared first; a live one is refused.
 - Descriptors received with a request are owned here: closed if the request
   is refused, otherwise handed to `set_volumes`, which owns them from then on.
+- A `volumes` request is checked whole (`parse_volumes`: every entry a
+  `messages.BrowserVolume`) before anything changes.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ import pyfuse3
 import trio
 
 from shadowfs import fuse_adapter
-from shadowfs.browser.ops import FSNAME, MAX_VOLUME_INDEX, MAX_WORKER_THREADS, BrowserOperations
+from shadowfs.browser.nodes import MAX_VOLUME_INDEX
+from shadowfs.browser.ops import FSNAME, MAX_WORKER_THREADS, BrowserOperations
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import BrowserStatusReply, BrowserVolume, EmptyReply, ReadyEvent
 from shadowfs.linux import mounts
 
-log = logging.getLogger("shadowfs.browser.process")
+log = logging.getLogger(__name__)
 
 
 class ControlServer:
@@ -55,7 +59,7 @@ class ControlServer:
         self.ops = ops
         self.mount = mount
 
-    async def handle(self, request: frames.Frame, fds: list[int]) -> frames.Frame:
+    async def handle(self, request: frames.Frame, fds: list[int]) -> EmptyReply | BrowserStatusReply:
         op = request.get("op")
         if op == "volumes":
             return self._volumes(request, fds)
@@ -64,20 +68,20 @@ class ControlServer:
             return self._status()
         raise frames.RequestError(f"unknown op {op!r}")
 
-    def _volumes(self, request: frames.Frame, fds: list[int]) -> frames.Frame:
+    def _volumes(self, request: frames.Frame, fds: list[int]) -> EmptyReply:
         try:
             volumes = parse_volumes(request.get("volumes"), len(fds))
         except ValueError as exc:
             frames.close_fds(fds)
             raise frames.RequestError(str(exc)) from None
         try:
-            self.ops.set_volumes([(name, index, path, fd)
-                                  for (name, index, path), fd in zip(volumes, fds, strict=True)])
+            self.ops.set_volumes([(v["name"], v["index"], v["diff_area"], fd)
+                                  for v, fd in zip(volumes, fds, strict=True)])
         except ValueError as exc:  # set_volumes owns the descriptors, also when it refuses
             raise frames.RequestError(str(exc)) from None
         return {}
 
-    def _status(self) -> frames.Frame:
+    def _status(self) -> BrowserStatusReply:
         return {
             "mount": self.mount,
             "volumes": [{"name": v.name, "index": v.index, "diff_area": v.diff_area,
@@ -87,13 +91,13 @@ class ControlServer:
         }
 
 
-def parse_volumes(value: Any, fd_count: int) -> list[tuple[str, int, str]]:
+def parse_volumes(value: Any, fd_count: int) -> list[BrowserVolume]:
     """Validate the `volumes` list of a request; ValueError names what is wrong."""
     if not isinstance(value, list):
         raise ValueError("'volumes' must be a list")
     if len(value) != fd_count:
         raise ValueError(f"{len(value)} volumes but {fd_count} descriptors")
-    result = []
+    result: list[BrowserVolume] = []
     for position, item in enumerate(value):
         if not isinstance(item, dict):
             raise ValueError(f"volume #{position} is not an object")
@@ -104,7 +108,7 @@ def parse_volumes(value: Any, fd_count: int) -> list[tuple[str, int, str]]:
             raise ValueError(f"volume {name}: index must be an integer in 1..{MAX_VOLUME_INDEX}")
         if not isinstance(path, str) or not os.path.isabs(path):
             raise ValueError(f"volume {name}: diff_area must be an absolute path")
-        result.append((name, index, path))
+        result.append({"name": name, "index": index, "diff_area": path})
     return result
 
 
@@ -167,7 +171,8 @@ async def run(control_fd: int, mount: str, threads: int = 0) -> int:
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             server = ControlServer(ops, mount)
             try:
-                await channel.send({"event": "ready"})
+                ready: ReadyEvent = {"event": "ready"}
+                await channel.send(ready)
                 await channel.run(on_request=server.handle)
             except (frames.ChannelClosed, frames.ProtocolError, OSError) as exc:
                 log.error("control channel failed: %s", exc)
@@ -181,7 +186,7 @@ async def run(control_fd: int, mount: str, threads: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shadowfs.browserproc",
+    parser = argparse.ArgumentParser(prog="python -m shadowfs.browser.process",
                                      description="shadowfs snapshot browser process")
     parser.add_argument("--control-fd", type=int, required=True, help="inherited control socket")
     parser.add_argument("--mount", required=True, help="where to mount the snapshot browser")

@@ -14,6 +14,8 @@ Invariants:
   only hand the result over (for example with trio's `run_sync_soon`).
 - Jobs submitted with `done=None` are fire-and-forget but still ordered with
   the others (a later job sees their writes).
+- A job gets a `diffarea.area.Txn` (values as bytes); `run` returns what its
+  job returns.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 
+from shadowfs.diffarea.area import Txn
+
 log = logging.getLogger(__name__)
 
-Job = Callable[[lmdb.Transaction], Any]
+T = TypeVar("T")
+Job = Callable[[Txn], Any]
 Done = Callable[[Any, BaseException | None], None]
 AfterCommit = Callable[[], None]
 
@@ -61,7 +66,7 @@ class Committer:
             raise RuntimeError("committer is stopped")
         self._queue.put(_Item(job, done))
 
-    def run(self, job: Job) -> Any:
+    def run(self, job: Callable[[Txn], T]) -> T:
         """Blocking helper for threads other than the committer's: submit and wait."""
         finished = threading.Event()
         box: list[Any] = []
@@ -74,7 +79,8 @@ class Committer:
         finished.wait()
         if box[1] is not None:
             raise box[1]
-        return box[0]
+        result: T = box[0]  # what `job` returned (the error slot is None)
+        return result
 
     def stop(self) -> None:
         """Finish every queued job, then end the thread."""
@@ -128,7 +134,7 @@ class Committer:
             except Exception:
                 log.exception("after-commit hook failed")
 
-    def _run_job(self, txn: lmdb.Transaction, job: Job) -> tuple[Any, BaseException | None]:
+    def _run_job(self, txn: Txn, job: Job) -> tuple[Any, BaseException | None]:
         child = self._env.begin(write=True, parent=txn)
         try:
             result = job(child)

@@ -12,7 +12,8 @@ into something a person or a script can follow, without slowing the job:
   otherwise);
 - else nothing.
 
-Stdout is never touched: it carries the command's result.
+Stdout is never touched: it carries the command's result. Sizes and rates
+have the CLI's one size form (`statedir.format_size`: "1.5K", "12M/s").
 """
 
 from __future__ import annotations
@@ -22,17 +23,11 @@ import sys
 import time
 from typing import Any, TextIO
 
+from shadowfs.statedir import format_size
+
 JSON_INTERVAL = 1.0
 BAR_INTERVAL = 0.1
 BAR_WIDTH = 30
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 class Progress:
@@ -74,14 +69,14 @@ class Progress:
                 line["done"] = True
             self.stream.write(json.dumps(line) + "\n")
         else:
-            rate = human_bytes(size / elapsed) + "/s" if elapsed > 0 else ""
+            rate = format_size(size / elapsed) + "/s" if elapsed > 0 else ""
             if self.total:
                 count = int(self.latest.get("records", files))
                 filled = min(BAR_WIDTH, BAR_WIDTH * count // self.total)
                 head = f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {count}/{self.total}"
             else:
                 head = f"{files} files"
-            text = f"{self.what}: {head}, {human_bytes(size)} {rate}"
+            text = f"{self.what}: {head}, {format_size(size)} {rate}"
             path = str(self.latest.get("path", ""))
             if not done and path:
                 text += f"  {path[-40:]}"

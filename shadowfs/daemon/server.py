@@ -1,9 +1,10 @@
-"""The shadowfs daemon: supervisor of mount processes, snapshot-set coordinator, CLI socket server.
+"""The shadowfs daemon: its state, the CLI socket server and the dispatch of requests.
 
 One job: keep one live mount process per volume and one snapshot browser
-process running, and carry out the CLI's requests (`volume_*`, `snapshot_*`,
-`status`) against them. It never touches file data itself; it reads snapshot
-records from the diff areas read-only. Writers and requesters (the VSS
+process running (each a `children.Child`), and carry out the CLI's requests
+(`volume_*`, `snapshot_*`, `status`) against them; snapshot sets are taken
+and deleted by `sets.SetCoordinator`. It never touches file data itself; it
+reads snapshot records from the diff areas read-only. Writers and requesters (the VSS
 service) are `shadowfs.service`: every connection is handed to
 `Service.connect`, every service op (`snapshot_create` included) to
 `Service.handle`, and the daemon gives the service its volumes through
@@ -20,12 +21,18 @@ Invariants:
 - Snapshot-set creation, snapshot deletion and volume add/remove run one at a
   time (`Daemon.mutation`). A set is held on all of its volumes at once,
   committed on each, and released on all, always; if anything fails, the
-  snapshots already committed in that set are deleted before the error reply.
+  snapshots already committed in that set are deleted before the error reply
+  (`sets`).
 - Every child process runs in its own session, so a Ctrl-C reaches only the
   daemon, which stops children in order: SIGTERM, then SIGKILL after
-  `STOP_TIMEOUT`, then a lazy unmount of anything left at the child's mount path.
+  `children.STOP_TIMEOUT`, then a lazy unmount of anything left at the
+  child's mount path.
+- Each request is checked into its `ipc.messages` type (`_volume_add_request`,
+  ...) before it is carried out, and each reply is built as its type.
 
-Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
+Requests on `<state>/daemon.sock` (the frame's own "id" is the request id; a
+refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
+`shadowfs.errors` class, e.g. "invalid", "refused", "set_aborted"):
 
     {"op": "volume_add", "name", "backing", "mount": PATH|null, "max_diff_area_bytes": N|"10G"|null}
         -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created}}
@@ -34,7 +41,7 @@ Requests on `<state>/daemon.sock` (the frame's own "id" is the request id):
     {"op": "volume_remove", "name", "force": bool} -> {"removed", "snapshots_deleted"}
     {"op": "volume_backing", "name"} -> {"volume", "root_ino"} with a read-only descriptor of the
         volume's backing directory (for a backup that reads a snapshot in its own process, by
-        inode, with `snapview.SnapshotView`; only root and the daemon's own user may connect)
+        inode, with `snapshot.view.SnapshotView`; only root and the daemon's own user may connect)
     {"op": "snapshot_create", "volumes": [names], "context"?, "writers"?: bool|[ids], "freeze_timeout"?, ...}
         -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
             "held_ms": {volume: ms}, "writers": [...]}  (shadowfs.service.broker)
@@ -55,235 +62,49 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
 import shadowfs
 from shadowfs import statedir
+from shadowfs.daemon.children import CALL_TIMEOUT, Child
+from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
+from shadowfs.errors import AccessDenied, ChildFailed, ConfigError, IOFailed, ShadowfsError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.frames import Frame, Message
+from shadowfs.ipc.messages import (
+    BrowserEntry,
+    BrowserVolume,
+    DeleteRequest,
+    SnapshotDeleteReply,
+    SnapshotDeleteRequest,
+    SnapshotEntry,
+    SnapshotListReply,
+    StatusReply,
+    VolumeAddReply,
+    VolumeAddRequest,
+    VolumeBackingReply,
+    VolumeBackingRequest,
+    VolumeConfig,
+    VolumeEntry,
+    VolumeListReply,
+    VolumeRemoveReply,
+    VolumeRemoveRequest,
+    VolumesRequest,
+    VolumeStatus,
+)
 from shadowfs.linux import mounts
 from shadowfs.service import protocol
-from shadowfs.service.broker import TakenSet
-from shadowfs.service.connection import BoundedChannel
+from shadowfs.service.broker import SnapshotRow, TakenSet
+from shadowfs.service.connection import BoundedChannel, Connection
 from shadowfs.service.core import Service
-from shadowfs.statedir import ConfigError, Volume, VolumeTable
+from shadowfs.statedir import Volume, VolumeTable
 
-log = logging.getLogger("shadowfs.daemon")
+log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 30.0
-HOLD_TIMEOUT = 10.0
-CALL_TIMEOUT = 30.0
-RELEASE_TIMEOUT = 5.0
-STOP_TIMEOUT = 10.0
-BACKOFF_MIN = 0.5
-BACKOFF_MAX = 30.0
-STABLE_AFTER = 60.0
 DISCONNECT_TIMEOUT = 60.0
-
-
-class ChildFailed(Exception):
-    """A child process could not be started or did not become ready."""
-
-
-# --- helpers --------------------------------------------------------------------------------------
-
-
-async def wait_any(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as one of the given waits returns."""
-    async with trio.open_nursery() as nursery:
-        async def one(wait: Callable[[], Awaitable[object]]) -> None:
-            await wait()
-            nursery.cancel_scope.cancel()
-
-        for wait in waits:
-            nursery.start_soon(one, wait)
-
-
-def child_env() -> dict[str, str]:
-    """The environment of children: ours, with this shadowfs package importable."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(shadowfs.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-# --- supervised children ----------------------------------------------------------------------------
-
-
-class Child:
-    """One supervised process: a volume's mount process or the browser.
-
-    `run` starts it, waits for its `ready` event, keeps `channel` set while it
-    is ready, and restarts it with exponential backoff when it dies, until
-    `stop` is called.
-    """
-
-    def __init__(self, label: str, module: str, args: list[str], mount_path: str,
-                 on_ready: Callable[[Child], Awaitable[None]] | None = None,
-                 on_event: Callable[[Child, frames.Frame, list[int]], Awaitable[None]] | None = None):
-        self.label = label
-        self.module = module
-        self.args = args
-        self.mount_path = mount_path
-        self.on_ready = on_ready
-        self.on_event = on_event
-        self.channel: Channel | None = None
-        self.process: trio.Process | None = None
-        self.state = "starting"
-        self.restarts = 0
-        self.last_exit: int | None = None
-        self._stop_requested = trio.Event()
-        self._stopped = trio.Event()
-        self._first_done = trio.Event()
-        self._first_error: str | None = None
-
-    def argv(self, control_fd: int) -> list[str]:
-        return [sys.executable, "-m", self.module, "--control-fd", str(control_fd), *self.args]
-
-    def describe(self) -> dict[str, Any]:
-        pid = self.process.pid if self.process is not None and self.process.returncode is None else None
-        return {"state": self.state, "pid": pid, "restarts": self.restarts, "last_exit": self.last_exit}
-
-    async def wait_first(self) -> None:
-        """Wait for the outcome of the first start; raise ChildFailed if it did not become ready."""
-        await self._first_done.wait()
-        if self._first_error is not None:
-            raise ChildFailed(f"{self.label} {self._first_error}")
-
-    async def stop(self) -> None:
-        self._stop_requested.set()
-        await self._stopped.wait()
-
-    async def run(self) -> None:
-        backoff = BACKOFF_MIN
-        try:
-            while not self._stop_requested.is_set():
-                started = trio.current_time()
-                reason = await self._run_once()
-                if self._stop_requested.is_set():
-                    break
-                if trio.current_time() - started > STABLE_AFTER:
-                    backoff = BACKOFF_MIN
-                log.warning("%s %s; restarting in %.1f s", self.label, reason, backoff)
-                self.state = "restarting"
-                with trio.move_on_after(backoff):
-                    await self._stop_requested.wait()
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                self.restarts += 1
-        finally:
-            self.state = "stopped"
-            self._note_first("was stopped before it was ready")
-            self._stopped.set()
-
-    def _note_first(self, error: str | None) -> None:
-        if not self._first_done.is_set():
-            self._first_error = error
-            self._first_done.set()
-
-    async def _run_once(self) -> str:
-        """Run the process once; return why it ended (for the log)."""
-        self.state = "starting"
-        parent, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            proc = await trio.lowlevel.open_process(
-                self.argv(child_sock.fileno()), pass_fds=(child_sock.fileno(),),
-                start_new_session=True, env=child_env())
-        except OSError as exc:
-            parent.close()
-            self._note_first(f"could not be started: {exc}")
-            return f"could not be started ({exc})"
-        finally:
-            child_sock.close()
-        self.process = proc
-        channel = Channel.from_socket(parent)
-        try:
-            return await self._supervise(proc, channel)
-        finally:
-            self.channel = None
-            channel.close()
-            with trio.CancelScope(shield=True):
-                await self._reap(proc)
-                self.last_exit = proc.returncode
-                await trio.to_thread.run_sync(mounts.unmount_if_ours, self.mount_path)
-
-    async def _supervise(self, proc: trio.Process, channel: Channel) -> str:
-        ready = trio.Event()
-        exited = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, proc, channel, ready)
-            nursery.start_soon(self._watch_exit, proc, exited)
-            with trio.move_on_after(READY_TIMEOUT):
-                await wait_any(ready.wait, exited.wait, self._stop_requested.wait)
-            if ready.is_set() and not exited.is_set():
-                await self._became_ready(proc, channel)
-                await wait_any(exited.wait, self._stop_requested.wait)
-                reason = f"exited with status {proc.returncode}"
-            elif exited.is_set():
-                reason = f"exited with status {proc.returncode} before it was ready"
-            elif self._stop_requested.is_set():
-                reason = "was stopped before it was ready"
-            else:
-                reason = f"was not ready within {READY_TIMEOUT:g} s"
-            self._note_first(reason)
-            if not exited.is_set():
-                await self._terminate(proc, exited)
-            nursery.cancel_scope.cancel()
-        return reason
-
-    async def _became_ready(self, proc: trio.Process, channel: Channel) -> None:
-        self.channel = channel
-        self.state = "running"
-        log.info("%s is ready (pid %d)", self.label, proc.pid)
-        self._note_first(None)
-        if self.on_ready is not None:
-            try:
-                await self.on_ready(self)
-            except Exception as exc:
-                log.error("%s: setting it up after start failed: %s", self.label, exc)
-
-    async def _pump(self, proc: trio.Process, channel: Channel, ready: trio.Event) -> None:
-        async def on_event(event: frames.Frame, fds: list[int]) -> None:
-            if event.get("event") == "ready":
-                frames.close_fds(fds)
-                ready.set()
-            elif self.on_event is not None:
-                await self.on_event(self, event, fds)
-            else:
-                frames.close_fds(fds)
-                log.info("%s: event %s", self.label, event)
-
-        try:
-            await channel.run(on_event=on_event)
-        except frames.ProtocolError as exc:
-            log.error("%s sent a malformed frame (%s); terminating it", self.label, exc)
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-
-    @staticmethod
-    async def _watch_exit(proc: trio.Process, exited: trio.Event) -> None:
-        await proc.wait()
-        exited.set()
-
-    async def _terminate(self, proc: trio.Process, exited: trio.Event) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        with trio.move_on_after(STOP_TIMEOUT):
-            await exited.wait()
-        if not exited.is_set():
-            log.warning("%s did not stop within %g s; killing it", self.label, STOP_TIMEOUT)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await exited.wait()
-
-    @staticmethod
-    async def _reap(proc: trio.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
 
 
 # --- reading diff areas -------------------------------------------------------------------------------
@@ -296,7 +117,7 @@ class DiffAreaReader:
     closed while another thread reads it.
     """
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self._areas: dict[str, DiffArea] = {}
         self._lock = threading.Lock()
@@ -311,16 +132,16 @@ class DiffAreaReader:
             self._areas[name] = area
         return area
 
-    def read_volume(self, name: str) -> tuple[list[dict[str, Any]], int]:
-        """(snapshot records as dicts with their bytes, bytes used by the whole diff area)."""
+    def read_volume(self, name: str) -> tuple[list[SnapshotRow], int]:
+        """(snapshot records with their bytes, bytes used by the whole diff area)."""
         with self._lock:
             area = self._area(name)
             if area is None:
                 return [], 0
             with area.read() as txn:
-                records = [{"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id,
-                            "created": r.created, "bytes": area.snapshot_bytes(txn, r.seq)}
-                           for r in area.snapshot_list(txn)]
+                records: list[SnapshotRow] = [
+                    {"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id, "created": r.created,
+                     "bytes": area.snapshot_bytes(txn, r.seq)} for r in area.snapshot_list(txn)]
                 return records, area.used_bytes(txn)
 
     def close(self, name: str | None = None) -> None:
@@ -332,23 +153,61 @@ class DiffAreaReader:
                     area.close()
 
 
+# --- the requests, checked (`ipc.messages` says what each holds) -----------------------------------------
+
+
+def _text(request: Frame, name: str) -> str:
+    value = _optional_text(request, name)
+    if value is None:
+        raise frames.RequestError(f"request field {name!r} is missing or not a str")
+    return value
+
+
+def _optional_text(request: Frame, name: str) -> str | None:
+    value = request.get(name)
+    if value is not None and not isinstance(value, str):
+        raise frames.RequestError(f"request field {name!r} is missing or not a str")
+    return value
+
+
+def _volume_add_request(request: Frame) -> VolumeAddRequest:
+    """Names and paths as strings (the volume table checks them further), the size parsed."""
+    checked: VolumeAddRequest = {"op": "volume_add", "name": _text(request, "name"),
+                                 "backing": _text(request, "backing"),
+                                 "mount": _optional_text(request, "mount")}
+    size = request.get("max_diff_area_bytes")
+    checked["max_diff_area_bytes"] = None if size is None else statedir.parse_size(size)
+    return checked
+
+
+def _volume_remove_request(request: Frame) -> VolumeRemoveRequest:
+    return {"op": "volume_remove", "name": _text(request, "name"), "force": bool(request.get("force", False))}
+
+
+def _volume_backing_request(request: Frame) -> VolumeBackingRequest:
+    return {"op": "volume_backing", "name": _text(request, "name")}
+
+
+def _snapshot_delete_request(request: Frame) -> SnapshotDeleteRequest:
+    return {"op": "snapshot_delete", "snapshot": _text(request, "snapshot")}
+
+
+def _volume_config(volume: Volume) -> VolumeConfig:
+    """`volume` as `volumes.json` holds it (`Volume.to_json`, field by field in its order)."""
+    return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
+            "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created}
+
+
 # --- the daemon -----------------------------------------------------------------------------------------
 
-
-def _field(request: frames.Frame, name: str, kind: type, *, optional: bool = False) -> Any:
-    value = request.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise frames.RequestError(f"request field {name!r} is missing or not a {kind.__name__}")
-    return value
+Op = Callable[[Frame], Awaitable[Message | tuple[Message, list[int]]]]
 
 
 class Daemon:
     """State of one running daemon; `serve` is its life."""
 
     def __init__(self, state_dir: str, mount_root: str,
-                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME):
+                 max_snapshots: int = protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME) -> None:
         self.state_dir = state_dir
         self.mount_root = mount_root
         self.browser_path = statedir.browser_mount(mount_root)
@@ -358,10 +217,10 @@ class Daemon:
         self.browser: Child | None = None
         self.readers = DiffAreaReader(state_dir)
         self.mutation = trio.Lock()
+        self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
-        self._ops: dict[str, Callable[[frames.Frame],
-                                      Awaitable[frames.Frame | tuple[frames.Frame, list[int]]]]] = {
+        self._ops: dict[str, Op] = {
             "volume_add": self.op_volume_add, "volume_list": self.op_volume_list,
             "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
@@ -442,7 +301,7 @@ class Daemon:
         self._children.start_soon(child.run)
         return child
 
-    async def _mount_event(self, child: Child, event: frames.Frame, fds: list[int]) -> None:
+    async def _mount_event(self, child: Child, event: Frame, fds: list[int]) -> None:
         frames.close_fds(fds)
         if event.get("event") == "snapshot_deleted":
             log.warning("%s: snapshot %s (seq %s) was deleted: %s", child.label, event.get("snapshot_id"),
@@ -457,11 +316,13 @@ class Daemon:
             return
         volumes = [v for v in sorted(self.table.volumes.values(), key=lambda v: v.index)
                    if v.name in self.backing_fds]
-        entries = [{"name": v.name, "index": v.index,
-                    "diff_area": statedir.diff_area_path(self.state_dir, v.name)} for v in volumes]
+        entries: list[BrowserVolume] = [{"name": v.name, "index": v.index,
+                                         "diff_area": statedir.diff_area_path(self.state_dir, v.name)}
+                                        for v in volumes]
         fds = [self.backing_fds[v.name] for v in volumes]
+        request: VolumesRequest = {"op": "volumes", "volumes": entries}
         try:
-            await browser.channel.call({"op": "volumes", "volumes": entries}, fds=fds, timeout=CALL_TIMEOUT)
+            await browser.channel.call(request, fds=fds, timeout=CALL_TIMEOUT)
         except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
             log.error("snapshot browser did not take the volume list: %s", exc)
 
@@ -488,10 +349,10 @@ class Daemon:
             channel.close()
             return
 
-        async def ignore_event(_event: frames.Frame, fds: list[int]) -> None:
+        async def ignore_event(_event: Frame, fds: list[int]) -> None:
             frames.close_fds(fds)
 
-        async def on_request(request: frames.Frame, fds: list[int]) -> frames.Frame:
+        async def on_request(request: Frame, fds: list[int]) -> Message | tuple[Message, list[int]]:
             return await self._request(client, request, fds)
 
         try:
@@ -502,7 +363,7 @@ class Daemon:
             with trio.move_on_after(1.0), contextlib.suppress(OSError, frames.ProtocolError,
                                                               trio.BrokenResourceError,
                                                               trio.ClosedResourceError):
-                await channel.send(frames.error_reply(None, f"malformed frame: {exc}"))
+                await channel.send(frames.error_reply(None, f"malformed frame: {exc}", exc.kind))
         except OSError as exc:
             log.debug("client pid %d: %s", pid, exc)
         except Exception:
@@ -514,12 +375,15 @@ class Daemon:
                 await self.service.disconnect(client)
 
     @staticmethod
-    async def _deny(_request: frames.Frame, fds: list[int]) -> frames.Frame:
+    async def _deny(_request: Frame, fds: list[int]) -> Message:
         frames.close_fds(fds)
-        raise frames.RequestError("permission denied")
+        raise AccessDenied("permission denied")
 
-    async def _request(self, client: Any, request: frames.Frame,
-                       fds: list[int]) -> frames.Frame | tuple[frames.Frame, list[int]]:
+    async def _request(self, client: Connection, request: Frame,
+                       fds: list[int]) -> Message | tuple[Message, list[int]]:
+        """Carry out one client request. Its errors reach the client with their own kind (a
+        ConfigError as "invalid", an aborted set as "set_aborted"); a child that refused, failed or
+        went silent is the daemon's failure ("child_failed"), never "the daemon is unreachable"."""
         frames.close_fds(fds)
         op = request.get("op")
         try:
@@ -530,37 +394,38 @@ class Daemon:
                 raise frames.RequestError(f"unknown operation {op!r}")
             protocol.check_protocol(request)
             return await handler(request)
-        except (ConfigError, ChildFailed, DiffAreaError, frames.RemoteError, frames.CallTimeout,
-                frames.ChannelClosed) as exc:
-            raise frames.RequestError(str(exc)) from exc
+        except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed) as exc:
+            raise ChildFailed(str(exc)) from exc
+        except ShadowfsError:
+            raise
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
-            raise frames.RequestError(f"{op}:{where} {exc.strerror or exc}") from exc
+            raise IOFailed(f"{op}:{where} {exc.strerror or exc}") from exc
 
     # ---- listing -------------------------------------------------------------------------------
 
-    async def _read_volume(self, name: str) -> tuple[list[dict[str, Any]], int]:
+    async def _read_volume(self, name: str) -> tuple[list[SnapshotRow], int]:
         return await trio.to_thread.run_sync(self.readers.read_volume, name)
 
-    async def _all_snapshots(self) -> list[tuple[str, dict[str, Any]]]:
-        result = []
+    async def _all_snapshots(self) -> list[tuple[str, SnapshotRow]]:
+        result: list[tuple[str, SnapshotRow]] = []
         for name in sorted(self.table.volumes):
             records, _ = await self._read_volume(name)
             result.extend((name, record) for record in records)
         return result
 
-    def _snapshot_entry(self, volume: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _snapshot_entry(self, volume: str, record: SnapshotRow) -> SnapshotEntry:
         return {"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume,
                 "created": record["created"], "seq": record["seq"],
                 "path": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "diff_area_bytes": record["bytes"], **self.service.snapshot_extra(record["set_id"])}
 
-    async def op_snapshot_list(self, _request: frames.Frame) -> frames.Frame:
+    async def op_snapshot_list(self, _request: Frame) -> SnapshotListReply:
         entries = [self._snapshot_entry(v, r) for v, r in await self._all_snapshots()]
         entries.sort(key=lambda e: (e["created"], e["set_id"], e["volume"]))
         return {"snapshots": entries}
 
-    async def _volume_entry(self, volume: Volume) -> dict[str, Any]:
+    async def _volume_entry(self, volume: Volume) -> VolumeEntry:
         records, used = await self._read_volume(volume.name)
         child = self.mounts.get(volume.name)
         return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
@@ -568,25 +433,26 @@ class Daemon:
                 "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created,
                 "state": child.state if child is not None else "not started"}
 
-    async def op_volume_list(self, _request: frames.Frame) -> frames.Frame:
+    async def op_volume_list(self, _request: Frame) -> VolumeListReply:
         volumes = sorted(self.table.volumes.values(), key=lambda v: v.index)
         return {"volumes": [await self._volume_entry(v) for v in volumes]}
 
-    async def op_status(self, _request: frames.Frame) -> frames.Frame:
-        volumes = []
+    async def op_status(self, _request: Frame) -> StatusReply:
+        volumes: list[VolumeStatus] = []
         for volume in sorted(self.table.volumes.values(), key=lambda v: v.index):
             entry = await self._volume_entry(volume)
             child = self.mounts.get(volume.name)
-            entry["process"] = child.describe() if child is not None else None
-            volumes.append(entry)
-        browser = {"mount": self.browser_path, **(self.browser.describe() if self.browser else {})}
+            volumes.append({**entry, "process": child.describe() if child is not None else None})
+        browser: BrowserEntry = {"mount": self.browser_path}
+        if self.browser is not None:
+            browser = {"mount": self.browser_path, **self.browser.describe()}
         return {"version": shadowfs.__version__, "pid": os.getpid(), "state_dir": self.state_dir,
                 "mount_root": self.mount_root, "browser": browser, "volumes": volumes}
 
     # ---- volumes -------------------------------------------------------------------------------
 
-    async def op_volume_backing(self, request: frames.Frame) -> tuple[frames.Frame, list[int]]:
-        name = _field(request, "name", str)
+    async def op_volume_backing(self, request: Frame) -> tuple[VolumeBackingReply, list[int]]:
+        name = _volume_backing_request(request)["name"]
         fd = self.backing_fds.get(name)
         if name not in self.table.volumes:
             raise frames.RequestError(f"no volume {name!r}")
@@ -595,12 +461,11 @@ class Daemon:
                                       "(see the daemon log)")
         return {"volume": name, "root_ino": os.fstat(fd).st_ino}, [fd]
 
-    async def op_volume_add(self, request: frames.Frame) -> frames.Frame:
-        name = _field(request, "name", str)
-        backing = _field(request, "backing", str)
-        mount = _field(request, "mount", str, optional=True)
-        size = request.get("max_diff_area_bytes")
-        max_bytes = None if size is None else statedir.parse_size(size)
+    async def op_volume_add(self, frame: Frame) -> VolumeAddReply:
+        request = _volume_add_request(frame)
+        name, backing = request["name"], request["backing"]
+        mount, max_bytes = request.get("mount"), request.get("max_diff_area_bytes")
+        assert not isinstance(max_bytes, str)  # parsed by `_volume_add_request`
         async with self.mutation:
             volume = await trio.to_thread.run_sync(self.table.new_volume, name, backing, mount, max_bytes)
             await trio.to_thread.run_sync(self._prepare_volume_dirs, volume)
@@ -615,7 +480,7 @@ class Daemon:
                 raise
             await self._send_volumes()
             log.info("added volume %s: %s mounted at %s", volume.name, volume.backing, volume.mount)
-        return {"volume": volume.to_json()}
+        return {"volume": _volume_config(volume)}
 
     def _prepare_volume_dirs(self, volume: Volume) -> None:
         leftover = statedir.volume_dir(self.state_dir, volume.name)
@@ -640,9 +505,9 @@ class Daemon:
         self.readers.close(name)
         await trio.to_thread.run_sync(statedir.remove_volume_dir, self.state_dir, name)
 
-    async def op_volume_remove(self, request: frames.Frame) -> frames.Frame:
-        name = _field(request, "name", str)
-        force = bool(request.get("force", False))
+    async def op_volume_remove(self, frame: Frame) -> VolumeRemoveReply:
+        request = _volume_remove_request(frame)
+        name, force = request["name"], request.get("force", False)
         async with self.mutation:
             volume = self.table.get(name)
             records, _ = await self._read_volume(name)
@@ -656,11 +521,12 @@ class Daemon:
         log.info("removed volume %s (%s)", name, volume.backing)
         return {"removed": name, "snapshots_deleted": len(records)}
 
-    async def _delete_for_removal(self, name: str, record: dict[str, Any]) -> None:
+    async def _delete_for_removal(self, name: str, record: SnapshotRow) -> None:
         """With --force: delete through the mount process so its graveyard entries go too."""
         try:
             channel = self._ready_channel(name)
-            await channel.call({"op": "delete", "seq": record["seq"]}, timeout=CALL_TIMEOUT)
+            delete: DeleteRequest = {"op": "delete", "seq": record["seq"]}
+            await channel.call(delete, timeout=CALL_TIMEOUT)
         except (frames.RequestError, frames.RemoteError, frames.CallTimeout, frames.ChannelClosed) as exc:
             log.warning("volume %s: could not delete snapshot %s before removal: %s",
                         name, record["snapshot_id"], exc)
@@ -689,107 +555,18 @@ class Daemon:
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
-        channels = {name: self._ready_channel(name) for name in names}
-        return await self._take_set(channels, set_id, ids, created)
+        return await self.snapshot_sets.take(names, set_id, ids, created)
 
     async def delete_set(self, set_id: str) -> int:
-        records = [(v, r) for v, r in await self._all_snapshots() if r["set_id"] == set_id]
-        for volume, record in records:
-            channel = self._ready_channel(volume)
-            await channel.call({"op": "delete", "seq": record["seq"]}, timeout=CALL_TIMEOUT)
-            log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
-        return len(records)
+        return await self.snapshot_sets.delete_set(set_id)
 
-    async def snapshots(self) -> list[tuple[str, dict[str, Any]]]:
+    async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         return await self._all_snapshots()
 
-    async def _take_set(self, channels: dict[str, Channel], set_id: str, ids: dict[str, str],
-                        created: str) -> TakenSet:
-        """Hold all, then commit-and-release each; release all still held (always); on failure
-        undo what was committed.
-
-        Each volume's gate opens in the same request that records its snapshot: every
-        volume was held at the moment the last hold answered, and none changed between
-        that moment and its own commit, so the set is that one instant, and a change
-        reaching a volume after its release is captured under the new snapshot. This saves
-        the hold a round trip to the daemon. The replies say how long each mount process
-        kept its gate closed.
-        """
-        taken = TakenSet()
-        try:
-            errors = await self._on_all(channels, lambda _n: {"op": "hold", "timeout": HOLD_TIMEOUT},
-                                        HOLD_TIMEOUT, "hold")
-            if not errors:
-                errors = await self._on_all(
-                    channels, lambda n: {"op": "commit", "snapshot_id": ids[n], "set_id": set_id,
-                                         "created": created, "release": True}, HOLD_TIMEOUT, "commit",
-                    taken.note_commit)
-            if errors:
-                raise frames.RequestError("snapshot set aborted: " + "; ".join(errors))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._undo(channels, taken.seqs)
-            raise
-        finally:
-            held = {n: c for n, c in channels.items() if n not in taken.held_ms}
-            with trio.CancelScope(shield=True):
-                await self._on_all(held, lambda _n: {"op": "release"}, RELEASE_TIMEOUT, "release",
-                                   taken.note_release)
-        return taken
-
-    async def _on_all(self, channels: dict[str, Channel], make: Callable[[str], frames.Frame],
-                      timeout: float, what: str,
-                      collect: Callable[[str, frames.Frame], None] | None = None) -> list[str]:
-        """Send one request to every volume at once; return one error line per failure.
-
-        `collect(volume, reply)` reads each successful reply (KeyError, ValueError or
-        TypeError there counts as that volume's failure).
-        """
-        errors: list[str] = []
-        answered: set[str] = set()
-
-        async def one(name: str, channel: Channel) -> None:
-            try:
-                reply = await channel.call(make(name), timeout=timeout)
-                if collect is not None:
-                    collect(name, reply)
-            except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError, KeyError,
-                    ValueError,
-                    TypeError) as exc:
-                errors.append(f"{what} on volume {name} failed: {exc}")
-                log.warning("%s on volume %s failed: %s", what, name, exc)
-            answered.add(name)
-
-        with trio.move_on_after(timeout + 1.0):
-            async with trio.open_nursery() as nursery:
-                for name, channel in channels.items():
-                    nursery.start_soon(one, name, channel)
-        errors.extend(f"{what} on volume {name} timed out after {timeout:g} s"
-                      for name in channels if name not in answered)
-        return errors
-
-    async def _undo(self, channels: dict[str, Channel], committed: dict[str, int]) -> None:
-        for name, seq in committed.items():
-            try:
-                await channels[name].call({"op": "delete", "seq": seq}, timeout=CALL_TIMEOUT)
-            except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
-                log.error("volume %s: could not delete snapshot seq %d of an aborted set: %s", name, seq, exc)
-
-    async def op_snapshot_delete(self, request: frames.Frame) -> frames.Frame:
-        wanted = _field(request, "snapshot", str)
+    async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
+        wanted = _snapshot_delete_request(request)["snapshot"]
         async with self.mutation:
-            matches = [(v, r) for v, r in await self._all_snapshots()
-                       if wanted in (r["snapshot_id"], r["set_id"])]
-            if not matches:
-                raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
-            freed = 0
-            deleted = []
-            for volume, record in matches:
-                reply = await self._ready_channel(volume).call({"op": "delete", "seq": record["seq"]},
-                                                               timeout=CALL_TIMEOUT)
-                freed += int(reply.get("freed", 0))
-                deleted.append({"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume})
-                log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
+            deleted, freed = await self.snapshot_sets.delete(wanted)
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
 
@@ -820,7 +597,7 @@ def open_listener(path: str) -> socket.socket:
 
 def max_snapshots_setting(arg: int | None) -> int:
     """The cap of snapshots per volume: the option, else $SHADOWFS_MAX_SNAPSHOTS_PER_VOLUME, else 512."""
-    value: Any = arg if arg is not None else os.environ.get(protocol.MAX_SNAPSHOTS_ENV)
+    value: int | str | None = arg if arg is not None else os.environ.get(protocol.MAX_SNAPSHOTS_ENV)
     if value is None:
         return protocol.DEFAULT_MAX_SNAPSHOTS_PER_VOLUME
     try:

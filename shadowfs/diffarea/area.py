@@ -1,11 +1,11 @@
 """One volume's diff area: the LMDB environment that holds its pre-images.
 
-This module implements the storage side of DESIGN section 3 and nothing that
+This module implements the storage side of design §3.1-§3.3 and nothing that
 touches the backing filesystem:
 
 - read rule: the value of an object in snapshot ``i`` is the pre-image with
   the smallest sequence ``>= i`` (one ``set_range``), else the live value;
-- the "no pre-image with sequence >= n" test of the write rule, and storing a
+- the "no pre-image with sequence >= newest" test of the write rule, and storing a
   pre-image without ever overwriting one (the first capture wins);
 - delete rule: deleting snapshot ``d`` walks only the ``bysnap`` keys in
   ``[d, e)`` and keeps a pre-image exactly when the previous remaining
@@ -19,6 +19,12 @@ touches the backing filesystem:
 Every method that reads or writes takes an LMDB transaction from the caller,
 so a caller can group many operations into one commit. Only the volume's mount
 process writes; the daemon and the browser open the environment read-only.
+
+Every transaction on a diff area is begun with ``buffers=False`` (py-lmdb's
+default): keys and values come back as ``bytes`` that stay valid after the
+transaction, never as memoryviews into the map. `Txn` names that type; the
+objects and sequences in the signatures are `schema.BackingIno` and
+`schema.Seq`.
 """
 
 from __future__ import annotations
@@ -26,19 +32,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeAlias
 
 import lmdb
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.blockstore import BlockStore, aligned_end
-from shadowfs.diffarea.schema import AttrRecord, BlockRef, DirentRecord, SnapshotRecord
+from shadowfs.diffarea.schema import AttrRecord, BackingIno, BlockRef, DirentRecord, Seq, SnapshotRecord
+from shadowfs.errors import DiffAreaError as DiffAreaError
+
+# A transaction begun with buffers=False (the only kind shadowfs begins): its values are bytes.
+# A string, because py-lmdb's Transaction is generic only in its stubs, not at run time.
+Txn: TypeAlias = "lmdb.Transaction[bytes]"
 
 MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
 MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks may cover
-
-
-class DiffAreaError(Exception):
-    """The diff area cannot be opened or used as asked (message says why)."""
 
 
 class DiffArea:
@@ -105,12 +113,12 @@ class DiffArea:
         self.env.close()
 
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
+    def read(self) -> Iterator[Txn]:
         with self.env.begin(buffers=False) as txn:
             yield txn
 
     @contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
+    def write(self) -> Iterator[Txn]:
         """A write transaction that makes appended block bytes durable before it commits."""
         with self.env.begin(write=True) as txn:
             yield txn
@@ -122,56 +130,59 @@ class DiffArea:
 
     # ---- snapshots -------------------------------------------------------
 
-    def snapshot_list(self, txn: lmdb.Transaction) -> list[SnapshotRecord]:
+    def snapshot_list(self, txn: Txn) -> list[SnapshotRecord]:
         cursor = txn.cursor(db=self.snapshots_db)
-        return [schema.decode_snapshot(schema.read_u64(key), value) for key, value in cursor]
+        return [schema.decode_snapshot(schema.read_seq(key), value) for key, value in cursor]
 
     def snapshots(self) -> list[SnapshotRecord]:
         with self.read() as txn:
             return self.snapshot_list(txn)
 
-    def snapshot(self, txn: lmdb.Transaction, seq: int) -> SnapshotRecord | None:
+    def snapshot(self, txn: Txn, seq: Seq) -> SnapshotRecord | None:
         value = txn.get(schema.u64(seq), db=self.snapshots_db)
         return None if value is None else schema.decode_snapshot(seq, value)
 
-    def has_snapshot(self, txn: lmdb.Transaction, seq: int) -> bool:
+    def has_snapshot(self, txn: Txn, seq: Seq) -> bool:
         return txn.get(schema.u64(seq), db=self.snapshots_db) is not None
 
-    def newest_seq(self, txn: lmdb.Transaction) -> int | None:
+    def newest_seq(self, txn: Txn) -> Seq | None:
         cursor = txn.cursor(db=self.snapshots_db)
-        return schema.read_u64(cursor.key()) if cursor.last() else None
+        return schema.read_seq(cursor.key()) if cursor.last() else None
 
-    def oldest_seq(self, txn: lmdb.Transaction) -> int | None:
+    def oldest_seq(self, txn: Txn) -> Seq | None:
         cursor = txn.cursor(db=self.snapshots_db)
-        return schema.read_u64(cursor.key()) if cursor.first() else None
+        return schema.read_seq(cursor.key()) if cursor.first() else None
 
-    def _neighbours(self, txn: lmdb.Transaction, seq: int) -> tuple[int | None, int | None]:
+    def _neighbours(self, txn: Txn, seq: Seq) -> tuple[Seq | None, Seq | None]:
         """The newest remaining snapshot older than `seq` and the oldest newer one."""
         cursor = txn.cursor(db=self.snapshots_db)
         newer = None
         if cursor.set_range(schema.u64(seq + 1)):
-            newer = schema.read_u64(cursor.key())
+            newer = schema.read_seq(cursor.key())
             older_found = cursor.prev()
         else:
             older_found = cursor.last()
         older = None
         while older_found:
-            candidate = schema.read_u64(cursor.key())
+            candidate = schema.read_seq(cursor.key())
             if candidate < seq:
                 older = candidate
                 break
             older_found = cursor.prev()
         return older, newer
 
-    def record_snapshot(self, txn: lmdb.Transaction, snapshot_id: str, set_id: str,
+    def record_snapshot(self, txn: Txn, snapshot_id: str, set_id: str,
                         created: str) -> SnapshotRecord:
-        seq = schema.read_u64(txn.get(schema.META_NEXT_SEQ, db=self.meta))
+        next_seq = txn.get(schema.META_NEXT_SEQ, db=self.meta)
+        if next_seq is None:  # written when the area was created (_check_format)
+            raise DiffAreaError(f"{self.path}: diff area has no next sequence number")
+        seq = schema.read_seq(next_seq)
         txn.put(schema.META_NEXT_SEQ, schema.u64(seq + 1), db=self.meta)
         record = SnapshotRecord(seq, snapshot_id, set_id, created)
         txn.put(schema.u64(seq), schema.encode_snapshot(record), db=self.snapshots_db)
         return record
 
-    def delete_snapshot(self, txn: lmdb.Transaction, seq: int) -> int:
+    def delete_snapshot(self, txn: Txn, seq: Seq) -> int:
         """Delete snapshot `seq` by the delete rule; returns the bytes freed."""
         if txn.get(schema.u64(seq), db=self.snapshots_db) is None:
             raise DiffAreaError(f"no snapshot with sequence {seq}")
@@ -203,7 +214,7 @@ class DiffArea:
 
     # ---- pre-images ------------------------------------------------------
 
-    def preimage(self, txn: lmdb.Transaction, obj: bytes, seq: int) -> bytes | None:
+    def preimage(self, txn: Txn, obj: bytes, seq: Seq) -> bytes | None:
         """The read rule: the pre-image of `obj` with the smallest sequence >= seq."""
         cursor = txn.cursor(db=self.preimages)
         if not cursor.set_range(schema.preimage_key(obj, seq)):
@@ -213,7 +224,7 @@ class DiffArea:
             return cursor.value()
         return None
 
-    def has_preimage_in(self, txn: lmdb.Transaction, obj: bytes, low: int, high: int) -> bool:
+    def has_preimage_in(self, txn: Txn, obj: bytes, low: Seq, high: Seq) -> bool:
         """Whether `obj` has a pre-image with sequence in [low, high)."""
         cursor = txn.cursor(db=self.preimages)
         if not cursor.set_range(schema.preimage_key(obj, low)):
@@ -223,7 +234,7 @@ class DiffArea:
             return False
         return schema.read_u64(key, len(obj)) < high
 
-    def put_preimage(self, txn: lmdb.Transaction, obj: bytes, seq: int, value: bytes) -> bool:
+    def put_preimage(self, txn: Txn, obj: bytes, seq: Seq, value: bytes) -> bool:
         """Store a pre-image unless one exists; True if stored (first capture wins)."""
         key = schema.preimage_key(obj, seq)
         if not txn.put(key, value, overwrite=False, db=self.preimages):
@@ -242,7 +253,7 @@ class DiffArea:
                 size += ref.length
         return size
 
-    def put_block(self, txn: lmdb.Transaction, ino: int, block: int, seq: int, data: bytes) -> bool:
+    def put_block(self, txn: Txn, ino: BackingIno, block: int, seq: Seq, data: bytes) -> bool:
         """Store a data block's pre-image (bytes in the block store) unless one exists."""
         obj = schema.block_object(ino, block)
         if txn.get(schema.preimage_key(obj, seq), db=self.preimages) is not None:
@@ -251,19 +262,19 @@ class DiffArea:
                                                                            len(data))
         return self.put_preimage(txn, obj, seq, schema.encode_block_ref(ref))
 
-    def attr_at(self, txn: lmdb.Transaction, ino: int, seq: int) -> AttrRecord | None:
+    def attr_at(self, txn: Txn, ino: BackingIno, seq: Seq) -> AttrRecord | None:
         value = self.preimage(txn, schema.attr_object(ino), seq)
         return None if value is None else schema.decode_attr(value)
 
-    def block_at(self, txn: lmdb.Transaction, ino: int, block: int, seq: int) -> bytes | None:
+    def block_at(self, txn: Txn, ino: BackingIno, block: int, seq: Seq) -> bytes | None:
         value = self.preimage(txn, schema.block_object(ino, block), seq)
         if value is None:
             return None
         ref = schema.decode_block_ref(value)
         return bytes(ref.length) if ref.offset is None else self.blocks.read(ref.offset, ref.length)
 
-    def block_refs(self, txn: lmdb.Transaction, ino: int, blocks: Iterable[int],
-                   seq: int) -> dict[int, BlockRef]:
+    def block_refs(self, txn: Txn, ino: BackingIno, blocks: Iterable[int],
+                   seq: Seq) -> dict[int, BlockRef]:
         """The read rule for several blocks of one file: where each captured one is."""
         cursor = txn.cursor(db=self.preimages)
         found: dict[int, BlockRef] = {}
@@ -275,8 +286,8 @@ class DiffArea:
                     found[block] = schema.decode_block_ref(cursor.value())
         return found
 
-    def block_refs_range(self, txn: lmdb.Transaction, ino: int, start: int, stop: int,
-                         seq: int) -> dict[int, BlockRef]:
+    def block_refs_range(self, txn: Txn, ino: BackingIno, start: int, stop: int,
+                         seq: Seq) -> dict[int, BlockRef]:
         """`block_refs` for the blocks [start, stop) of one file, in one cursor walk that
         jumps over blocks without a pre-image (one ``set_range`` per captured block)."""
         prefix = schema.blocks_prefix(ino)
@@ -349,13 +360,13 @@ class DiffArea:
             i = j + 1
         return result
 
-    def dirent_at(self, txn: lmdb.Transaction, dir_ino: int, name: bytes,
-                  seq: int) -> DirentRecord | None:
+    def dirent_at(self, txn: Txn, dir_ino: BackingIno, name: bytes,
+                  seq: Seq) -> DirentRecord | None:
         value = self.preimage(txn, schema.dirent_object(dir_ino, name), seq)
         return None if value is None else schema.decode_dirent(value)
 
-    def dirent_overlay(self, txn: lmdb.Transaction, dir_ino: int,
-                       seq: int) -> dict[bytes, DirentRecord]:
+    def dirent_overlay(self, txn: Txn, dir_ino: BackingIno,
+                       seq: Seq) -> dict[bytes, DirentRecord]:
         """Every entry of `dir_ino` that has a pre-image at or after `seq`, by name."""
         prefix = schema.dirents_prefix(dir_ino)
         result: dict[bytes, DirentRecord] = {}
@@ -374,7 +385,7 @@ class DiffArea:
         return result
 
     @staticmethod
-    def _skip_object(cursor: lmdb.Cursor, obj: bytes) -> bool:
+    def _skip_object(cursor: lmdb.Cursor[bytes], obj: bytes) -> bool:
         """Move the cursor past every key of `obj`."""
         if not cursor.set_range(obj + b"\xff" * schema.SEQ_BYTES):
             return False
@@ -383,7 +394,7 @@ class DiffArea:
             return cursor.next()
         return True
 
-    def blocks_captured(self, txn: lmdb.Transaction, ino: int, seq: int) -> bool:
+    def blocks_captured(self, txn: Txn, ino: BackingIno, seq: Seq) -> bool:
         """Whether any data block of `ino` has a pre-image (any sequence) — cheap test."""
         prefix = schema.blocks_prefix(ino)
         cursor = txn.cursor(db=self.preimages)
@@ -391,7 +402,7 @@ class DiffArea:
 
     # ---- accounting ------------------------------------------------------
 
-    def _add_usage(self, txn: lmdb.Transaction, seq: int, delta: int) -> None:
+    def _add_usage(self, txn: Txn, seq: Seq, delta: int) -> None:
         key = schema.u64(seq)
         old = txn.get(key, db=self.usage)
         total = (schema.read_u64(old) if old else 0) + delta
@@ -400,20 +411,20 @@ class DiffArea:
         elif old is not None:
             txn.delete(key, db=self.usage)
 
-    def used_bytes(self, txn: lmdb.Transaction | None = None) -> int:
+    def used_bytes(self, txn: Txn | None = None) -> int:
         if txn is None:
             with self.read() as own:
                 return self.used_bytes(own)
         return sum(schema.read_u64(value) for _, value in txn.cursor(db=self.usage))
 
-    def snapshot_bytes(self, txn: lmdb.Transaction, seq: int) -> int:
+    def snapshot_bytes(self, txn: Txn, seq: Seq) -> int:
         """Bytes held for snapshot `seq`: its sequence up to the next remaining snapshot."""
         _, newer = self._neighbours(txn, seq)
         total = 0
         cursor = txn.cursor(db=self.usage)
         found = cursor.set_range(schema.u64(seq))
         while found:
-            key_seq = schema.read_u64(cursor.key())
+            key_seq = schema.read_seq(cursor.key())
             if newer is not None and key_seq >= newer:
                 break
             total += schema.read_u64(cursor.value())
@@ -428,7 +439,7 @@ class DiffArea:
             lmdb_bytes = 0
         return lmdb_bytes + self.blocks.disk_bytes()
 
-    def reclaim(self, txn: lmdb.Transaction) -> int:
+    def reclaim(self, txn: Txn) -> int:
         """Punch out every freed extent (their references are gone in committed
         transactions) and forget them; returns how many."""
         count = 0
@@ -442,17 +453,17 @@ class DiffArea:
 
     # ---- graveyard -------------------------------------------------------
 
-    def graveyard_add(self, txn: lmdb.Transaction, ino: int, death_seq: int) -> None:
+    def graveyard_add(self, txn: Txn, ino: BackingIno, death_seq: Seq) -> None:
         txn.put(schema.u64(ino), schema.u64(death_seq), db=self.graveyard)
 
-    def graveyard_has(self, txn: lmdb.Transaction, ino: int) -> bool:
+    def graveyard_has(self, txn: Txn, ino: BackingIno) -> bool:
         return txn.get(schema.u64(ino), db=self.graveyard) is not None
 
-    def graveyard_expired(self, txn: lmdb.Transaction) -> list[int]:
+    def graveyard_expired(self, txn: Txn) -> list[BackingIno]:
         """Graveyard inodes no remaining snapshot can see (died before the oldest)."""
         oldest = self.oldest_seq(txn)
-        return [schema.read_u64(key) for key, value in txn.cursor(db=self.graveyard)
-                if oldest is None or schema.read_u64(value) < oldest]
+        return [schema.read_ino(key) for key, value in txn.cursor(db=self.graveyard)
+                if oldest is None or schema.read_seq(value) < oldest]
 
-    def graveyard_remove(self, txn: lmdb.Transaction, ino: int) -> None:
+    def graveyard_remove(self, txn: Txn, ino: BackingIno) -> None:
         txn.delete(schema.u64(ino), db=self.graveyard)

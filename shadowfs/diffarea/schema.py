@@ -23,15 +23,37 @@ Data-block pre-images hold their bytes in ``blocks.dat`` (see blockstore.py);
 the LMDB value is then a reference (offset, length). An all-zero block is
 stored as its length alone.
 
+The kinds of object (`KINDS`, `KIND_OF_FMT`) name the file types an
+attribute record's mode may carry (its S_IFMT bits); every layer above (the
+snapshot readers, the backup trees, the media records) uses these names.
+
+The two numbers every key is made of have types of their own, so that a type
+checker catches one passed where the other (or a FUSE inode, or a browser node
+id) is meant: `BackingIno`, an inode number of the backing filesystem (the
+identity of an object, design §3.8), and `Seq`, a snapshot's sequence number in
+this diff area (design §3). Both are plain ints at run time (`typing.NewType`).
+A number read from a key is typed where it is unpacked (`read_seq`, `read_ino`,
+`object_ino`); one from the kernel or the wire is converted once where it
+enters shadowfs.
+
 Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import stat
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NewType
+
+BackingIno = NewType("BackingIno", int)
+"""An inode number of the backing filesystem: the identity of an object in every key (design §3.8)."""
+
+Seq = NewType("Seq", int)
+"""A snapshot's sequence number in its volume's diff area: grows, never reused (design §3)."""
 
 FORMAT_VERSION = 2
 BLOCK_SIZE = 64 * 1024
@@ -52,8 +74,53 @@ META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
 META_VOLUME = b"volume"
 
+# kind name -> S_IFMT bits, and back: the seven file types an object can have
+KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
+                         "fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK,
+                         "sock": stat.S_IFSOCK}
+KIND_OF_FMT: dict[int, str] = {fmt: kind for kind, fmt in KINDS.items()}
+
+
+# ---- block geometry ----------------------------------------------------------------------------
+
+
+def block_span(offset: int, length: int) -> range:
+    """The block numbers that bytes [offset, offset+length) touch."""
+    if length <= 0:
+        return range(0)
+    return range(offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE + 1)
+
+
+def blocks_below(size: int) -> int:
+    """How many blocks hold data for a file of `size` bytes."""
+    return (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+
+def blocks_to_ranges(blocks: Iterable[int], size: int) -> list[tuple[int, int]]:
+    """Merge block numbers into (offset, length) byte ranges cut at `size`: block ``b`` of a file
+    covers bytes ``[b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE)``, the last one only up to the file's size."""
+    ranges: list[tuple[int, int]] = []
+    for block in sorted(blocks):
+        start = block * BLOCK_SIZE
+        end = min(start + BLOCK_SIZE, size)
+        if start >= end:
+            continue
+        if ranges and ranges[-1][0] + ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end - ranges[-1][0])
+        else:
+            ranges.append((start, end - start))
+    return ranges
+
+
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+
+# struct's unpackers return untyped tuples; these say, once, what a field of each layout is.
+# Calling them costs no more than the Struct methods they are (no conversion on cursor loops).
+_unpack_u32: Callable[[bytes], tuple[int]] = _U32.unpack
+_unpack_u64: Callable[[bytes, int], tuple[int]] = _U64.unpack_from
+_unpack_seq: Callable[[bytes, int], tuple[Seq]] = _U64.unpack_from
+_unpack_ino: Callable[[bytes, int], tuple[BackingIno]] = _U64.unpack_from
 
 
 def u64(value: int) -> bytes:
@@ -61,7 +128,17 @@ def u64(value: int) -> bytes:
 
 
 def read_u64(data: bytes, offset: int = 0) -> int:
-    return _U64.unpack_from(data, offset)[0]
+    return _unpack_u64(data, offset)[0]
+
+
+def read_seq(data: bytes, offset: int = 0) -> Seq:
+    """A sequence number stored as u64 (a ``snapshots``, ``usage`` or ``bysnap`` key, a key's tail)."""
+    return _unpack_seq(data, offset)[0]
+
+
+def read_ino(data: bytes, offset: int = 0) -> BackingIno:
+    """A backing inode number stored as u64 (a ``graveyard`` key, inside an object key)."""
+    return _unpack_ino(data, offset)[0]
 
 
 def u32(value: int) -> bytes:
@@ -69,31 +146,36 @@ def u32(value: int) -> bytes:
 
 
 def read_u32(data: bytes) -> int:
-    return _U32.unpack(data)[0]
+    return _unpack_u32(data)[0]
 
 
 # ---- object keys -----------------------------------------------------------
 
-def attr_object(ino: int) -> bytes:
+def attr_object(ino: BackingIno) -> bytes:
     return b"A" + u64(ino)
 
 
-def block_object(ino: int, block: int) -> bytes:
+def block_object(ino: BackingIno, block: int) -> bytes:
     return b"B" + u64(ino) + u64(block)
 
 
-def blocks_prefix(ino: int) -> bytes:
+def blocks_prefix(ino: BackingIno) -> bytes:
     return b"B" + u64(ino)
 
 
-def dirent_object(dir_ino: int, name: bytes) -> bytes:
+def dirent_object(dir_ino: BackingIno, name: bytes) -> bytes:
     if b"\0" in name or b"/" in name or not name:
         raise ValueError(f"invalid directory entry name {name!r}")
     return b"D" + u64(dir_ino) + name + b"\0"
 
 
-def dirents_prefix(dir_ino: int) -> bytes:
+def dirents_prefix(dir_ino: BackingIno) -> bytes:
     return b"D" + u64(dir_ino)
+
+
+def object_ino(obj: bytes) -> BackingIno:
+    """The inode of any object key: the object's for ``A`` and ``B``, the directory's for ``D``."""
+    return read_ino(obj, 1)
 
 
 def dirent_name(obj: bytes) -> bytes:
@@ -105,20 +187,20 @@ def block_number(obj: bytes) -> int:
     return read_u64(obj, 9)
 
 
-def preimage_key(obj: bytes, seq: int) -> bytes:
+def preimage_key(obj: bytes, seq: Seq) -> bytes:
     return obj + u64(seq)
 
 
-def split_preimage_key(key: bytes) -> tuple[bytes, int]:
-    return key[:-SEQ_BYTES], read_u64(key, len(key) - SEQ_BYTES)
+def split_preimage_key(key: bytes) -> tuple[bytes, Seq]:
+    return key[:-SEQ_BYTES], read_seq(key, len(key) - SEQ_BYTES)
 
 
-def bysnap_key(seq: int, obj: bytes) -> bytes:
+def bysnap_key(seq: Seq, obj: bytes) -> bytes:
     return u64(seq) + obj
 
 
-def split_bysnap_key(key: bytes) -> tuple[int, bytes]:
-    return read_u64(key), key[SEQ_BYTES:]
+def split_bysnap_key(key: bytes) -> tuple[Seq, bytes]:
+    return read_seq(key), key[SEQ_BYTES:]
 
 
 # ---- values ----------------------------------------------------------------
@@ -161,6 +243,17 @@ class AttrRecord:
 
 
 NONEXISTENT = AttrRecord(exists=False)
+
+
+def attr_from_stat(st: os.stat_result, symlink_target: bytes = b"",
+                   xattrs: dict[bytes, bytes] | None = None) -> AttrRecord:
+    """The record of an object that exists, from its stat (and its target and xattrs)."""
+    return AttrRecord(
+        exists=True, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, nlink=st.st_nlink,
+        rdev=st.st_rdev, size=st.st_size, blocks=st.st_blocks, atime_ns=st.st_atime_ns,
+        mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, birth_ns=0,
+        symlink_target=symlink_target, xattrs=xattrs or {},
+    )
 
 
 def encode_attr(record: AttrRecord) -> bytes:
@@ -213,7 +306,7 @@ _DIRENT_ABSENT = 1
 class DirentRecord:
     """One directory entry at one instant: the inode and its file type, or absent."""
 
-    ino: int = 0
+    ino: BackingIno = BackingIno(0)
     kind: int = 0  # the S_IFMT bits of the target, >> 12
     present: bool = True
 
@@ -276,7 +369,7 @@ def split_extent_key(key: bytes) -> tuple[int, int]:
 class SnapshotRecord:
     """One snapshot of this volume as recorded in the diff area."""
 
-    seq: int
+    seq: Seq
     snapshot_id: str
     set_id: str
     created: str
@@ -287,6 +380,6 @@ def encode_snapshot(record: SnapshotRecord) -> bytes:
                        "created": record.created}).encode()
 
 
-def decode_snapshot(seq: int, data: bytes) -> SnapshotRecord:
+def decode_snapshot(seq: Seq, data: bytes) -> SnapshotRecord:
     fields = json.loads(data)
     return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"])

@@ -14,7 +14,7 @@ Modules:
 | `errors` | `DocumentError`, `RangeError` |
 | `enums` | VSS enumerations and flags (backup types, states, failures, schema bits, VSS_FSBT_* masks) |
 | `rules` | value rules: paths, wildcard file specs (`filespec_matches`), logical paths, names, text |
-| `ranges` | range strings and binary ranges files (seed 002) |
+| `ranges` | range strings and binary ranges files (vss §12) |
 | `xmlsafe` | safe parsing of untrusted XML (no DTD, size/depth/count caps), plain serialisation |
 | `codec` | dataclass <-> XML element <-> plain dict, driven by field metadata |
 | `wmd` | `WriterMetadata` and its parts, the writer's builder API |

@@ -29,7 +29,7 @@ XML form (VSS names; every value is an attribute, booleans are yes/no):
       </WRITER_COMPONENTS>
     </BACKUP_COMPONENTS>
 
-Names the seeds do not give are shadowfs choices in the VSS style:
+Names VSS does not give are shadowfs choices in the VSS style (vss §15):
 `backupFailureMsg`, `fileRestoreStatus`, `rangesFilePath` (SetRangesFilePath),
 `SNAPSHOT_DESCRIPTION`'s attributes, `creationTime` and `lastModifyTime`
 (nanoseconds since the Unix epoch; a differenced file's 0 means "since the
@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from shadowfs.documents import codec, xmlsafe
 from shadowfs.documents.codec import attr, child, children
@@ -82,6 +82,7 @@ from shadowfs.documents.wmd import AlternateLocationMapping
 from shadowfs.documents.xmlsafe import DEFAULT_LIMITS, XmlLimits
 
 BCD_VERSION = "1.2"
+T = TypeVar("T")
 
 
 def _check_volume_name(value: str) -> None:
@@ -94,7 +95,7 @@ class DifferencedFile:
     """Back up matching files only if modified after `last_modify_time` (DIFFERENCED_FILES).
 
     `last_modify_time` is in nanoseconds since the Unix epoch; 0 means "use the
-    requester's own record of the last backup time" (seed 002).
+    requester's own record of the last backup time" (vss §11).
     """
 
     path: str = attr("path", check=check_path)
@@ -207,7 +208,7 @@ class ComponentState:
         codec.check_scalar(info, value, f"COMPONENT {self.full_path!r}")
         setattr(self, name, value)
 
-    def _append(self, name: str, tag: str, item: Any) -> Any:
+    def _append(self, name: str, tag: str, item: T) -> T:
         codec.check_tree(item, f"COMPONENT {self.full_path!r}/{tag}")
         getattr(self, name).append(item)
         return item

@@ -32,13 +32,14 @@ import types
 import typing
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from shadowfs.documents.errors import DocumentError
 from shadowfs.documents.rules import check_text, check_u64
 from shadowfs.documents.xmlsafe import Node
 
 Check = Callable[[Any], None]
+T = TypeVar("T")
 _MISSING: Any = dataclasses.MISSING
 
 
@@ -79,9 +80,14 @@ class _FieldInfo:
     default_factory: Any
 
 
-@functools.cache
 def field_infos(cls: type) -> tuple[_FieldInfo, ...]:
     """The fields of a document dataclass with their resolved types and XML metadata."""
+    # through a plain `type` parameter: mypy takes a `type[X]` argument for unhashable in the cache's call
+    return _field_infos(cls)
+
+
+@functools.cache
+def _field_infos(cls: type) -> tuple[_FieldInfo, ...]:
     hints = typing.get_type_hints(cls)
     infos = []
     for f in dataclasses.fields(cls):
@@ -144,20 +150,13 @@ def decode_scalar(text: Any, base: Any, *, from_xml: bool) -> Any:
         if not isinstance(text, bool):
             raise ValueError("expected true or false")
         return text
-    if base is int or (isinstance(base, type) and issubclass(base, enum.Flag)):
-        if from_xml:
-            if not (text.isascii() and text.isdigit()) or len(text) > 20:
-                raise ValueError("expected an unsigned decimal integer")
-            number = int(text)
-        else:
-            if not isinstance(text, int) or isinstance(text, bool):
-                raise ValueError("expected an integer")
-            number = text
-        if base is int:
-            return number
+    if base is int:
+        return _decode_integer(text, from_xml)
+    if isinstance(base, type) and issubclass(base, enum.Flag):
+        number = _decode_integer(text, from_xml)
         known = 0
         for member in base:
-            known |= int(member)
+            known |= member.value
         if number < 0 or number & ~known:
             raise ValueError(f"has bits that are not {_type_name(base)} flags ({number:#x})")
         return base(number)
@@ -175,6 +174,16 @@ def decode_scalar(text: Any, base: Any, *, from_xml: bool) -> Any:
         except ValueError:
             raise ValueError("is not a UUID") from None
     raise TypeError(f"unsupported field type {base!r}")  # pragma: no cover - a programming error
+
+
+def _decode_integer(text: Any, from_xml: bool) -> int:
+    if from_xml:
+        if not (text.isascii() and text.isdigit()) or len(text) > 20:
+            raise ValueError("expected an unsigned decimal integer")
+        return int(text)
+    if not isinstance(text, int) or isinstance(text, bool):
+        raise ValueError("expected an integer")
+    return text
 
 
 def _shown(value: Any) -> str:
@@ -262,8 +271,8 @@ def _index_label(node: Node, siblings: dict[str, int]) -> str:
     return f"{node.tag}[{siblings[node.tag]}]"
 
 
-def from_node(cls: type, node: Node, where: str, *, extra_attrs: frozenset[str] = frozenset(),
-              extra_children: frozenset[str] = frozenset(), **given: Any) -> Any:
+def from_node(cls: type[T], node: Node, where: str, *, extra_attrs: frozenset[str] = frozenset(),
+              extra_children: frozenset[str] = frozenset(), **given: Any) -> T:
     """Read element `node` as `cls`; attributes in `extra_attrs` and children in `extra_children` are
     left to the caller, which passes their values as keyword arguments in `given`."""
     infos = field_infos(cls)
@@ -293,15 +302,15 @@ def from_node(cls: type, node: Node, where: str, *, extra_attrs: frozenset[str] 
         label = _index_label(sub, siblings)
         if sub.tag in extra_children:
             continue
-        info = by_tag.get(sub.tag)
-        if info is None:
+        found = by_tag.get(sub.tag)
+        if found is None:
             raise DocumentError(f"{_where(where, sub.line)}: unexpected element <{sub.tag}> in <{node.tag}>")
-        if info.kind == "children":
-            kwargs.setdefault(info.name, []).append(from_node(_list_item(info), sub, f"{where}/{label}"))
+        if found.kind == "children":
+            kwargs.setdefault(found.name, []).append(from_node(_list_item(found), sub, f"{where}/{label}"))
         else:
-            if info.name in kwargs:
+            if found.name in kwargs:
                 raise DocumentError(f"{_where(where, sub.line)}: more than one <{sub.tag}> in <{node.tag}>")
-            kwargs[info.name] = from_node(info.base, sub, f"{where}/{sub.tag}")
+            kwargs[found.name] = from_node(found.base, sub, f"{where}/{sub.tag}")
     return cls(**kwargs)
 
 
@@ -331,7 +340,7 @@ def _plain_value(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, enum.Flag):
-        return int(value)
+        return value.value
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, int):
@@ -345,7 +354,7 @@ def _plain_value(value: Any) -> Any:
     raise TypeError(f"cannot convert {type(value).__name__} to a plain value")  # pragma: no cover
 
 
-def from_plain(cls: type, data: Any, where: str) -> Any:
+def from_plain(cls: type[T], data: Any, where: str) -> T:
     """Read a dict made by `to_plain` back as `cls` (strict: unknown or missing keys are errors)."""
     if not isinstance(data, dict):
         raise DocumentError(f"{where}: expected an object, got {type(data).__name__}")
@@ -377,7 +386,7 @@ def _plain_field(info: _FieldInfo, value: Any, where: str) -> Any:
 
 
 def _plain_item(base: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(base):
+    if isinstance(base, type) and dataclasses.is_dataclass(base):
         return from_plain(base, value, where)
     try:
         return decode_scalar(value, base, from_xml=False)

@@ -37,7 +37,7 @@ import enum
 
 
 class BackupType(enum.StrEnum):
-    """The kind of backup a requester runs (seed 002): which files and whether history is updated."""
+    """The kind of backup a requester runs (vss §8.1): which files and whether history is updated."""
 
     FULL = "full"
     INCREMENTAL = "incremental"
@@ -53,7 +53,7 @@ class BackupType(enum.StrEnum):
 
     @property
     def updates_history(self) -> bool:
-        """False for copy backups (seed 002: no backup history is updated), True otherwise."""
+        """False for copy backups (vss §8.1: no backup history is updated), True otherwise."""
         return self is not BackupType.COPY
 
 
@@ -282,7 +282,7 @@ class FileSpecBackupType(enum.IntFlag):
     The default for a file spec is ALL_BACKUP_REQUIRED | ALL_SNAPSHOT_REQUIRED
     (0xF0F, 3855), as in VSS. A spec counts for a backup type only if its
     *_BACKUP_REQUIRED bit is set (the mask overrides component selectability,
-    seed 002); a volume whose counted specs have no *_SNAPSHOT_REQUIRED bit for
+    vss §10.1); a volume whose counted specs have no *_SNAPSHOT_REQUIRED bit for
     the type may be read live.
     """
 

@@ -7,17 +7,16 @@ attribute that is missing, unknown or badly typed, a value that breaks a rule
 builder method. Its message names the element and attribute (and the line,
 when the document came from XML), so it can be shown to a user as it is.
 
-`RangeError` is the subclass for range strings and ranges files (seed 002):
+`RangeError` is the subclass for range strings and ranges files (vss §12.5):
 malformed, zero length, overlapping, overflowing 2**64, beyond the end of a
 file, or a ranges file whose count disagrees with its length.
+
+Both are defined in `shadowfs.errors` (kinds "bad_document" and "bad_ranges",
+exit 1) with every other shadowfs error, and re-exported here.
 """
 
 from __future__ import annotations
 
+from shadowfs.errors import DocumentError, RangeError
 
-class DocumentError(ValueError):
-    """A WMD or BCD (or an argument meant for one) is not acceptable; the message says where and why."""
-
-
-class RangeError(DocumentError):
-    """A range string or ranges file is not acceptable; the message names the range and the rule."""
+__all__ = ["DocumentError", "RangeError"]

@@ -1,4 +1,4 @@
-"""Range strings and ranges files (seed 002): the byte ranges of partial files and directed targets.
+"""Range strings and ranges files (vss §12): the byte ranges of partial files and directed targets.
 
 A *range string* has one of two forms:
 

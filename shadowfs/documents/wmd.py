@@ -28,7 +28,7 @@ XML form (VSS names; every value is an attribute, booleans are yes/no):
       </RESTORE_METHOD>
     </WRITER_METADATA>
 
-Names the seeds do not give are shadowfs choices in the VSS style: the
+Names VSS does not give are shadowfs choices in the VSS style (vss §15): the
 `<BACKUP_SCHEMA>` element with one yes/no attribute per bit (names in
 `enums.BACKUP_SCHEMA_XML_NAMES`), `<DEPENDENCY>`, `instanceName`,
 `restoreMetadata`, `caption`, and `recursive`/`alternatePath` on database file

@@ -2,11 +2,22 @@
 
 One job: a trio frame channel over one connected Unix stream socket, with
 requests, replies and events dispatched (`Channel.run`). The wire format and
-the blocking API live in `shadowfs.frames` (no trio) and are re-exported here.
+the blocking API live in `shadowfs.ipc.frames` (no trio) and are re-exported here.
 
 Request/reply convention (ARCHITECTURE.md): a request carries an integer-or-string
 `"id"`; its reply carries the same id and `"ok": true` plus fields, or
-`"ok": false, "error": "<one line>"`. A frame without an id is an event.
+`"ok": false, "error": "<one line>", "kind": "<error kind>"`. A frame without an
+id is an event.
+
+Invariants:
+- A handler that raises a `ShadowfsError` gets an error reply with the error's
+  message and kind, no traceback; anything else is logged with its traceback
+  and answered with kind "internal".
+- `call` raises `RemoteError` (its `.kind` set from the reply) for every error
+  reply, whatever the kind: the peers of a channel (mount processes, the
+  browser, writers) are answered alike, and a peer cannot make the caller
+  raise some other class. Clients of the daemon that want the class back use
+  `errors.from_wire` (`shadowfs.ipc.client` does).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Any
 
 import trio
 
+from shadowfs.errors import ShadowfsError
 from shadowfs.ipc.frames import (
     ANC_SIZE,
     MAX_FDS,
@@ -28,6 +40,7 @@ from shadowfs.ipc.frames import (
     ChannelClosed,
     Frame,
     FrameAssembler,
+    Message,
     ProtocolError,
     RemoteError,
     RequestError,
@@ -44,7 +57,8 @@ from shadowfs.ipc.frames import (
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Frame, list[int]], Awaitable[None]]
-RequestHandler = Callable[[Frame, list[int]], Awaitable["Frame | tuple[Frame, Sequence[int]]"]]
+# a handler's reply: its fields (the channel adds "id" and "ok"), and descriptors to send along
+RequestHandler = Callable[[Frame, list[int]], Awaitable["Message | tuple[Message, Sequence[int]]"]]
 
 
 # --- trio API -----------------------------------------------------------------------------------
@@ -97,7 +111,7 @@ class Channel:
             self.sock.close()
             self._fail_pending(ChannelClosed("channel closed"))
 
-    async def send(self, obj: Frame, fds: Sequence[int] = ()) -> None:
+    async def send(self, obj: Message, fds: Sequence[int] = ()) -> None:
         data = encode_frame(obj)
         anc = fds_ancillary(fds)
         async with self._send_lock:
@@ -125,7 +139,7 @@ class Channel:
         finally:
             self._receiving = False
 
-    async def call(self, request: Frame, fds: Sequence[int] = (), timeout: float = 10.0) -> Frame:
+    async def call(self, request: Message, fds: Sequence[int] = (), timeout: float = 10.0) -> Frame:
         """Send a request, wait for its reply; raises RemoteError, CallTimeout, ChannelClosed.
 
         Needs `run` running. Descriptors in the reply are closed; use `call_fds` to keep them.
@@ -134,7 +148,7 @@ class Channel:
         close_fds(reply_fds)
         return reply
 
-    async def call_fds(self, request: Frame, fds: Sequence[int] = (),
+    async def call_fds(self, request: Message, fds: Sequence[int] = (),
                        timeout: float = 10.0) -> tuple[Frame, list[int]]:
         if not self._running:
             raise RuntimeError("Channel.call needs Channel.run running in a nursery")
@@ -154,7 +168,9 @@ class Channel:
         assert pending.reply is not None
         if not pending.reply.get("ok", False):
             close_fds(pending.fds)
-            raise RemoteError(str(pending.reply.get("error", "request failed")))
+            kind = pending.reply.get("kind")
+            raise RemoteError(str(pending.reply.get("error", "request failed")),
+                              kind if isinstance(kind, str) else None)
         return pending.reply, pending.fds
 
     async def run(self, on_event: EventHandler | None = None, on_request: RequestHandler | None = None,
@@ -196,7 +212,8 @@ class Channel:
         elif "op" in obj:
             if on_request is None:
                 close_fds(fds)
-                await self._reply(error_reply(request_id, f"unexpected request {obj.get('op')!r}"))
+                await self._reply(error_reply(request_id, f"unexpected request {obj.get('op')!r}",
+                                              RequestError.kind))
             else:
                 nursery.start_soon(self._serve_one, on_request, obj, fds)
         elif (pending := self._pending.get(request_id)) is not None and not pending.done.is_set():
@@ -209,25 +226,26 @@ class Channel:
     async def _serve_one(self, handler: RequestHandler, request: Frame, fds: list[int]) -> None:
         request_id = request["id"]
         reply_fds: Sequence[int] = ()
+        fields: Message
         try:
             result = await handler(request, fds)
             if isinstance(result, tuple):
-                reply, reply_fds = result
+                fields, reply_fds = result
             else:
-                reply = result
-            reply = {**reply, "id": request_id, "ok": True}
-        except RequestError as exc:
-            reply = error_reply(request_id, str(exc))
+                fields = result
+            reply = {**fields, "id": request_id, "ok": True}
+        except ShadowfsError as exc:
+            reply = error_reply(request_id, str(exc), exc.kind)
         except Exception as exc:
             log.exception("request %r failed", request.get("op"))
-            reply = error_reply(request_id, f"{type(exc).__name__}: {exc}")
+            reply = error_reply(request_id, f"{type(exc).__name__}: {exc}", "internal")
         await self._reply(reply, reply_fds)
 
     async def _reply(self, reply: Frame, fds: Sequence[int] = ()) -> None:
         try:
             await self.send(reply, fds)
         except ProtocolError as exc:
-            await self.send(error_reply(reply.get("id"), f"reply could not be sent: {exc}"))
+            await self.send(error_reply(reply.get("id"), f"reply could not be sent: {exc}", exc.kind))
         except (ChannelClosed, BrokenPipeError, ConnectionResetError, trio.ClosedResourceError):
             log.debug("peer went away before reply %r", reply.get("id"))
 
@@ -247,6 +265,7 @@ __all__ = [
     "Frame",
     "FrameAssembler",
     "MAX_FDS",
+    "Message",
     "MAX_FRAME",
     "ProtocolError",
     "RemoteError",

@@ -25,7 +25,9 @@ Invariants:
 
 Request/reply convention (ARCHITECTURE.md): a request carries an integer-or-string
 `"id"`; its reply carries the same id and `"ok": true` plus fields, or
-`"ok": false, "error": "<one line>"`. A frame without an id is an event.
+`"ok": false, "error": "<one line>", "kind": "<error kind>"` (`error_reply`;
+`shadowfs.errors.from_wire` turns it back into an exception). A frame without
+an id is an event.
 """
 
 from __future__ import annotations
@@ -35,41 +37,31 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+# the errors of frames, defined with every other shadowfs error and re-exported here
+from shadowfs.errors import CallTimeout as CallTimeout
+from shadowfs.errors import ChannelClosed as ChannelClosed
+from shadowfs.errors import ProtocolError as ProtocolError
+from shadowfs.errors import RemoteError as RemoteError
+from shadowfs.errors import RequestError as RequestError
 
 MAX_FRAME = 1 << 20
 MAX_FDS = 253  # SCM_MAX_FD on Linux
 _HEADER = struct.Struct(">I")
 ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
+# A frame as received: one decoded JSON object, checked by whoever reads it.
 Frame = dict[str, Any]
-
-
-class ProtocolError(ValueError):
-    """The peer sent something that is not a valid frame."""
-
-
-class ChannelClosed(ConnectionError):
-    """The peer closed the connection (at a frame boundary, or while a call waited)."""
-
-
-class RemoteError(RuntimeError):
-    """The peer answered a request with `"ok": false`; the message is its error."""
-
-
-class CallTimeout(TimeoutError):
-    """No reply arrived in time."""
-
-
-class RequestError(Exception):
-    """Raised by a request handler for an expected failure: becomes the error reply, no traceback."""
+# What a sender hands over: any JSON object, typically one of `shadowfs.ipc.messages`.
+Message = Mapping[str, Any]
 
 
 # --- encoding ---------------------------------------------------------------------------------
 
 
-def encode_frame(obj: Frame) -> bytes:
+def encode_frame(obj: Message) -> bytes:
     """Header + JSON body for `obj`; refuses non-objects and frames over MAX_FRAME."""
     if not isinstance(obj, dict):
         raise ProtocolError(f"a frame must hold a JSON object, not {type(obj).__name__}")
@@ -179,7 +171,7 @@ class FrameAssembler:
 # --- blocking API (CLI) -----------------------------------------------------------------------
 
 
-def send_frame(sock: socket.socket, obj: Frame, fds: Sequence[int] = ()) -> None:
+def send_frame(sock: socket.socket, obj: Message, fds: Sequence[int] = ()) -> None:
     """Send one frame (blocking); the descriptors stay owned by the caller."""
     data = encode_frame(obj)
     sent = sock.sendmsg([data], fds_ancillary(fds))
@@ -208,5 +200,7 @@ def peer_credentials(sock: Any) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def error_reply(request_id: Any, message: str) -> Frame:
-    return {"id": request_id, "ok": False, "error": " ".join(str(message).split()) or "error"}
+def error_reply(request_id: Any, message: str, kind: str) -> Frame:
+    """The reply refusing request `request_id` (None: the connection as a whole): the message as one
+    line, and the kind of error (`shadowfs.errors`) the client raises again from it."""
+    return {"id": request_id, "ok": False, "error": " ".join(str(message).split()) or "error", "kind": kind}

@@ -27,16 +27,14 @@ import errno
 import os
 import re
 import stat
-from collections import OrderedDict
+
+from shadowfs.errors import UnsafePath as UnsafePath
+from shadowfs.linux.fdcache import DescriptorCache
 
 NAME_MAX = 255
 PATH_MAX = 4096
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafePath(ValueError):
-    """A path that would leave its tree or go through something that is not a directory."""
 
 
 def check_name(name: str) -> None:
@@ -133,8 +131,8 @@ class Confined:
     def __init__(self, root_fd: int, *, cache: int = 64, same_device: bool = False) -> None:
         self.root_fd = root_fd
         self.device = os.fstat(root_fd).st_dev if same_device else None
-        self._cache: OrderedDict[str, int] = OrderedDict()
-        self._capacity = cache
+        # directories by path; `dir_fd` opens them itself, component by component
+        self._dirs: DescriptorCache[str] = DescriptorCache(cache, self._open_dir)
 
     @classmethod
     def open_root(cls, root: str, *, same_device: bool = False) -> Confined:
@@ -142,7 +140,7 @@ class Confined:
         return cls(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), same_device=same_device)
 
     def close(self) -> None:
-        self.forget("")
+        self._dirs.close()
         os.close(self.root_fd)
 
     def __enter__(self) -> Confined:
@@ -155,19 +153,17 @@ class Confined:
 
     def forget(self, prefix: str) -> None:
         """Drop cached descriptors of `prefix` and everything below it ("" drops all)."""
-        for key in [k for k in self._cache if not prefix or k == prefix or k.startswith(prefix + "/")]:
-            os.close(self._cache.pop(key))
+        self._dirs.discard(lambda key: not prefix or key == prefix or key.startswith(prefix + "/"))
 
     def dir_fd(self, path: str) -> int:
         """A descriptor of directory `path` (cached; do not close). UnsafePath if any component on
         the way is a symlink or not a directory; FileNotFoundError if it does not exist."""
-        parts = check_rel_path(path)
-        if not parts:
+        if not check_rel_path(path):
             return self.root_fd
-        fd = self._cache.get(path)
-        if fd is not None:
-            self._cache.move_to_end(path)
-            return fd
+        return self._dirs.open(path)
+
+    def _open_dir(self, path: str) -> int:
+        parts = check_rel_path(path)
         parent = self.dir_fd("/".join(parts[:-1]))
         try:
             fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
@@ -178,10 +174,6 @@ class Confined:
         if self.device is not None and os.fstat(fd).st_dev != self.device:
             os.close(fd)
             raise UnsafePath(f"{path!r} is on another file system (a mount point): not entered")
-        self._cache[path] = fd
-        if len(self._cache) > self._capacity:
-            _, old = self._cache.popitem(last=False)
-            os.close(old)
         return fd
 
     def parent(self, path: str) -> tuple[int, str]:

@@ -1,8 +1,9 @@
 """Thin wrappers over Linux system calls that Python's os module lacks.
 
 One job: give the rest of shadowfs typed access to file handles
-(`open_by_handle_at`), `renameat2`, `syncfs`, symlink-safe xattr calls on
-descriptors and the data regions of a sparse file (SEEK_DATA/SEEK_HOLE),
+(`open_by_handle_at`), `renameat2`, `linkat` of a descriptor, `syncfs`,
+symlink-safe xattr calls on descriptors and the data regions of a sparse file
+(SEEK_DATA/SEEK_HOLE),
 raising `OSError` with the right errno like the os module does.
 
 Invariants:
@@ -52,7 +53,8 @@ def handle_type_of(path: str) -> int:
     if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(handle),
                                ctypes.byref(mount_id), 0) != 0:
         _raise_errno(f"name_to_handle_at({path})")
-    return handle.handle_type
+    kind: int = handle.handle_type  # a c_int field (ctypes leaves it untyped)
+    return kind
 
 
 def check_backing_fs(path: str) -> None:
@@ -93,7 +95,7 @@ def open_by_ino(mount_fd: int, ino: int, flags: int) -> int:
     handle.handle_bytes = 8
     handle.handle_type = FILEID_INO32_GEN
     struct.pack_into("<II", handle.f_handle, 0, ino, 0)
-    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)
+    fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)  # untyped C int
     if fd < 0:
         _raise_errno(f"open_by_handle_at(inode {ino})")
     return fd
@@ -103,6 +105,19 @@ def renameat2(old_dir_fd: int, old_name: bytes, new_dir_fd: int, new_name: bytes
               flags: int = 0) -> None:
     if _libc.renameat2(old_dir_fd, old_name, new_dir_fd, new_name, ctypes.c_uint(flags)) != 0:
         _raise_errno("renameat2")
+
+
+AT_EMPTY_PATH = 0x1000
+
+
+def link_fd(fd: int, new_dir_fd: int, new_name: bytes) -> None:
+    """linkat(fd, "", new_dir_fd, new_name, AT_EMPTY_PATH): link the object behind an O_PATH fd.
+
+    Works for symlinks too (the /proc magic-link route does not); needs
+    CAP_DAC_READ_SEARCH, which the mount process has as root.
+    """
+    if _libc.linkat(fd, b"", new_dir_fd, new_name, AT_EMPTY_PATH) != 0:
+        _raise_errno("linkat")
 
 
 def syncfs(fd: int) -> None:

@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowfs.errors import MediaError as MediaError
+from shadowfs.errors import MediaNotFound
 from shadowfs.media.records import IMAGE_ID_RE, RecordError, volume_name
 
 IMAGE_FORMAT = "shadowfs-image"
@@ -63,11 +65,6 @@ DOC_NAME_RE = re.compile(r"documents/(bcd|wmd-[0-9]{1,6})\.xml\Z")
 MAX_META_FILE = 64 << 20
 
 
-class MediaError(Exception):
-    """Backup media or an image on it is missing, incomplete, corrupt or unusable; the message says
-    which image and file."""
-
-
 def pack_name(number: int) -> str:
     return f"{DATA}/{number:06d}.pack"
 
@@ -80,7 +77,7 @@ def new_image_id(now: float | None = None) -> str:
 
 def check_image_id(image_id: str) -> str:
     if not isinstance(image_id, str) or not IMAGE_ID_RE.match(image_id):
-        raise MediaError(f"{image_id!r} is not an image id")
+        raise MediaNotFound(f"{image_id!r} is not an image id")
     return image_id
 
 

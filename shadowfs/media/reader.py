@@ -23,6 +23,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
+from shadowfs.errors import MediaNotFound
 from shadowfs.media import layout
 from shadowfs.media.layout import ImageInfo, MediaError
 from shadowfs.media.records import DataRef, Record, RecordError, decode_line, parse_line
@@ -62,7 +63,7 @@ class Image:
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
-            raise MediaError(f"no image {image_id} on {self.media}") from None
+            raise MediaNotFound(f"no image {image_id} on {self.media}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise MediaError(f"image {image_id}: not a directory")
         marker = _read_small(os.path.join(self.path, layout.COMPLETE),
@@ -158,9 +159,9 @@ def image_names(media: str) -> list[str]:
     try:
         names = os.listdir(media)
     except FileNotFoundError:
-        raise MediaError(f"no backup media at {media}") from None
+        raise MediaNotFound(f"no backup media at {media}") from None
     except NotADirectoryError:
-        raise MediaError(f"{media} is not a directory") from None
+        raise MediaNotFound(f"{media} is not a directory") from None
     out = []
     for name in names:
         try:

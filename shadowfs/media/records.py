@@ -8,7 +8,7 @@ media) and its encoding. A record is an operation on one path of one volume:
 - ``{"op": "put", "volume", "path", "kind", ...metadata..., "data", "link"}``:
   the object at the path as it was at the snapshot.
 
-Metadata: ``kind`` (dir, file, symlink, fifo, chr, blk, sock), ``mode``
+Metadata: ``kind`` (dir, file, symlink, fifo, chr, blk, sock: `diffarea.schema.KINDS`), ``mode``
 (with the type bits), ``uid``, ``gid``, ``size``, ``atime_ns``, ``mtime_ns``,
 ``ctime_ns``, ``nlink``, ``rdev``, ``ino`` (the object's inode number in the
 snapshot, masked to the backing inode for shadowfs browsers), ``xattrs``
@@ -47,15 +47,13 @@ import json
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from shadowfs.diffarea.schema import KIND_OF_FMT, KINDS
 from shadowfs.documents import RangeError, validate_ranges
+from shadowfs.errors import RecordError as RecordError
 from shadowfs.linux.confined import UnsafePath, check_name, check_rel_path
 
-KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
-                         "fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK,
-                         "sock": stat.S_IFSOCK}
-KIND_OF_FMT = {fmt: kind for kind, fmt in KINDS.items()}
 DATA_HOWS = ("full", "patch", "keep", "ref")
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -65,10 +63,6 @@ U64 = 1 << 64
 I64 = 1 << 63
 MAX_XATTR_VALUE = 1 << 16
 MAX_PACK = 1 << 20
-
-
-class RecordError(ValueError):
-    """A manifest record is malformed; the message names the field and the rule."""
 
 
 def kind_of_mode(mode: int) -> str:
@@ -244,6 +238,8 @@ def parse_record(obj: Any) -> Record:
     op = obj.get("op")
     volume = volume_name(obj.get("volume"))
     path = obj.get("path")
+    if not isinstance(path, str):
+        raise RecordError(f"path: path {path!r} is not a string")  # as `check_rel_path` says it
     try:
         check_rel_path(path)
     except UnsafePath as exc:
@@ -255,7 +251,7 @@ def parse_record(obj: Any) -> Record:
     if op != "put":
         raise RecordError(f"op: {op!r} is not put or delete")
     kind = obj.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise RecordError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     mode = _int(obj, "mode", 0, U32)
     if stat.S_IFMT(mode) != KINDS[kind] or mode & ~(0o170000 | 0o7777):
@@ -266,7 +262,9 @@ def parse_record(obj: Any) -> Record:
     if not all(type(v) is int and low <= v < high
                for v, (_, low, high) in zip(values, _INT_FIELDS, strict=True)):
         values = [_int(obj, key, low, high) for key, low, high in _INT_FIELDS]  # names the bad field
-    record = Record("put", volume, path, kind, mode, *values)
+    uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, ino = cast(list[int], values)  # checked
+    record = Record("put", volume, path, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink,
+                    rdev, ino)
     xattrs = obj.get("xattrs")
     record.xattrs = {} if xattrs is None or xattrs == {} else _xattrs(xattrs)
     record.target = _opt_str(obj, "target")

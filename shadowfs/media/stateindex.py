@@ -56,10 +56,11 @@ from functools import cached_property, partial
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from shadowfs.diffarea.schema import KINDS
 from shadowfs.linux.confined import UnsafePath, check_rel_paths
 from shadowfs.media.layout import STATE_INDEX, MediaError
 from shadowfs.media.reader import Image
-from shadowfs.media.records import IMAGE_ID_RE, KINDS, SHA256_RE, DataRef, Record
+from shadowfs.media.records import IMAGE_ID_RE, SHA256_RE, DataRef, Record
 from shadowfs.media.state import ChainState
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class VolumeIndex:
     def put(self, image_id: str, record: Record) -> None:
         """Apply one put record of image `image_id` (after `settle`), as `ChainState` does."""
         existing = self.entries.get(record.path)
-        whole: list[Any] | None = None
+        whole: int | list[Any] | None = None
         if record.link is not None:
             leader = self.entries.get(record.link)
             whole = leader.whole if leader is not None else None
@@ -253,9 +254,9 @@ def _encode_volume(volume: VolumeIndex) -> dict[str, list[Any]]:
             images.append(whole[0])
     t_image, t_pack, t_offset, t_length = table.image, table.pack, table.offset, table.length
     t_sha, t_own, t_extents, t_counts = table.sha256, table.own_sha256, table.extents, table.counts
-    t_starts = table.starts if any(w.__class__ is int for w in wholes) else []
+    t_starts = table.starts if any(isinstance(w, int) for w in wholes) else []
     flatten = itertools.chain.from_iterable
-    whole_sha = [(t_sha[w] or t_own[w]) if w.__class__ is int else w[4] if w is not None else None
+    whole_sha = [(t_sha[w] or t_own[w]) if isinstance(w, int) else w[4] if w is not None else None
                  for w in wholes]
     return {
         "path": paths,
@@ -264,15 +265,15 @@ def _encode_volume(volume: VolumeIndex) -> dict[str, list[Any]]:
         "size": [e.size for e in values],
         "sha256": shas,
         "images": images,
-        "whole_image": [-1 if w is None else t_image[w] if w.__class__ is int else number[w[0]]
+        "whole_image": [-1 if w is None else t_image[w] if isinstance(w, int) else number[w[0]]
                         for w in wholes],
-        "whole_pack": [0 if w is None else t_pack[w] if w.__class__ is int else w[1] for w in wholes],
-        "whole_offset": [0 if w is None else t_offset[w] if w.__class__ is int else w[2] for w in wholes],
-        "whole_length": [0 if w is None else t_length[w] if w.__class__ is int else w[3] for w in wholes],
+        "whole_pack": [0 if w is None else t_pack[w] if isinstance(w, int) else w[1] for w in wholes],
+        "whole_offset": [0 if w is None else t_offset[w] if isinstance(w, int) else w[2] for w in wholes],
+        "whole_length": [0 if w is None else t_length[w] if isinstance(w, int) else w[3] for w in wholes],
         "whole_sha256": [None if w == s else w for w, s in zip(whole_sha, shas, strict=True)],
-        "whole_extents": [0 if w is None else t_counts[w] if w.__class__ is int else len(w[5])
+        "whole_extents": [0 if w is None else t_counts[w] if isinstance(w, int) else len(w[5])
                           for w in wholes],
-        "extents": list(flatten(t_extents[t_starts[w]:t_starts[w + 1]] if w.__class__ is int
+        "extents": list(flatten(t_extents[t_starts[w]:t_starts[w + 1]] if isinstance(w, int)
                                 else flatten(w[5]) for w in wholes if w is not None)),
     }
 

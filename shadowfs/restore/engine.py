@@ -53,6 +53,7 @@ from typing import Any, Protocol
 from shadowfs.backup.engine import no_gc
 from shadowfs.backup.fileset import spec_covers
 from shadowfs.documents import RangeError, check_directed_ranges, validate_ranges
+from shadowfs.errors import RestoreError as RestoreError
 from shadowfs.linux.confined import (
     Confined,
     UnsafePath,
@@ -63,19 +64,14 @@ from shadowfs.linux.confined import (
     remove_tree_at,
     split_parent,
 )
-from shadowfs.media.layout import MediaError
+from shadowfs.linux.syscalls import data_regions
 from shadowfs.media.reader import Image, chain_images
 from shadowfs.media.records import Record
 from shadowfs.media.state import ChainState
 from shadowfs.media.verify import check_chain
-from shadowfs.snapshot.tree import data_regions
 
 Progress = Callable[[dict[str, Any]], None]
 TEMP_PREFIX = ".shadowfs-restore-"
-
-
-class RestoreError(MediaError):
-    """The restore could not be done as the image says (target in the way, unsafe path, I/O error)."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ create a snapshot set with writers, backup complete, abort, restore events) as
 the VSS service does: which writers get which event, in which order, with which
 timeout, and what happens on every kind of failure.
 
-Snapshot-set creation (`Broker.snapshot_create`), DESIGN section 4:
+Snapshot-set creation (`Broker.snapshot_create`), design §4.1 and vss §2:
 
     PrepareForSnapshot (all involved writers, concurrently)
     Freeze (all, concurrently, bounded by the freeze timeout)
@@ -20,7 +20,9 @@ Invariants:
   PrepareForSnapshot either thawed (Thaw succeeded) or sent Abort, and with no
   snapshot of a failed set left: snapshots already committed are deleted.
   A failure at PostSnapshot leaves a whole, consistent set; the writer shows
-  `failed_at_post_snapshot`.
+  `failed_at_post_snapshot`. A set that was not made is refused with
+  `SetAborted` (error kind "set_aborted"), which requesters tell apart by its
+  kind, never by its message.
 - Writers that did not answer (timeout, gone) get their Abort in the
   background, so the requester hears of the abort within the freeze timeout.
 - A writer takes part in one sequence at a time: a session claims it at
@@ -37,19 +39,38 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import trio
 
 from shadowfs import statedir
 from shadowfs.documents.enums import BackupType, SnapshotContext, WriterFailure
+from shadowfs.errors import SetAborted
 from shadowfs.ipc import frames
+from shadowfs.ipc.frames import Frame, Message
+from shadowfs.ipc.messages import (
+    EventPayload,
+    MetadataReply,
+    SessionEndReply,
+    SnapshotCreateReply,
+    WriterResultsReply,
+)
 from shadowfs.service import protocol
 from shadowfs.service.protocol import Event
 from shadowfs.service.registry import Outcome, Registry, WriterRecord
 from shadowfs.service.setstore import SetStore
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
+
+
+class SnapshotRow(TypedDict):
+    """One snapshot as the daemon reads it from its volume's diff area (`VolumeOps.snapshots`)."""
+
+    seq: int
+    snapshot_id: str
+    set_id: str
+    created: str
+    bytes: int  # what the diff area holds for this snapshot alone
 
 
 @dataclass
@@ -60,16 +81,18 @@ class TakenSet:
     seqs: dict[str, int] = field(default_factory=dict)
     held_ms: dict[str, float] = field(default_factory=dict)
 
-    def note_commit(self, volume: str, reply: dict[str, Any]) -> None:
-        """Read a commit reply: the sequence, and `held_ms` if the commit also released."""
+    def note_commit(self, volume: str, reply: Frame) -> None:
+        """Read a commit reply (`messages.CommitReply`, checked): the sequence, and `held_ms` if the
+        commit also released."""
         seq = reply["seq"]
         if isinstance(seq, bool) or not isinstance(seq, int):
             raise ValueError(f"seq must be an integer, not {seq!r}")
         self.seqs[volume] = seq
         self.note_release(volume, reply)
 
-    def note_release(self, volume: str, reply: dict[str, Any]) -> None:
-        """Read a release reply; one without `held_ms` (its hold had already ended) adds nothing."""
+    def note_release(self, volume: str, reply: Frame) -> None:
+        """Read a release reply (`messages.ReleaseReply`, checked); one without `held_ms` (its hold
+        had already ended) adds nothing."""
         held = reply.get("held_ms")
         if held is not None:
             if isinstance(held, bool) or not isinstance(held, int | float) or held < 0:
@@ -92,13 +115,13 @@ class VolumeOps(Protocol):
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
-        """Hold all, then commit and release each; on failure nothing stays and RequestError is
+        """Hold all, then commit and release each; on failure nothing stays and SetAborted is
         raised."""
 
     async def delete_set(self, set_id: str) -> int:
         """Delete every snapshot of the set; return how many."""
 
-    async def snapshots(self) -> list[tuple[str, dict[str, Any]]]:
+    async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         """(volume, snapshot record) for every snapshot."""
 
 
@@ -138,10 +161,6 @@ class Session:
             self.claimed.pop(record.identity.instance_id, None)
 
 
-class SetAborted(frames.RequestError):
-    """The snapshot set was not made; the message names every writer or volume that failed."""
-
-
 class Broker:
     """The sequences; shared by every connection of one daemon."""
 
@@ -155,7 +174,7 @@ class Broker:
     # ---- helpers -------------------------------------------------------------------------------
 
     @staticmethod
-    def payload(session: Session, request: frames.Frame, volumes: list[str] | None = None) -> dict[str, Any]:
+    def payload(session: Session, request: Frame, volumes: list[str] | None = None) -> EventPayload:
         """The fields every writer event carries, taken (checked) from the requester's request."""
         return {"session": protocol.text(request, "session", default=session.session_id, limit=64),
                 "context": protocol.enum_field(request, "context", SnapshotContext,
@@ -165,7 +184,7 @@ class Broker:
                 "volumes": volumes or [], "bcd": protocol.document(request, "bcd")}
 
     @staticmethod
-    async def broadcast(records: list[WriterRecord], event: Event, payload: dict[str, Any],
+    async def broadcast(records: list[WriterRecord], event: Event, payload: EventPayload,
                         timeout: float) -> list[Outcome]:
         """Deliver one event to every writer at once; outcomes in the order of `records`."""
         outcomes: list[Outcome | None] = [None] * len(records)
@@ -178,7 +197,7 @@ class Broker:
                 nursery.start_soon(one, i, record)
         return [o for o in outcomes if o is not None]
 
-    def _writers_of(self, request: frames.Frame, session: Session) -> list[WriterRecord]:
+    def _writers_of(self, request: Frame, session: Session) -> list[WriterRecord]:
         """The writers a call names (`writers`: instance ids), else those the session claimed."""
         ids = protocol.string_list(request, "writers", limit=protocol.MAX_WRITERS, optional=True,
                                    item_limit=64)
@@ -193,7 +212,7 @@ class Broker:
 
     # ---- discovery and backup events ------------------------------------------------------------
 
-    async def gather_writer_metadata(self, session: Session, request: frames.Frame) -> frames.Frame:
+    async def gather_writer_metadata(self, session: Session, request: Frame) -> MetadataReply:
         timeout = protocol.seconds(request, "timeout", protocol.EVENT_TIMEOUT)
         assert timeout is not None
         records = list(self.registry.writers.values())
@@ -201,8 +220,8 @@ class Broker:
         outcomes = await self.broadcast(records, Event.IDENTIFY, self.payload(session, request), timeout)
         return {"writers": [{**o.to_json(), "metadata": o.metadata} for o in outcomes]}
 
-    async def sequence_event(self, session: Session, request: frames.Frame, event: Event, *,
-                             claim: bool, release: bool) -> frames.Frame:
+    async def sequence_event(self, session: Session, request: Frame, event: Event, *,
+                             claim: bool, release: bool) -> WriterResultsReply:
         """PrepareForBackup, BackupComplete, Abort, BackupShutdown, PreRestore, PostRestore."""
         timeout = protocol.seconds(request, "timeout", protocol.EVENT_TIMEOUT)
         assert timeout is not None
@@ -221,7 +240,7 @@ class Broker:
 
     # ---- snapshot sets ------------------------------------------------------------------------------
 
-    async def snapshot_create(self, session: Session, request: frames.Frame) -> frames.Frame:
+    async def snapshot_create(self, session: Session, request: Frame) -> SnapshotCreateReply:
         names = self._volume_names(request)
         context = protocol.enum_field(request, "context", SnapshotContext,
                                       SnapshotContext.CLIENT_ACCESSIBLE_WRITERS)
@@ -250,7 +269,7 @@ class Broker:
                                           writer_ids)
             if context.auto_release:
                 session.auto_release.append(set_id)
-            payload = {**self.payload(session, {**request, "context": context.value}, roots)}
+            payload = self.payload(session, {**request, "context": context.value}, roots)
             try:
                 taken, post = await self._sequence(involved, payload, names, set_id, ids, created,
                                                    event_timeout, freeze_timeout)
@@ -275,7 +294,7 @@ class Broker:
                 "writers": [o.to_json() for o in post]}
 
     @staticmethod
-    def _volume_names(request: frames.Frame) -> list[str]:
+    def _volume_names(request: Frame) -> list[str]:
         names = request.get("volumes")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise frames.RequestError("request field 'volumes' must be a non-empty list of volume names")
@@ -287,7 +306,7 @@ class Broker:
         return names
 
     @staticmethod
-    def _snapshot_ids(request: frames.Frame, names: list[str]) -> dict[str, str]:
+    def _snapshot_ids(request: Frame, names: list[str]) -> dict[str, str]:
         """The requester's snapshot ids (AddToSnapshotSet gave them out), else new ones."""
         given = request.get("snapshot_ids")
         if given is None:
@@ -311,7 +330,7 @@ class Broker:
                 raise frames.RequestError(f"volume {name} already has {counts[name]} snapshots, the most "
                                        f"allowed ({self.max_snapshots}); delete some first")
 
-    async def _involved(self, session: Session, request: frames.Frame, wanted: bool | list[Any],
+    async def _involved(self, session: Session, request: Frame, wanted: bool | list[Any],
                         roots: list[str], timeout: float) -> list[WriterRecord]:
         """Writers named by the requester, plus every writer whose files lie on a volume of the set."""
         if wanted is False:
@@ -323,7 +342,7 @@ class Broker:
         touching = [r for r in self.registry.writers.values() if r.connected and r.touches(roots)]
         return list({r.identity.instance_id: r for r in named + touching}.values())
 
-    async def _sequence(self, involved: list[WriterRecord], payload: dict[str, Any], names: list[str],
+    async def _sequence(self, involved: list[WriterRecord], payload: EventPayload, names: list[str],
                         set_id: str, ids: dict[str, str], created: str, event_timeout: float,
                         freeze_timeout: float | None) -> tuple[TakenSet, list[Outcome]]:
         """PrepareForSnapshot, Freeze, hold/commit/release, Thaw, PostSnapshot; abort on any failure."""
@@ -344,7 +363,7 @@ class Broker:
         post = await self.broadcast(involved, Event.POST_SNAPSHOT, payload, event_timeout)
         return taken, post
 
-    async def _step(self, involved: list[WriterRecord], event: Event, payload: dict[str, Any],
+    async def _step(self, involved: list[WriterRecord], event: Event, payload: EventPayload,
                     timeout: float) -> None:
         if not involved:
             return
@@ -358,7 +377,7 @@ class Broker:
         except Exception as exc:  # noqa: BLE001 - logged; the set's entry stays for the next start
             log.error("could not delete the snapshots of aborted set %s: %s", set_id, exc)
 
-    async def _abort(self, involved: list[WriterRecord], payload: dict[str, Any]) -> None:
+    async def _abort(self, involved: list[WriterRecord], payload: EventPayload) -> None:
         """Abort every writer of a failed sequence: wait for the healthy, not for the silent ones."""
         silent = [w for w in involved if not w.connected or w.failure is WriterFailure.TIMEOUT]
         healthy = [w for w in involved if w not in silent]
@@ -369,12 +388,12 @@ class Broker:
 
     # ---- end of a session ------------------------------------------------------------------------
 
-    async def end_session(self, session: Session, *, closing: bool) -> dict[str, Any]:
+    async def end_session(self, session: Session, *, closing: bool) -> SessionEndReply:
         """BackupShutdown to the session's writers and deletion of its auto-release sets."""
         shutdown = [w for w in session.sequenced.values() if w.owner in (None, session)]
         if closing:
             session.closed = True
-        payload = {"session": session.session_id, "volumes": []}
+        payload: EventPayload = {"session": session.session_id, "volumes": []}
         outcomes = await self.broadcast([w for w in shutdown if w.connected], Event.BACKUP_SHUTDOWN, payload,
                                         protocol.ABORT_TIMEOUT)
         session.release()
@@ -400,4 +419,5 @@ class Broker:
         return done
 
 
-Handler = Callable[[Session, frames.Frame], Awaitable[frames.Frame]]
+# a requester call the service hands to the broker: the session, the request, its reply's fields
+Handler = Callable[[Session, Frame], Awaitable[Message]]

@@ -26,7 +26,7 @@ from shadowfs.service import protocol
 from shadowfs.service.broker import Session
 from shadowfs.service.registry import WriterRecord
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 
 class BoundedChannel(Channel):
@@ -43,7 +43,8 @@ class BoundedChannel(Channel):
         if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, int | str)
                                        or isinstance(request_id, str) and len(request_id) > 64):
             frames.close_fds(fds)
-            await self._reply(frames.error_reply(None, "field 'id' must be an integer or a short string"))
+            await self._reply(frames.error_reply(None, "field 'id' must be an integer or a short string",
+                                                 frames.ProtocolError.kind))
             return
         await super()._dispatch(nursery, obj, fds, on_event, on_request)
 
@@ -60,7 +61,8 @@ class BoundedChannel(Channel):
                 frames.close_fds(fds)
                 await self._reply(frames.error_reply(request.get("id"),
                                                      f"too many requests in flight on this "
-                                                     f"connection (limit {self.limit})"))
+                                                     f"connection (limit {self.limit})",
+                                                     frames.RequestError.kind))
                 return
             await super()._serve_one(handler, request, fds)
         finally:

@@ -9,16 +9,26 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TypedDict
 
 import trio
 
 import shadowfs
 from shadowfs import statedir
+from shadowfs.errors import ConfigError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.frames import Frame, Message
+from shadowfs.ipc.messages import (
+    HelloReply,
+    PropertiesReply,
+    SessionEndReply,
+    SnapshotPropertiesEntry,
+    WriterRegisterReply,
+    WritersReply,
+)
 from shadowfs.service import protocol
-from shadowfs.service.broker import Broker, Session, VolumeOps
+from shadowfs.service.broker import Broker, Handler, Session, SnapshotRow, VolumeOps
 from shadowfs.service.connection import BoundedChannel, Connection
 from shadowfs.service.protocol import Event
 from shadowfs.service.registry import Registry
@@ -26,11 +36,18 @@ from shadowfs.service.setstore import SetStore
 
 __all__ = ["BoundedChannel", "Connection", "Service", "VolumeOps"]
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 LEFTOVER_WAIT = 120.0
 
-Op = Callable[[Connection, frames.Frame], Awaitable[frames.Frame]]
+Op = Callable[[Connection, Frame], Awaitable[Message]]
+
+
+class SnapshotExtra(TypedDict):
+    """What the service knows of a snapshot's set beyond the diff area (`snapshot_list` entries)."""
+
+    context: str
+    attributes: int
 
 
 class Service:
@@ -87,16 +104,16 @@ class Service:
         if conn.has_session:
             await self.broker.end_session(conn.session, closing=True)
 
-    def handles(self, op: Any) -> bool:
+    def handles(self, op: object) -> bool:
         return isinstance(op, str) and op in self.ops
 
-    async def handle(self, conn: Connection, request: frames.Frame) -> frames.Frame:
+    async def handle(self, conn: Connection, request: Frame) -> Message:
         protocol.check_protocol(request)
         return await self.ops[request["op"]](conn, request)
 
     # ---- ops -------------------------------------------------------------------------------------
 
-    async def op_hello(self, conn: Connection, request: frames.Frame) -> frames.Frame:
+    async def op_hello(self, conn: Connection, request: Frame) -> HelloReply:
         protocol.check_protocol(request, required=True)
         return {"protocol": protocol.PROTOCOL, "version": shadowfs.__version__,
                 "limits": {"max_frame": frames.MAX_FRAME, "max_in_flight": protocol.MAX_IN_FLIGHT,
@@ -104,7 +121,7 @@ class Service:
                            "max_snapshots_per_volume": self.broker.max_snapshots,
                            "default_freeze_timeout": protocol.DEFAULT_FREEZE_TIMEOUT}}
 
-    async def op_writer_register(self, conn: Connection, request: frames.Frame) -> frames.Frame:
+    async def op_writer_register(self, conn: Connection, request: Frame) -> WriterRegisterReply:
         protocol.check_protocol(request, required=True)
         if conn.writer is not None:
             raise frames.RequestError("this connection has registered a writer already")
@@ -114,11 +131,11 @@ class Service:
         conn.writer = self.registry.register(request, conn.channel, conn.pid)
         return {"protocol": protocol.PROTOCOL, "writer": conn.writer.describe()}
 
-    async def op_writers(self, _conn: Connection, request: frames.Frame) -> frames.Frame:
+    async def op_writers(self, _conn: Connection, request: Frame) -> WritersReply:
         return {"writers": self.registry.describe(departed=protocol.flag(request, "departed", False))}
 
-    def _requester(self, method: Callable[[Session, frames.Frame], Awaitable[frames.Frame]]) -> Op:
-        async def op(conn: Connection, request: frames.Frame) -> frames.Frame:
+    def _requester(self, method: Handler) -> Op:
+        async def op(conn: Connection, request: Frame) -> Message:
             if conn.writer is not None:
                 raise frames.RequestError("this connection belongs to a writer; requester calls need "
                                           "their own")
@@ -126,21 +143,21 @@ class Service:
         return op
 
     def _event(self, event: Event, *, claim: bool, release: bool) -> Op:
-        async def method(session: Session, request: frames.Frame) -> frames.Frame:
+        async def method(session: Session, request: Frame) -> Message:
             return await self.broker.sequence_event(session, request, event, claim=claim, release=release)
         return self._requester(method)
 
-    async def _shutdown(self, session: Session, _request: frames.Frame) -> frames.Frame:
+    async def _shutdown(self, session: Session, _request: Frame) -> SessionEndReply:
         return await self.broker.end_session(session, closing=False)
 
-    async def gather_writer_status(self, session: Session, _request: frames.Frame) -> frames.Frame:
+    async def gather_writer_status(self, session: Session, _request: Frame) -> WritersReply:
         """Every writer this session dealt with (also departed ones), then every other registered writer."""
         records = dict(session.known)
         for instance_id, record in self.registry.writers.items():
             records.setdefault(instance_id, record)
         return {"writers": [r.describe() for r in records.values()]}
 
-    async def op_snapshot_properties(self, _conn: Connection, request: frames.Frame) -> frames.Frame:
+    async def op_snapshot_properties(self, _conn: Connection, request: Frame) -> PropertiesReply:
         """VSS_SNAPSHOT_PROP of one snapshot, or of every snapshot of one set."""
         wanted = protocol.guid(request, "snapshot")
         everything = await self.volumes.snapshots()
@@ -149,8 +166,8 @@ class Service:
             raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
         return {"snapshots": [self.properties(v, r, everything) for v, r in matches]}
 
-    def properties(self, volume: str, record: dict[str, Any],
-                   everything: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    def properties(self, volume: str, record: SnapshotRow,
+                   everything: list[tuple[str, SnapshotRow]]) -> SnapshotPropertiesEntry:
         backing, mount = self.volumes.volume_paths(volume)
         context, attributes = self.sets.context_of(record["set_id"])
         host = socket.gethostname()
@@ -163,7 +180,7 @@ class Service:
                 "context": context.value, "creation_timestamp": record["created"], "status": "created",
                 "seq": record["seq"]}
 
-    def snapshot_extra(self, set_id: str) -> dict[str, Any]:
+    def snapshot_extra(self, set_id: str) -> SnapshotExtra:
         """Fields the daemon adds to each `snapshot_list` entry."""
         context, attributes = self.sets.context_of(set_id)
         return {"context": context.value, "attributes": attributes}
@@ -198,6 +215,6 @@ class Service:
     def _exists(self, name: str) -> bool:
         try:
             self.volumes.volume_paths(name)
-        except (frames.RequestError, statedir.ConfigError):
+        except (frames.RequestError, ConfigError):
             return False
         return True

@@ -23,6 +23,10 @@ Requester -> daemon: see `service.broker.Service` (gather_writer_metadata,
     backup_shutdown, pre_restore, post_restore, gather_writer_status, writers,
     snapshot_properties).
 
+Each of these messages is a type in `shadowfs.ipc.messages` (`WriterRegisterRequest`,
+`WriterEventRequest`, `WriterEventReply`, `SequenceRequest`, `SnapshotCreateRequest`, ...);
+the checks below are what those types promise.
+
 Invariants:
 - Every event a writer gets has a bounded wait on the daemon side
   (`EVENT_TIMEOUT`, the freeze timeout for Freeze), and every field read

@@ -23,7 +23,6 @@ import collections
 import dataclasses
 import logging
 import os
-from typing import Any
 
 import trio
 
@@ -31,10 +30,18 @@ from shadowfs import statedir
 from shadowfs.documents.enums import UsageType, WriterFailure, WriterState
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import (
+    EventPayload,
+    LastFailure,
+    WriterDescription,
+    WriterEventRequest,
+    WriterIdentityFields,
+    WriterResult,
+)
 from shadowfs.service import protocol
 from shadowfs.service.protocol import EVENT_STATES, KEEPS_FAILURE, Event
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 DEPARTED_KEPT = 32
 
@@ -60,7 +67,7 @@ class WriterIdentity:
         return cls(class_id, instance_id, protocol.text(request, "instance_name", default="", limit=256),
                    writer_name, protocol.enum_field(request, "usage_type", UsageType, UsageType.USER_DATA))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WriterIdentityFields:
         return {"class_id": self.class_id, "instance_id": self.instance_id,
                 "instance_name": self.instance_name, "writer_name": self.writer_name,
                 "usage_type": self.usage_type.value}
@@ -78,7 +85,7 @@ class Outcome:
     components: str | None = None
     metadata: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WriterResult:
         return {**self.writer.identity.to_json(), "event": self.event.value, "ok": self.ok,
                 "state": self.writer.state.value,
                 "failure": self.failure.value if self.failure else None, "message": self.message,
@@ -102,12 +109,12 @@ class WriterRecord:
         self.registered = statedir.utc_now()
         self.state = WriterState.STABLE
         self.failure: WriterFailure | None = None
-        self.last_failure: dict[str, Any] | None = None
+        self.last_failure: LastFailure | None = None
         self.last_event: Event | None = None
         self.paths: list[str] | None = None   # what the writer said it touches, from its last Identify
         self.owner: object | None = None      # the session that claimed it for a sequence
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> WriterDescription:
         return {**self.identity.to_json(), "pid": self.pid, "connected": self.connected,
                 "registered": self.registered, "freeze_timeout": self.freeze_timeout,
                 "state": self.state.value, "failure": self.failure.value if self.failure else None,
@@ -124,13 +131,14 @@ class WriterRecord:
         self.state = WriterState.STABLE
         self.failure = None
 
-    async def deliver(self, event: Event, payload: dict[str, Any], timeout: float) -> Outcome:
+    async def deliver(self, event: Event, payload: EventPayload, timeout: float) -> Outcome:
         """Send one event and wait (bounded) for the answer; update state; never raises."""
         self.last_event = event
         if not self.connected:
             return self._settle(Outcome(self, event, False, WriterFailure.NON_RETRYABLE,
                                         "the writer has disconnected"))
-        frame = {**payload, "op": "writer_event", "event": event.value, "timeout": timeout}
+        frame: WriterEventRequest = {**payload, "op": "writer_event", "event": event.value,
+                                     "timeout": timeout}
         outcome: Outcome | None = None
         with trio.move_on_after(timeout + 1.0):
             outcome = await self._call(event, frame, timeout)
@@ -139,7 +147,7 @@ class WriterRecord:
                               f"no answer to {event.value} within {timeout:g} s")
         return self._settle(outcome)
 
-    async def _call(self, event: Event, frame: frames.Frame, timeout: float) -> Outcome:
+    async def _call(self, event: Event, frame: WriterEventRequest, timeout: float) -> Outcome:
         try:
             reply = await self.channel.call(frame, timeout=timeout)
         except frames.CallTimeout:
@@ -156,6 +164,7 @@ class WriterRecord:
         return self._read_reply(event, reply)
 
     def _read_reply(self, event: Event, reply: frames.Frame) -> Outcome:
+        """The writer's `WriterEventReply`, checked field by field; anything malformed is a failure."""
         try:
             status = reply.get("status")
             message = _one_line(protocol.text(reply, "message", default="", limit=protocol.MAX_TEXT * 4))
@@ -236,7 +245,7 @@ class Registry:
             chosen.append(record)
         return chosen
 
-    def describe(self, *, departed: bool = False) -> list[dict[str, Any]]:
+    def describe(self, *, departed: bool = False) -> list[WriterDescription]:
         records = list(self.writers.values()) + (list(self.departed) if departed else [])
         return [r.describe() for r in sorted(records, key=lambda r: (r.identity.writer_name,
                                                                       r.identity.instance_id))]

@@ -31,7 +31,7 @@ from shadowfs import statedir
 from shadowfs.documents.enums import SnapshotContext
 from shadowfs.service.protocol import context_attributes
 
-log = logging.getLogger("shadowfs.service")
+log = logging.getLogger(__name__)
 
 SETS_FILE = "sets.json"
 VERSION = 1
@@ -94,8 +94,9 @@ class SetStore:
         entry = self.sets.get(set_id)
         if entry is None:
             return LEGACY_CONTEXT, int(context_attributes(LEGACY_CONTEXT))
+        value = entry.get("context")
         try:
-            context = SnapshotContext(entry.get("context"))
+            context = SnapshotContext(value) if isinstance(value, str) else LEGACY_CONTEXT
         except ValueError:
             context = LEGACY_CONTEXT
         return context, int(entry.get("attributes", int(context_attributes(context))))

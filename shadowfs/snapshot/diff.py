@@ -20,18 +20,13 @@ xattrs, symlink target (not atime, which reads change without a capture).
 
 from __future__ import annotations
 
+import functools
 import stat
 from typing import Any
 
-from shadowfs.media.records import KIND_OF_FMT
-from shadowfs.snapshot.changes import (
-    ObjectChanges,
-    SnapshotReader,
-    Tree,
-    changed_ranges,
-    tree_at_new,
-    walk_tree,
-)
+from shadowfs.diffarea.schema import KIND_OF_FMT, BackingIno
+from shadowfs.snapshot.changes import ObjectChanges, Tree, changed_ranges, tree_at_new, walk_tree
+from shadowfs.snapshot.readers import SnapshotReader
 from shadowfs.snapshot.tree import Meta
 
 ATTRIBUTES = ("mode", "uid", "gid", "size", "mtime_ns", "ctime_ns", "nlink", "rdev", "xattrs", "target")
@@ -41,22 +36,22 @@ def attribute_changes(before: Meta, after: Meta) -> list[str]:
     return [name for name in ATTRIBUTES if getattr(before, name) != getattr(after, name)]
 
 
-def _entry_paths(tree: Tree) -> dict[int, dict[tuple[int, str], str]]:
-    out: dict[int, dict[tuple[int, str], str]] = {}
+def _entry_paths(tree: Tree) -> dict[BackingIno, dict[tuple[BackingIno, str], str]]:
+    out: dict[BackingIno, dict[tuple[BackingIno, str], str]] = {}
     for path, ino, _, parent in tree.walk():
         out.setdefault(ino, {})[(parent, path.rsplit("/", 1)[-1])] = path
     return out
 
 
-def _kinds(tree: Tree) -> dict[int, str]:
+def _kinds(tree: Tree) -> dict[BackingIno, str]:
     out = {tree.root: "dir"}
     for _, ino, kind, _ in tree.walk():
         out[ino] = KIND_OF_FMT.get(kind, "file")
     return out
 
 
-def diff_snapshots(changes: ObjectChanges, reader_a: SnapshotReader, reader_b: SnapshotReader, root: int,
-                   tree_a: Tree | None = None) -> list[dict[str, Any]]:
+def diff_snapshots(changes: ObjectChanges, reader_a: SnapshotReader, reader_b: SnapshotReader,
+                   root: BackingIno, tree_a: Tree | None = None) -> list[dict[str, Any]]:
     """Every change from snapshot `changes.base` (reader_a) to `changes.new` (reader_b), sorted by path."""
     if tree_a is None:
         tree_a = walk_tree(reader_a, root)
@@ -93,7 +88,7 @@ def diff_snapshots(changes: ObjectChanges, reader_a: SnapshotReader, reader_b: S
                     detail["attributes"] = attrs
                 if stat.S_ISREG(meta_b.mode):
                     data = changed_ranges(changes, ino, meta_a.size, meta_b.size,
-                                          lambda off, n, i=ino, p=first_b: reader_b.read(i, p, off, n))
+                                          functools.partial(reader_b.read, ino, first_b))
                     if data:
                         detail["data"] = [list(r) for r in data]
                 if meta_a.size != meta_b.size:

@@ -6,14 +6,16 @@ sorted (so parents come before children and the first path of a hard-link
 group comes first), through directory descriptors opened with O_NOFOLLOW; a
 symlink is recorded, never entered or followed. `SparseReader` reads a regular
 file's bytes (any `ByteSource`: a file of the tree opened lazily, `PathSource`,
-or a snapshot's file by inode, `changes.ViewSource`) as data extents: holes
+or a snapshot's file by inode, `readers.ViewSource`) as data extents: holes
 (SEEK_HOLE where the filesystem knows them, and every 4 KiB block of zeros) are
 skipped, so sparse files stay sparse on the media and after a restore.
 
 Invariants:
 - Inode numbers are recorded masked to 32 bits: in the snapshot browser the
-  low 32 bits of st_ino are the backing inode (`browserfs.snapshot_node`), the
+  low 32 bits of st_ino are the backing inode (`browser.nodes.snapshot_node`), the
   identity the diff area uses; on ext4 backing trees the mask changes nothing.
+  So every inode number this module hands out is a `BackingIno`, typed where
+  it is masked.
 - Names hidden at the root (``.shadowfs`` of a backing directory) are never
   visited.
 """
@@ -28,9 +30,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
+from shadowfs.diffarea.schema import KIND_OF_FMT, BackingIno
 from shadowfs.linux.confined import DIR_FLAGS, Confined, at_path, join
 from shadowfs.linux.syscalls import data_regions
-from shadowfs.media.records import KIND_OF_FMT
 
 INO_MASK = 0xFFFFFFFF
 READ_CHUNK = 1 << 20
@@ -52,7 +54,7 @@ class Meta:
     ctime_ns: int
     nlink: int
     rdev: int
-    ino: int
+    ino: BackingIno
     xattrs: dict[str, bytes] = field(default_factory=dict)
     target: str | None = None
 
@@ -89,7 +91,7 @@ def meta_at(dir_fd: int, name: str, st: os.stat_result | None = None) -> Meta:
         raise OSError(errno.EINVAL, f"{name}: unknown file type {st.st_mode:o}")
     target = os.fsdecode(os.readlink(name, dir_fd=dir_fd)) if kind == "symlink" else None
     return Meta(kind, st.st_mode, st.st_uid, st.st_gid, 0 if kind == "dir" else st.st_size, st.st_atime_ns,
-                st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_rdev, st.st_ino & INO_MASK,
+                st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, st.st_rdev, BackingIno(st.st_ino & INO_MASK),
                 read_xattrs(dir_fd, name), target)
 
 
@@ -162,7 +164,7 @@ class SourceTree:
         except ValueError:  # UnsafePath: a symlink on the way
             return None
 
-    def lookup(self, path: str, name: str) -> tuple[int, int] | None:
+    def lookup(self, path: str, name: str) -> tuple[BackingIno, int] | None:
         """(masked inode, S_IFMT) of entry `name` of directory `path`, or None."""
         if path == "" and name in self.hidden:
             return None
@@ -170,15 +172,15 @@ class SourceTree:
             st = os.stat(name, dir_fd=self.tree.dir_fd(path), follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return st.st_ino & INO_MASK, stat.S_IFMT(st.st_mode)
+        return BackingIno(st.st_ino & INO_MASK), stat.S_IFMT(st.st_mode)
 
-    def listdir(self, path: str) -> list[tuple[str, int, int]]:
+    def listdir(self, path: str) -> list[tuple[str, BackingIno, int]]:
         """(name, masked inode, S_IFMT) of every entry of directory `path`, names sorted."""
         dir_fd = self.tree.dir_fd(path)
         out = []
         for name in self._names(dir_fd, path):
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            out.append((name, st.st_ino & INO_MASK, stat.S_IFMT(st.st_mode)))
+            out.append((name, BackingIno(st.st_ino & INO_MASK), stat.S_IFMT(st.st_mode)))
         return out
 
     def open_file(self, path: str) -> int:

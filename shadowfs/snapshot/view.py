@@ -1,6 +1,6 @@
 """The read model of one snapshot: what an object looked like at the instant.
 
-One job: DESIGN section 3's read rule, with its read-validate step, for
+One job: the read rule of design §3.2, with its read-validate step, for
 attributes, directory entries, directory listings, symlinks, xattrs and data.
 Every method first reads the live value from the backing filesystem and only
 then opens an LMDB read transaction to look for a pre-image: a pre-image is
@@ -25,6 +25,9 @@ Invariants:
   directory's read position is per open file).
 - Data reads assemble their result in place: live runs and captured extents
   are read with preadv straight into one buffer.
+- Objects are `BackingIno`s, the snapshot a `Seq`. Inode numbers read from
+  the backing filesystem (a live directory entry) are typed where they are
+  read; reads take the caller's `BackingIno` as it is, with no conversion.
 """
 
 from __future__ import annotations
@@ -32,18 +35,22 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-import lmdb
-
-from shadowfs.capture.engine import attr_from_stat, block_span
 from shadowfs.diffarea import schema
-from shadowfs.diffarea.area import DiffArea
-from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, BlockRef, DirentRecord
+from shadowfs.diffarea.area import DiffArea, Txn
+from shadowfs.diffarea.schema import (
+    BLOCK_SIZE,
+    AttrRecord,
+    BackingIno,
+    BlockRef,
+    DirentRecord,
+    Seq,
+    attr_from_stat,
+    block_span,
+)
+from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import data_regions, list_xattrs, open_by_ino
 
 _GONE = (errno.ESTALE, errno.ENOENT, errno.ENOTDIR)
@@ -52,114 +59,47 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
-@dataclass
-class _Cached:
-    """One cached descriptor; `pins` counts the threads using it right now."""
-
-    fd: int
-    pins: int = 0
-    dead: bool = False  # dropped from the cache (closed LiveObjects): close at the last give-back
-
-
 class LiveObjects:
-    """Descriptors of live backing objects of one volume, by inode, least recently used out.
+    """Descriptors of live backing objects of one volume, by inode and open flags.
 
-    Safe to use from several threads at once: a descriptor is *borrowed* for
-    the length of one use, and the LRU never closes a borrowed descriptor (it
-    may hold more than `capacity` for as long as that many are borrowed), so a
-    thread can never find its descriptor closed, or its number reused for
-    another file, in the middle of a call. The lock is never held across a
-    system call that can wait on the disk.
-
+    Safe to use from several threads at once: a descriptor is *borrowed* for the
+    length of one use (`linux.fdcache`), so a thread never finds its descriptor
+    closed, or its number reused for another file, in the middle of a call.
     A cached descriptor keeps its inode allocated, which is harmless: shadowfs
     only reaches inodes that a snapshot still needs.
     """
 
     def __init__(self, root_fd: int, capacity: int = 1024) -> None:
         self.root_fd = root_fd
-        self.root_ino = os.fstat(root_fd).st_ino
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._fds: OrderedDict[tuple[int, int], _Cached] = OrderedDict()
-        self._closed = False
+        self.root_ino = BackingIno(os.fstat(root_fd).st_ino)
+        self._cache: DescriptorCache[tuple[BackingIno, int]] = DescriptorCache(
+            capacity, lambda key: open_by_ino(root_fd, key[0], key[1]))
 
     @contextmanager
-    def borrow(self, ino: int, flags: int = _PATH_FLAGS) -> Iterator[int]:
+    def borrow(self, ino: BackingIno, flags: int = _PATH_FLAGS) -> Iterator[int]:
         """A descriptor of inode `ino` opened with `flags`, open until the block ends."""
-        entry = self._acquire(ino, flags)
-        try:
-            yield entry.fd
-        finally:
-            self._give_back(entry)
+        with self._cache.borrow((ino, flags)) as fd:
+            yield fd
 
-    def open(self, ino: int, flags: int = _READ_FLAGS) -> int:
+    def open(self, ino: BackingIno, flags: int = _READ_FLAGS) -> int:
         """A new descriptor of `ino`, owned by the caller (not cached)."""
         return open_by_ino(self.root_fd, ino, flags)
 
-    def _acquire(self, ino: int, flags: int) -> _Cached:
-        key = (ino, flags)
-        with self._lock:
-            entry = self._fds.get(key)
-            if entry is not None:
-                entry.pins += 1
-                self._fds.move_to_end(key)
-                return entry
-        fd = open_by_ino(self.root_fd, ino, flags)  # may read the inode from disk: unlocked
-        with self._lock:
-            entry = self._fds.get(key)
-            if entry is not None or self._closed:  # another thread was quicker, or closed
-                if entry is None:
-                    return _Cached(fd, pins=1, dead=True)
-                os.close(fd)
-                entry.pins += 1
-                self._fds.move_to_end(key)
-                return entry
-            entry = self._fds[key] = _Cached(fd, pins=1)
-            self._evict()
-            return entry
-
-    def _evict(self) -> None:
-        """Close the least recently used unborrowed descriptors beyond the capacity (lock held)."""
-        excess = len(self._fds) - self._capacity
-        if excess <= 0:
-            return
-        victims = []
-        for key, entry in self._fds.items():
-            if entry.pins == 0:
-                victims.append(key)
-                if len(victims) == excess:
-                    break
-        for key in victims:
-            os.close(self._fds.pop(key).fd)
-
-    def _give_back(self, entry: _Cached) -> None:
-        with self._lock:
-            entry.pins -= 1
-            if entry.dead and entry.pins == 0:
-                os.close(entry.fd)
-
     def close(self) -> None:
         """Close every descriptor; one still borrowed is closed when it is given back."""
-        with self._lock:
-            self._closed = True
-            for entry in self._fds.values():
-                if entry.pins == 0:
-                    os.close(entry.fd)
-                else:
-                    entry.dead = True
-            self._fds.clear()
+        self._cache.close()
 
 
 class SnapshotView:
     """One snapshot (sequence `seq`) of one volume."""
 
-    def __init__(self, area: DiffArea, live: LiveObjects, seq: int) -> None:
+    def __init__(self, area: DiffArea, live: LiveObjects, seq: Seq) -> None:
         self.area = area
         self.live = live
         self.seq = seq
         self.root_ino = live.root_ino
 
-    def _txn_checked(self) -> lmdb.Transaction:
+    def _txn_checked(self) -> Txn:
         txn = self.area.env.begin()
         if not self.area.has_snapshot(txn, self.seq):
             txn.abort()
@@ -168,7 +108,7 @@ class SnapshotView:
 
     # ---- attributes ------------------------------------------------------
 
-    def _live_attr(self, ino: int, with_xattrs: bool, fd: int | None = None) -> AttrRecord | None:
+    def _live_attr(self, ino: BackingIno, with_xattrs: bool, fd: int | None = None) -> AttrRecord | None:
         if fd is not None:  # the caller's own descriptor of a regular file
             return attr_from_stat(os.fstat(fd), b"", list_xattrs(fd) if with_xattrs else None)
         try:
@@ -183,7 +123,7 @@ class SnapshotView:
                 return None
             raise
 
-    def attr(self, ino: int, *, with_xattrs: bool = False, fd: int | None = None) -> AttrRecord:
+    def attr(self, ino: BackingIno, *, with_xattrs: bool = False, fd: int | None = None) -> AttrRecord:
         """The object's attributes at the snapshot; ENOENT if it did not exist then. `fd`: the
         caller's descriptor of the live object, if it has one (saves opening another)."""
         live = self._live_attr(ino, with_xattrs, fd)
@@ -201,21 +141,21 @@ class SnapshotView:
             record = dataclasses.replace(record, nlink=record.nlink - 1)
         return record
 
-    def readlink(self, ino: int) -> bytes:
+    def readlink(self, ino: BackingIno) -> bytes:
         record = self.attr(ino)
         if not record.is_symlink:
             raise OSError(errno.EINVAL, "not a symlink")
         return record.symlink_target
 
-    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+    def xattrs(self, ino: BackingIno) -> dict[bytes, bytes]:
         return self.attr(ino, with_xattrs=True).xattrs
 
     # ---- directories -----------------------------------------------------
 
-    def _hidden(self, dir_ino: int, name: bytes) -> bool:
+    def _hidden(self, dir_ino: BackingIno, name: bytes) -> bool:
         return dir_ino == self.root_ino and name == schema.HIDDEN_DIR
 
-    def lookup(self, dir_ino: int, name: bytes) -> DirentRecord:
+    def lookup(self, dir_ino: BackingIno, name: bytes) -> DirentRecord:
         """The entry `name` of directory `dir_ino` at the snapshot; ENOENT if none."""
         if self._hidden(dir_ino, name):
             raise OSError(errno.ENOENT, "no such entry")
@@ -223,7 +163,7 @@ class SnapshotView:
         try:
             with self.live.borrow(dir_ino) as dir_fd:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            live = DirentRecord(st.st_ino, (st.st_mode & 0o170000) >> 12)
+            live = DirentRecord(BackingIno(st.st_ino), (st.st_mode & 0o170000) >> 12)
         except OSError as exc:
             if exc.errno not in _GONE:
                 raise
@@ -238,7 +178,7 @@ class SnapshotView:
             raise OSError(errno.ENOENT, "no such entry")
         return record
 
-    def listdir(self, dir_ino: int) -> list[tuple[bytes, DirentRecord]]:
+    def listdir(self, dir_ino: BackingIno) -> list[tuple[bytes, DirentRecord]]:
         """Every entry of `dir_ino` at the snapshot, sorted by name."""
         entries: dict[bytes, DirentRecord] = {}
         try:
@@ -249,7 +189,7 @@ class SnapshotView:
                 with os.scandir(dir_fd) as scan:
                     for entry in scan:
                         name = os.fsencode(entry.name)
-                        entries[name] = DirentRecord(entry.inode(), 0)
+                        entries[name] = DirentRecord(BackingIno(entry.inode()), 0)
             finally:
                 os.close(dir_fd)
         except OSError as exc:
@@ -271,17 +211,17 @@ class SnapshotView:
 
     # ---- data ------------------------------------------------------------
 
-    def read(self, ino: int, offset: int, size: int, file_size: int) -> bytes:
+    def read(self, ino: BackingIno, offset: int, size: int, file_size: int) -> bytes:
         """Bytes [offset, offset+size) of a regular file whose size at the snapshot is given."""
         return bytes(self.read_buffer(ino, offset, size, file_size))
 
-    def read_buffer(self, ino: int, offset: int, size: int, file_size: int,
+    def read_buffer(self, ino: BackingIno, offset: int, size: int, file_size: int,
                     fd: int | None = None) -> bytes | bytearray:
         """`read`, but the result may be a bytearray (no copy); `fd` is the caller's descriptor
         of the live file open for reading (else one is borrowed from the cache)."""
         return self.read_hinted(ino, offset, size, file_size, fd)[0]
 
-    def read_hinted(self, ino: int, offset: int, size: int, file_size: int, fd: int | None = None,
+    def read_hinted(self, ino: BackingIno, offset: int, size: int, file_size: int, fd: int | None = None,
                     *, live_first: bool = False) -> tuple[bytes | bytearray, bool]:
         """`read_buffer`, and whether any block came from the diff area.
 
@@ -323,7 +263,7 @@ class SnapshotView:
             self.area.read_blocks_into(refs, out, offset)
             live = [block for block in live if block not in refs]
 
-    def data_regions(self, ino: int, size: int) -> list[tuple[int, int]]:
+    def data_regions(self, ino: BackingIno, size: int) -> list[tuple[int, int]]:
         """(offset, end) regions below `size` (the file's size at the snapshot) that may hold data
         at the snapshot: the live file's data regions, then, looked up afterwards (read-validate),
         every captured block. A block that was a hole at the snapshot and is one live is in
@@ -347,7 +287,7 @@ class SnapshotView:
                 merged.append((start, end))
         return merged
 
-    def _block_refs(self, ino: int, start: int, stop: int,
+    def _block_refs(self, ino: BackingIno, start: int, stop: int,
                     only: list[int] | None = None) -> dict[int, BlockRef]:
         """Where the captured blocks among [start, stop) (or among `only`) of `ino` are, in a
         transaction that first checks that the snapshot exists."""
@@ -365,7 +305,7 @@ class SnapshotView:
             refs = {block: ref for block, ref in refs.items() if block in wanted}
         return refs
 
-    def _pread_live(self, ino: int, fd: int | None, offset: int, size: int) -> bytes:
+    def _pread_live(self, ino: BackingIno, fd: int | None, offset: int, size: int) -> bytes:
         """Live bytes [offset, offset+size); zeros past the live file's end or if it is gone."""
         data = b""
         try:
@@ -381,7 +321,7 @@ class SnapshotView:
             data += bytes(size - len(data))
         return data
 
-    def _read_live_runs(self, ino: int, fd: int | None, out: memoryview, offset: int,
+    def _read_live_runs(self, ino: BackingIno, fd: int | None, out: memoryview, offset: int,
                         blocks: list[int]) -> None:
         """Read the live bytes of `blocks` (ascending) into `out`, which holds the file from
         `offset`; one preadv per run of adjacent blocks. Bytes past the live end stay zero."""

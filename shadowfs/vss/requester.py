@@ -6,16 +6,17 @@
    writer_metadata: instance id -> documents.WriterMetadata (the WMDs)
 ```
 
-One job: keep the Backup Components Document and the writers' metadata on the
-requester side, and turn each VSS call into daemon requests. Calls that only
-change the document (`set_context`, `add_component`, `set_backup_succeeded`,
-...) are plain methods; calls that talk to the daemon are `async` (trio).
-`SyncBackupComponents` is the same API, blocking, for scripts and the CLI: it
-talks over a plain socket and never imports trio (whose import alone costs
-0.15 s warm, 0.35 s on a cold cache), driving the same coroutines to
-completion (`_complete`): every await in them ends in a blocking call.
+One job: the two faces of a requester session (`vss.session.RequesterSession`,
+which keeps the documents and holds every call once). Calls that only change
+the document (`set_context`, `add_component`, `set_backup_succeeded`, ...) are
+plain methods of both. Calls that talk to the daemon are `async` (trio) in
+`BackupComponents`; `SyncBackupComponents` has the same calls, with the same
+names and arguments, blocking, for scripts and jobs: it talks over a plain
+socket and never imports trio (whose import alone costs 0.15 s warm, 0.35 s
+on a cold cache), driving the same coroutines to completion (`complete`):
+every await in them ends in a blocking call.
 
-Backup, as in seeds 000 and 001:
+Backup, in the order of vss §2:
 
     async with BackupComponents() as bc:
         bc.set_context(SnapshotContext.BACKUP)
@@ -31,130 +32,73 @@ Backup, as in seeds 000 and 001:
         await bc.backup_complete()
         xml = bc.save_as_xml()
 
+    with SyncBackupComponents() as bc:      # the same, blocking: bc.gather_writer_metadata(), ...
+
 Invariants:
-- The requester's BCD is the authority: a writer's answer can only change the
-  fields VSS lets writers set (stamps, differenced and partial files, directed
-  targets, restore target, restore failure messages) of components that are
-  already in the document.
 - The session is the connection: closing it (or the process dying) ends the
   session on the daemon side, which deletes auto-release snapshot sets and
   sends BackupShutdown.
+- Every failure is a `RequesterError` (`session.requester_error`).
+- Importing this module, and using `SyncBackupComponents`, imports no trio;
+  `BackupComponents` imports it when it connects.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import functools
-import inspect
-import itertools
-import os
-import socket
-import uuid
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from shadowfs import statedir
-from shadowfs.documents import (
-    BackupComponents as BackupComponentsDocument,
+from shadowfs.documents import WriterMetadata
+from shadowfs.errors import (
+    DaemonUnavailable,
+    RequesterError,
+    RequesterRefused,
+    ShadowfsError,
+    SnapshotSetAborted,
+    from_wire,
 )
-from shadowfs.documents import (
-    BackupType,
-    ComponentState,
-    ComponentType,
-    DocumentError,
-    FileRestoreStatus,
-    RestoreType,
-    SnapshotContext,
-    WriterComponents,
-    WriterFailure,
-    WriterMetadata,
-    WriterState,
+from shadowfs.ipc import client, frames
+from shadowfs.ipc.frames import Frame, Message
+from shadowfs.ipc.messages import (
+    BackupShutdownRequest,
+    DeletedSnapshot,
+    HelloRequest,
+    SessionEndReply,
+    SnapshotCreateReply,
+    VolumeEntry,
+    WriterResult,
 )
-from shadowfs.ipc import frames
 from shadowfs.service import protocol
+from shadowfs.vss.session import (
+    CALL_TIMEOUT,
+    RequesterSession,
+    SnapshotProperties,
+    WriterStatus,
+    requester_error,
+)
 
 if TYPE_CHECKING:
     import trio
 
     from shadowfs.ipc.channel import Channel
 
-CALL_TIMEOUT = 600.0
-WRITER_FIELDS = ("backup_stamp", "differenced_files", "partial_files", "directed_targets", "restore_target",
-                 "pre_restore_failure_msg", "post_restore_failure_msg")
+__all__ = ["BackupComponents", "DaemonUnavailable", "RequesterError", "RequesterRefused",
+           "SnapshotProperties", "SnapshotSetAborted", "SyncBackupComponents", "WriterStatus"]
+
+T = TypeVar("T")
+
+HELLO: HelloRequest = {"op": "hello", "protocol": protocol.PROTOCOL, "role": "requester"}
+SHUTDOWN_TIMEOUT = 60.0
 
 
-class RequesterError(Exception):
-    """A requester call failed; the message says why (from the daemon where it came from there)."""
-
-
-class SnapshotSetAborted(RequesterError):
-    """`do_snapshot_set` failed: no snapshot of the set exists, every writer was thawed or aborted."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WriterStatus:
-    """One writer's status after GatherWriterStatus (VSS: GetWriterStatus)."""
-
-    instance_id: str
-    class_id: str
-    writer_name: str
-    instance_name: str
-    state: WriterState
-    failure: WriterFailure | None
-    last_failure: dict[str, Any] | None
-    connected: bool
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WriterStatus:
-        failure = data.get("failure")
-        return cls(data["instance_id"], data["class_id"], data["writer_name"], data.get("instance_name", ""),
-                   WriterState(data["state"]), WriterFailure(failure) if failure else None,
-                   data.get("last_failure"), bool(data.get("connected", True)))
-
-
-@dataclasses.dataclass(frozen=True)
-class SnapshotProperties:
-    """VSS_SNAPSHOT_PROP: what a requester needs to read one snapshot (device object = browser path)."""
-
-    snapshot_id: str
-    snapshot_set_id: str
-    snapshots_count: int
-    snapshot_device_object: str
-    original_volume_name: str
-    original_volume_path: str
-    backing_path: str
-    originating_machine: str
-    service_machine: str
-    exposed_name: str | None
-    exposed_path: str | None
-    provider_id: str
-    snapshot_attributes: int
-    context: SnapshotContext
-    creation_timestamp: str
-    status: str
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SnapshotProperties:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["context"] = SnapshotContext(values["context"])
-        return cls(**values)
-
-
-class BackupComponents:
+class BackupComponents(RequesterSession):
     """One backup or restore session (VSS: IVssBackupComponents), async on trio."""
 
     def __init__(self, state_dir: str | None = None) -> None:
-        self.state_dir = statedir.resolve_state_dir(state_dir)
-        self.document = BackupComponentsDocument()
-        self.writer_metadata: dict[str, WriterMetadata] = {}
-        self.writer_status: list[WriterStatus] = []
-        self.last_results: list[dict[str, Any]] = []
-        self._volumes: dict[str, str] = {}   # volume name -> snapshot id (AddToSnapshotSet)
+        super().__init__(state_dir)
         self._channel: Channel | None = None
-        self._blocking: _BlockingSession | None = None
-        self._nursery_cm: Any = None
+        self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
 
     # ---- connection ------------------------------------------------------------------------------
 
@@ -163,30 +107,27 @@ class BackupComponents:
 
         `async with BackupComponents() as bc:` does this with a nursery of its own.
         """
-        import trio  # here, not at the top: the blocking API never needs it
-
-        from shadowfs.ipc.channel import Channel
+        from shadowfs.ipc.channel import Channel  # here, not at the top: the blocking API never needs trio
 
         if self._channel is not None:
             return
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await sock.connect(statedir.socket_path(self.state_dir))
-        except OSError as exc:
-            sock.close()
-            raise RequesterError(f"shadowfs daemon is not running on state {self.state_dir} "
-                                 f"({exc.strerror or exc})") from None
-        self._channel = Channel(sock)
+            # a Unix socket connects at once (the daemon accepts from a backlog): fine in a trio task
+            sock = client.connect(self.state_dir)
+        except ShadowfsError as exc:
+            raise requester_error(exc) from None
+        self._channel = Channel.from_socket(sock)
         await nursery.start(self._channel.run)
-        await self._call({"op": "hello", "protocol": protocol.PROTOCOL, "role": "requester"})
+        await self._call(HELLO)
 
     async def close(self) -> None:
         """End the session: BackupShutdown to the writers, auto-release sets deleted, connection closed."""
         if self._channel is None:
             return
         channel, self._channel = self._channel, None
+        shutdown: BackupShutdownRequest = {"op": "backup_shutdown"}
         try:
-            await channel.call({"op": "backup_shutdown"}, timeout=60)
+            await channel.call(shutdown, timeout=SHUTDOWN_TIMEOUT)
         except (frames.RemoteError, frames.ChannelClosed, frames.CallTimeout, OSError, RuntimeError):
             pass  # the daemon is gone (RuntimeError: the channel's reader ended): nothing to shut down
         finally:
@@ -207,395 +148,135 @@ class BackupComponents:
     async def __aexit__(self, *exc: Any) -> None:
         import trio
 
+        assert self._nursery_cm is not None
         try:
             with trio.CancelScope(shield=True):
                 await self.close()
         finally:
             await self._nursery_cm.__aexit__(*exc)
 
-    async def _call(self, request: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+    async def _call(self, request: Message, timeout: float = CALL_TIMEOUT) -> Frame:
         full = {"protocol": protocol.PROTOCOL, **request}
+        if self._channel is None:
+            raise RequesterRefused("not connected: use `async with BackupComponents() as bc:`")
         try:
-            if self._blocking is not None:
-                reply = self._blocking.call(full, timeout)
-            elif self._channel is not None:
+            try:
                 reply = await self._channel.call(full, timeout=timeout)
-            else:
-                raise RequesterError("not connected: use `async with BackupComponents() as bc:`")
-        except frames.RemoteError as exc:
-            if str(exc).startswith("snapshot set aborted"):
-                raise SnapshotSetAborted(str(exc)) from None
-            raise RequesterError(str(exc)) from None
-        except (frames.ChannelClosed, frames.CallTimeout, frames.ProtocolError, OSError) as exc:
-            raise RequesterError(f"lost the shadowfs daemon: {exc}") from None
+            except frames.RemoteError as exc:  # the channel keeps the kind; the class comes back here
+                raise from_wire(str(exc), exc.kind) from None
+        except (ShadowfsError, OSError) as exc:
+            raise requester_error(exc) from None
         return {k: v for k, v in reply.items() if k not in ("id", "ok")}
 
-    # ---- document-only calls -----------------------------------------------------------------------
-
-    def set_context(self, context: SnapshotContext | str) -> None:
-        self.document.set_context(SnapshotContext(context))
-
-    def set_backup_state(self, select_components: bool, bootable_system_state_backup: bool,
-                         backup_type: BackupType | str, partial_file_support: bool = False) -> None:
-        self.document.set_backup_state(select_components, bootable_system_state_backup,
-                                       BackupType(backup_type), partial_file_support)
-
-    def set_restore_state(self, restore_type: RestoreType | str) -> None:
-        self.document.set_restore_state(RestoreType(restore_type))
-
-    def add_component(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                      logical_path: str, name: str) -> ComponentState:
-        return self.document.add_component(uuid.UUID(str(instance_id)), uuid.UUID(str(writer_id)),
-                                           ComponentType(component_type), logical_path, name)
-
-    def component(self, instance_id: str, logical_path: str, name: str) -> ComponentState:
-        """A component in the document (DocumentError if it is not there)."""
-        return self.document.component(uuid.UUID(str(instance_id)), logical_path, name)
-
-    def set_previous_backup_stamp(self, instance_id: str, logical_path: str, name: str, stamp: str) -> None:
-        self.component(instance_id, logical_path, name).set_previous_backup_stamp(stamp)
-
-    def set_backup_options(self, instance_id: str, logical_path: str, name: str, options: str) -> None:
-        self.component(instance_id, logical_path, name).set_backup_options(options)
-
-    def set_restore_options(self, instance_id: str, logical_path: str, name: str, options: str) -> None:
-        self.component(instance_id, logical_path, name).set_restore_options(options)
-
-    def set_backup_succeeded(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                             logical_path: str, name: str, succeeded: bool, failure_msg: str = "") -> None:
-        self.component(instance_id, logical_path, name).set_backup_succeeded(succeeded, failure_msg)
-
-    def set_selected_for_restore(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                                 logical_path: str, name: str, selected: bool) -> None:
-        self.component(instance_id, logical_path, name).set_selected_for_restore(selected)
-
-    def set_additional_restores(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                                logical_path: str, name: str, additional: bool) -> None:
-        self.component(instance_id, logical_path, name).set_additional_restores(additional)
-
-    def add_new_target(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                       logical_path: str, name: str, path: str, filespec: str, recursive: bool,
-                       alternate_path: str) -> None:
-        self.component(instance_id, logical_path, name).add_new_target(path, filespec, recursive,
-                                                                       alternate_path)
-
-    def set_ranges_file_path(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                             logical_path: str, name: str, partial_file_index: int, path: str) -> None:
-        self.component(instance_id, logical_path, name).set_ranges_file_path(partial_file_index, path)
-
-    def set_file_restore_status(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                                logical_path: str, name: str, status: FileRestoreStatus | str) -> None:
-        self.component(instance_id, logical_path, name).set_file_restore_status(FileRestoreStatus(status))
-
-    def add_alternative_location_mapping(self, instance_id: str, writer_id: str,
-                                         component_type: ComponentType | str, logical_path: str, name: str,
-                                         path: str, filespec: str, recursive: bool, destination: str) -> None:
-        self.component(instance_id, logical_path, name).add_alternative_location_mapping(
-            path, filespec, recursive, destination)
-
-    def add_restore_subcomponent(self, instance_id: str, writer_id: str, component_type: ComponentType | str,
-                                 logical_path: str, name: str, sub_logical_path: str, sub_name: str,
-                                 repair: bool = False) -> None:
-        self.component(instance_id, logical_path, name).add_restore_subcomponent(sub_logical_path, sub_name,
-                                                                                 repair)
-
-    def save_as_xml(self) -> str:
-        """The BCD as XML (SaveAsXML): keep it with the backup; `load_from_xml` reads it back."""
-        return self.document.to_xml()
-
-    def load_from_xml(self, xml: str | bytes) -> None:
-        """Start a restore from a saved BCD (InitializeForRestore); DocumentError if it is not one."""
-        self.document = BackupComponentsDocument.from_xml(xml)
-
-    initialize_for_restore = load_from_xml
-
-    def get_writer_metadata_count(self) -> int:
-        return len(self.writer_metadata)
-
-    def get_writer_metadata(self, index: int) -> tuple[str, WriterMetadata]:
-        """(instance id, WMD) of the index-th writer of the last GatherWriterMetadata."""
-        return list(self.writer_metadata.items())[index]
-
-    def get_writer_components_count(self) -> int:
-        return len(self.document.writers)
-
-    def get_writer_components(self, index: int) -> WriterComponents:
-        """The index-th writer's components with everything writers recorded (GetWriterComponents)."""
-        return self.document.writers[index]
-
-    def get_backup_stamp(self, instance_id: str, logical_path: str, name: str) -> str:
-        """The stamp the writer recorded for this backup (IVssComponent::GetBackupStamp)."""
-        return self.component(instance_id, logical_path, name).backup_stamp
-
-    def get_writer_status_count(self) -> int:
-        return len(self.writer_status)
-
-    def get_writer_status(self, index: int) -> WriterStatus:
-        return self.writer_status[index]
-
-    def free_writer_status(self) -> None:
-        self.writer_status = []
-
-    def free_writer_metadata(self) -> None:
-        self.writer_metadata = {}
-
-    # ---- calls to the daemon ---------------------------------------------------------------------
+    # ---- calls to the daemon (`RequesterSession` holds what each does) ---------------------------------
 
     async def gather_writer_metadata(self, timeout: float | None = None) -> dict[str, WriterMetadata]:
         """Identify every writer; keep each WMD (writers that fail Identify show in the writer status)."""
-        reply = await self._call({"op": "gather_writer_metadata",
-                                  **({"timeout": timeout} if timeout else {})})
-        self.writer_metadata = {}
-        for entry in reply["writers"]:
-            if entry.get("ok") and entry.get("metadata"):
-                self.writer_metadata[entry["instance_id"]] = WriterMetadata.from_xml(entry["metadata"])
-        self.last_results = reply["writers"]
-        return self.writer_metadata
-
-    def start_snapshot_set(self) -> str:
-        """A new snapshot set id (StartSnapshotSet); recorded in the BCD."""
-        set_id = uuid.uuid4()
-        self.document.start_snapshot_set(set_id)
-        self._volumes = {}
-        return str(set_id)
+        return await self._gather_writer_metadata(timeout)
 
     async def add_to_snapshot_set(self, volume: str) -> str:
         """Add a volume (its name, or any path inside it) to the set; returns the snapshot id it will get."""
-        if self.document.snapshot_set is None:
-            raise RequesterError("add_to_snapshot_set: call start_snapshot_set first")
-        name = await self._volume_name(volume)
-        if name in self._volumes:
-            raise RequesterError(f"volume {name} is already in the snapshot set")
-        if len(self._volumes) >= protocol.MAX_VOLUMES_PER_SET:
-            raise RequesterError(f"a snapshot set holds at most {protocol.MAX_VOLUMES_PER_SET} volumes")
-        self._volumes[name] = str(uuid.uuid4())
-        return self._volumes[name]
+        return await self._add_to_snapshot_set(volume)
 
-    async def volumes(self) -> list[dict[str, Any]]:
+    async def volumes(self) -> list[VolumeEntry]:
         """The protected volumes (`volume list --json` entries: name, backing, mount, ...)."""
-        return list((await self._call({"op": "volume_list"}))["volumes"])
+        return await self._volume_list()
 
     async def is_volume_supported(self, volume: str) -> bool:
-        try:
-            await self._volume_name(volume)
-        except RequesterError:
-            return False
-        return True
+        return await self._is_volume_supported(volume)
 
-    async def _volume_name(self, volume: str) -> str:
-        volumes = (await self._call({"op": "volume_list"}))["volumes"]
-        for entry in volumes:
-            if volume == entry["name"]:
-                return str(entry["name"])
-        if os.path.isabs(volume):
-            for entry in volumes:
-                roots = (entry["mount"], entry["backing"])
-                if any(statedir.is_within(os.path.normpath(volume), root) for root in roots):
-                    return str(entry["name"])
-        raise RequesterError(f"{volume!r} is not a shadowfs volume or a path inside one")
-
-    def _writers(self, *, restore: bool = False) -> list[str]:
-        """Instance ids of the writers with components in the BCD (for restore: selected for restore)."""
-        ids = []
-        for writer, component in self.document.iter_components():
-            if not restore or component.selected_for_restore or not any(
-                    c.selected_for_restore for _, c in self.document.iter_components()):
-                ids.append(str(writer.instance_id))
-        return list(dict.fromkeys(ids))
-
-    def _fields(self) -> dict[str, Any]:
-        doc = self.document
-        return {"context": doc.context.value, "backup_type": doc.backup_type.value,
-                "partial_file_support": doc.partial_file_support, "bcd": doc.to_xml()}
-
-    async def _sequence_call(self, op: str, writers: list[str],
-                             timeout: float | None) -> list[dict[str, Any]]:
-        reply = await self._call({"op": op, **self._fields(), "writers": writers,
-                                  **({"timeout": timeout} if timeout else {})})
-        self._merge(reply["writers"])
-        return reply["writers"]
-
-    async def prepare_for_backup(self, timeout: float | None = None) -> list[dict[str, Any]]:
+    async def prepare_for_backup(self, timeout: float | None = None) -> list[WriterResult]:
         """PrepareForBackup to the writers with components in the BCD; their answers merged into it."""
-        writers = self._writers() if self.document.context.involves_writers else []
-        return await self._sequence_call("prepare_for_backup", writers, timeout)
+        return await self._prepare_for_backup(timeout)
 
     async def do_snapshot_set(self, *, freeze_timeout: float | None = None,
-                              event_timeout: float | None = None) -> dict[str, Any]:
+                              event_timeout: float | None = None) -> SnapshotCreateReply:
         """Create the set (PrepareForSnapshot, Freeze, hold, Thaw, PostSnapshot).
 
         Raises SnapshotSetAborted when it could not be made (nothing of it then exists)."""
-        if self.document.snapshot_set is None or not self._volumes:
-            raise RequesterError("do_snapshot_set: start_snapshot_set and add_to_snapshot_set first")
-        context = self.document.context
-        request: dict[str, Any] = {
-            "op": "snapshot_create", **self._fields(), "volumes": list(self._volumes),
-            "snapshot_ids": dict(self._volumes), "set_id": str(self.document.snapshot_set_id),
-            "writers": self._writers() if context.involves_writers else False}
-        if freeze_timeout is not None:
-            request["freeze_timeout"] = freeze_timeout
-        if event_timeout is not None:
-            request["event_timeout"] = event_timeout
-        reply = await self._call(request)
-        self._merge(reply.get("writers", []))
-        created = _nanoseconds(reply["created"])
-        assert self.document.snapshot_set is not None
-        self.document.snapshot_set.creation_time = created
-        for snap in reply["snapshots"]:
-            props = await self.get_snapshot_properties(snap["id"])
-            self.document.add_snapshot(uuid.UUID(snap["id"]), snap["volume"], props.original_volume_path,
-                                       device_object=props.snapshot_device_object, creation_time=created)
-        return reply
+        return await self._do_snapshot_set(freeze_timeout, event_timeout)
 
     async def get_snapshot_properties(self, snapshot_id: str) -> SnapshotProperties:
-        reply = await self._call({"op": "snapshot_properties", "snapshot": str(snapshot_id)})
-        return SnapshotProperties.from_json(reply["snapshots"][0])
+        return await self._get_snapshot_properties(snapshot_id)
 
     async def query_snapshots(self) -> list[SnapshotProperties]:
         """Properties of every snapshot the daemon has (VSS: Query)."""
-        snapshots = (await self._call({"op": "snapshot_list"}))["snapshots"]
-        set_ids = list(dict.fromkeys(s["set_id"] for s in snapshots))
-        result = []
-        for set_id in set_ids:
-            reply = await self._call({"op": "snapshot_properties", "snapshot": set_id})
-            result.extend(SnapshotProperties.from_json(p) for p in reply["snapshots"])
-        return result
+        return await self._query_snapshots()
 
-    async def delete_snapshots(self, snapshot_or_set_id: str) -> list[dict[str, Any]]:
-        return (await self._call({"op": "snapshot_delete", "snapshot": str(snapshot_or_set_id)}))["deleted"]
+    async def delete_snapshots(self, snapshot_or_set_id: str) -> list[DeletedSnapshot]:
+        return await self._delete_snapshots(snapshot_or_set_id)
 
-    async def backup_complete(self, timeout: float | None = None) -> list[dict[str, Any]]:
+    async def backup_complete(self, timeout: float | None = None) -> list[WriterResult]:
         return await self._sequence_call("backup_complete", self._writers(), timeout)
 
-    async def abort_backup(self, timeout: float | None = None) -> list[dict[str, Any]]:
+    async def abort_backup(self, timeout: float | None = None) -> list[WriterResult]:
         return await self._sequence_call("abort_backup", self._writers(), timeout)
 
-    async def pre_restore(self, timeout: float | None = None) -> list[dict[str, Any]]:
+    async def pre_restore(self, timeout: float | None = None) -> list[WriterResult]:
         return await self._sequence_call("pre_restore", self._writers(restore=True), timeout)
 
-    async def post_restore(self, timeout: float | None = None) -> list[dict[str, Any]]:
+    async def post_restore(self, timeout: float | None = None) -> list[WriterResult]:
         return await self._sequence_call("post_restore", self._writers(restore=True), timeout)
 
     async def gather_writer_status(self) -> list[WriterStatus]:
-        reply = await self._call({"op": "gather_writer_status"})
-        self.writer_status = [WriterStatus.from_json(w) for w in reply["writers"]]
-        return self.writer_status
+        return await self._gather_writer_status()
 
-    async def backup_shutdown(self) -> dict[str, Any]:
+    async def backup_shutdown(self) -> SessionEndReply:
         """End the sequence without closing: BackupShutdown, auto-release sets deleted."""
-        return await self._call({"op": "backup_shutdown"})
-
-    # ---- merging writers' answers ------------------------------------------------------------------
-
-    def _merge(self, results: list[dict[str, Any]]) -> None:
-        """Copy what writers may set into our components (nothing else, nowhere else)."""
-        self.last_results = results
-        for result in results:
-            xml = result.get("components")
-            if not xml:
-                continue
-            try:
-                answer = BackupComponentsDocument.from_xml(xml)
-            except DocumentError as exc:
-                name = result.get("writer_name")
-                raise RequesterError(f"writer {name!r} sent a bad document: {exc}") from None
-            instance = uuid.UUID(result["instance_id"])
-            for writer, theirs in answer.iter_components():
-                ours = self.document.get_component(instance, theirs.logical_path, theirs.name)
-                if writer.instance_id != instance or ours is None:
-                    continue
-                for name in WRITER_FIELDS:
-                    setattr(ours, name, getattr(theirs, name))
-        self.document.validate()
+        return await self._backup_shutdown()
 
 
-def _nanoseconds(utc: str) -> int:
-    """`2026-11-21T20:43:52Z` -> nanoseconds since the epoch (the BCD's creationTime)."""
-    moment = datetime.datetime.strptime(utc, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp()) * 1_000_000_000
-
-
-class _BlockingSession:
-    """One requester session over a blocking socket: one call at a time, each waiting for the
-    reply with its id (a requester is sent nothing else but replies; anything else is skipped)."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(statedir.socket_path(state_dir))
-        except OSError as exc:
-            self.sock.close()
-            raise RequesterError(f"shadowfs daemon is not running on state {state_dir} "
-                                 f"({exc.strerror or exc})") from None
-        self._ids = itertools.count(1)
-
-    def call(self, request: frames.Frame, timeout: float) -> frames.Frame:
-        request_id = next(self._ids)
-        self.sock.settimeout(timeout)
-        try:
-            frames.send_frame(self.sock, {**request, "id": request_id})
-            while True:
-                reply, fds = frames.recv_frame(self.sock)
-                frames.close_fds(fds)
-                if reply.get("id") == request_id:
-                    break
-        except TimeoutError:
-            raise frames.CallTimeout(f"no reply to {request.get('op')!r} within {timeout:g} s") from None
-        if not reply.get("ok", False):
-            raise frames.RemoteError(str(reply.get("error", "request failed")))
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _complete(coroutine: Coroutine[Any, Any, Any]) -> Any:
+def complete(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine that never suspends (each of its awaits ends in a blocking call) and return
     its result."""
     try:
         coroutine.send(None)
     except StopIteration as done:
-        return done.value
+        result: T = done.value
+        return result
     coroutine.close()
     raise RuntimeError("a blocking requester call tried to wait for an event loop")
 
 
-class SyncBackupComponents:
-    """`BackupComponents` for scripts: the same methods, blocking, over a plain socket (no trio).
+class SyncBackupComponents(RequesterSession):
+    """`BackupComponents` for scripts and jobs: the same calls, blocking, over a plain socket (no trio).
 
-    Use it as a context manager (or call `close`); async methods of `BackupComponents` become
-    blocking calls, the others are passed through.
+    Use it as a context manager (or call `close`). Each daemon call has the name and the arguments
+    of its `BackupComponents` coroutine and returns what that coroutine returns.
     """
 
     def __init__(self, state_dir: str | None = None) -> None:
-        self.components = BackupComponents(state_dir)
-        self.components._blocking = _BlockingSession(self.components.state_dir)
+        super().__init__(state_dir)
         try:
-            self._run(self.components._call, {"op": "hello", "protocol": protocol.PROTOCOL,
-                                              "role": "requester"})
+            self._client: client.DaemonClient | None = client.DaemonClient(self.state_dir, CALL_TIMEOUT)
+        except ShadowfsError as exc:
+            raise requester_error(exc) from None
+        try:
+            complete(self._call(HELLO))
         except BaseException:
-            self.components._blocking.close()
-            self.components._blocking = None
+            self._client.close()
+            self._client = None
             raise
 
-    def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return _complete(func(*args, **kwargs))
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.components, name)
-        if inspect.iscoroutinefunction(attr):
-            return functools.partial(self._run, attr)
-        return attr
+    async def _call(self, request: Message, timeout: float = CALL_TIMEOUT) -> Frame:
+        # a coroutine only so that `RequesterSession` runs the same code for both APIs: it never awaits
+        full = {"protocol": protocol.PROTOCOL, **request}
+        if self._client is None:
+            raise RequesterRefused("not connected: the session was closed")
+        try:
+            return self._client.call(full, timeout)
+        except (ShadowfsError, OSError) as exc:
+            raise requester_error(exc) from None
 
     def close(self) -> None:
         """End the session (as `BackupComponents.close`): BackupShutdown, then the connection closed."""
-        session, self.components._blocking = self.components._blocking, None
+        session, self._client = self._client, None
         if session is None:
             return
+        shutdown: BackupShutdownRequest = {"op": "backup_shutdown"}
         try:
-            session.call({"protocol": protocol.PROTOCOL, "op": "backup_shutdown"}, 60)
-        except (frames.RemoteError, frames.ChannelClosed, frames.CallTimeout, frames.ProtocolError,
-                OSError):
+            session.call({"protocol": protocol.PROTOCOL, **shutdown}, SHUTDOWN_TIMEOUT)
+        except (ShadowfsError, OSError):
             pass  # the daemon is gone: nothing to shut down
         finally:
             session.close()
@@ -605,3 +286,60 @@ class SyncBackupComponents:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---- calls to the daemon: `BackupComponents`' coroutines, blocking ------------------------------
+
+    def gather_writer_metadata(self, timeout: float | None = None) -> dict[str, WriterMetadata]:
+        """Identify every writer; keep each WMD (writers that fail Identify show in the writer status)."""
+        return complete(self._gather_writer_metadata(timeout))
+
+    def add_to_snapshot_set(self, volume: str) -> str:
+        """Add a volume (its name, or any path inside it) to the set; returns the snapshot id it will get."""
+        return complete(self._add_to_snapshot_set(volume))
+
+    def volumes(self) -> list[VolumeEntry]:
+        """The protected volumes (`volume list --json` entries: name, backing, mount, ...)."""
+        return complete(self._volume_list())
+
+    def is_volume_supported(self, volume: str) -> bool:
+        return complete(self._is_volume_supported(volume))
+
+    def prepare_for_backup(self, timeout: float | None = None) -> list[WriterResult]:
+        """PrepareForBackup to the writers with components in the BCD; their answers merged into it."""
+        return complete(self._prepare_for_backup(timeout))
+
+    def do_snapshot_set(self, *, freeze_timeout: float | None = None,
+                        event_timeout: float | None = None) -> SnapshotCreateReply:
+        """Create the set (PrepareForSnapshot, Freeze, hold, Thaw, PostSnapshot).
+
+        Raises SnapshotSetAborted when it could not be made (nothing of it then exists)."""
+        return complete(self._do_snapshot_set(freeze_timeout, event_timeout))
+
+    def get_snapshot_properties(self, snapshot_id: str) -> SnapshotProperties:
+        return complete(self._get_snapshot_properties(snapshot_id))
+
+    def query_snapshots(self) -> list[SnapshotProperties]:
+        """Properties of every snapshot the daemon has (VSS: Query)."""
+        return complete(self._query_snapshots())
+
+    def delete_snapshots(self, snapshot_or_set_id: str) -> list[DeletedSnapshot]:
+        return complete(self._delete_snapshots(snapshot_or_set_id))
+
+    def backup_complete(self, timeout: float | None = None) -> list[WriterResult]:
+        return complete(self._sequence_call("backup_complete", self._writers(), timeout))
+
+    def abort_backup(self, timeout: float | None = None) -> list[WriterResult]:
+        return complete(self._sequence_call("abort_backup", self._writers(), timeout))
+
+    def pre_restore(self, timeout: float | None = None) -> list[WriterResult]:
+        return complete(self._sequence_call("pre_restore", self._writers(restore=True), timeout))
+
+    def post_restore(self, timeout: float | None = None) -> list[WriterResult]:
+        return complete(self._sequence_call("post_restore", self._writers(restore=True), timeout))
+
+    def gather_writer_status(self) -> list[WriterStatus]:
+        return complete(self._gather_writer_status())
+
+    def backup_shutdown(self) -> SessionEndReply:
+        """End the sequence without closing: BackupShutdown, auto-release sets deleted."""
+        return complete(self._backup_shutdown())

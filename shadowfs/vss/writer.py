@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import trio
@@ -54,21 +54,19 @@ from shadowfs.documents import (
     WriterFailure,
     WriterMetadata,
 )
+from shadowfs.errors import WriterError as WriterError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import WriterEventReply, WriterRegisterRequest
 from shadowfs.service import protocol
 from shadowfs.service.protocol import Event
 
-log = logging.getLogger("shadowfs.writer")
+log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 2.0
 REGISTER_TIMEOUT = 30.0
 AUTO_ABORT_TIMEOUT = 30.0
-
-
-class WriterError(Exception):
-    """The daemon refused the writer (protocol version, duplicate instance, bad identity)."""
 
 
 class EventContext:
@@ -130,8 +128,9 @@ def _enum(kind: Any, value: Any, default: Any) -> Any:
 class Writer:
     """Base class of a writer: identity, hooks (override them), and `run` (the connection loop)."""
 
-    class_id: ClassVar[str] = ""                 # a UUID: the writer's class (VSS writer id)
-    writer_name: ClassVar[str] = "shadowfs writer"
+    # class defaults that a subclass sets; each instance may override them (`__init__`)
+    class_id: str = ""                           # a UUID: the writer's class (VSS writer id)
+    writer_name: str = "shadowfs writer"
     usage_type: ClassVar[UsageType] = UsageType.USER_DATA
     data_source: ClassVar[SourceType] = SourceType.OTHER
 
@@ -271,11 +270,12 @@ class Writer:
 
     async def _register(self, channel: Channel) -> None:
         try:
-            await channel.call({"op": "writer_register", "protocol": protocol.PROTOCOL,
-                                "class_id": self.class_id, "instance_id": self.instance_id,
-                                "instance_name": self.instance_name, "writer_name": self.writer_name,
-                                "usage_type": self.usage_type.value, "freeze_timeout": self.freeze_timeout},
-                               timeout=REGISTER_TIMEOUT)
+            register: WriterRegisterRequest = {
+                "op": "writer_register", "protocol": protocol.PROTOCOL, "class_id": self.class_id,
+                "instance_id": self.instance_id, "instance_name": self.instance_name,
+                "writer_name": self.writer_name, "usage_type": self.usage_type.value,
+                "freeze_timeout": self.freeze_timeout}
+            await channel.call(register, timeout=REGISTER_TIMEOUT)
         except frames.RemoteError as exc:
             raise WriterError(f"the daemon refused writer {self.writer_name!r}: {exc}") from None
         self.registered.set()
@@ -304,14 +304,16 @@ class Writer:
 
     # ---- events ------------------------------------------------------------------------------------
 
-    async def _on_request(self, frame: frames.Frame, fds: list[int]) -> frames.Frame:
+    async def _on_request(self, frame: frames.Frame, fds: list[int]) -> WriterEventReply:
+        """Serve one `messages.WriterEventRequest`; its other fields are read leniently (`EventContext`)."""
         frames.close_fds(fds)
         if frame.get("op") != "writer_event":
             raise frames.RequestError(f"unknown operation {frame.get('op')!r}")
+        name = frame.get("event")
         try:
-            event = Event(frame.get("event"))
+            event = Event(str(name))  # no other JSON value spells an event's name
         except ValueError:
-            raise frames.RequestError(f"unknown writer event {frame.get('event')!r}") from None
+            raise frames.RequestError(f"unknown writer event {name!r}") from None
         if event is Event.IDENTIFY:
             return await self._identify()
         bcd = self._document(frame)
@@ -323,7 +325,7 @@ class Writer:
             result = await self._dispatch(ctx)
         return self._reply(ctx, result)
 
-    async def _identify(self) -> frames.Frame:
+    async def _identify(self) -> WriterEventReply:
         try:
             wmd = await self.metadata()
         except Exception as exc:
@@ -370,7 +372,7 @@ class Writer:
         return result
 
     async def _call_hook(self, ctx: EventContext) -> bool | None:
-        hook = getattr(self, f"on_{ctx.event.value}")
+        hook: Callable[[EventContext], Awaitable[bool | None]] = getattr(self, f"on_{ctx.event.value}")
         with trio.CancelScope() as scope:
             self._hooks.add(scope)
             try:
@@ -384,8 +386,8 @@ class Writer:
         ctx.set_writer_failure(WriterFailure.NON_RETRYABLE, f"{ctx.event.value} was cancelled")
         return False
 
-    def _reply(self, ctx: EventContext, result: bool | None) -> frames.Frame:
-        reply: frames.Frame = {"status": "ok"}
+    def _reply(self, ctx: EventContext, result: bool | None) -> WriterEventReply:
+        reply: WriterEventReply = {"status": "ok"}
         if ctx.failure is not None or result is False:
             reply = {"status": "failed", "failure": (ctx.failure or WriterFailure.NON_RETRYABLE).value,
                      "message": ctx.message or f"the writer vetoed {ctx.event.value}"}

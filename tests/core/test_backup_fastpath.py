@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from shadowfs import media
-from shadowfs.backup.engine import backup
+from shadowfs.backup.engine import BackupRequest, VolumeSource, backup
 from shadowfs.manifest import differences
 from shadowfs.media import layout
 from shadowfs.restore.engine import restore
@@ -54,7 +54,7 @@ def test_fast_incremental_reads_only_changes(sim: CoreSim, tmp_path: Path) -> No
     for i in range(50):
         sim.create(f"d/small{i}", os.urandom(1000))
     s0 = sim.snapshot("s0")
-    full = backup({"v": sim.backing}, store, "full", volume_info={"v": {"seq": s0}})
+    full = backup(BackupRequest(store, {"v": VolumeSource(sim.backing, info={"seq": s0})}, "full"))
     sim.write("d/big", 5 * BLOCK + 10, b"changed")
     sim.write("d/big", 20 * BLOCK, b"appended")
     sim.mkdir("e")
@@ -63,8 +63,8 @@ def test_fast_incremental_reads_only_changes(sim: CoreSim, tmp_path: Path) -> No
     sim.unlink("d/small8")
     s1 = sim.snapshot("s1")
     hint = changes.scan(sim.area, s0, s1)
-    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": hint},
-                 volume_info={"v": {"seq": s1}})
+    inc = backup(BackupRequest(store, {"v": VolumeSource(sim.backing, changes=hint, info={"seq": s1})},
+                               "incremental"))
     by_path = {r.path: r for r in _records(store, inc)}
     assert by_path["d/big"].data is not None and by_path["d/big"].data.how == "patch"
     assert by_path["d/big"].data.extents == [(5 * BLOCK, BLOCK), (20 * BLOCK, 8)]
@@ -84,13 +84,13 @@ def test_hint_for_another_base_is_ignored(sim: CoreSim, tmp_path: Path) -> None:
     store = str(tmp_path / "media")
     sim.create("f", b"one")
     s0 = sim.snapshot("s0")
-    backup({"v": sim.backing}, store, "full", volume_info={"v": {"seq": s0}})
+    backup(BackupRequest(store, {"v": VolumeSource(sim.backing, info={"seq": s0})}, "full"))
     sim.write("f", 0, b"two")
     s1 = sim.snapshot("s1")
     sim.create("g", b"three")
     s2 = sim.snapshot("s2")
     wrong = changes.scan(sim.area, s1, s2)  # does not start at the base image's snapshot
-    inc = backup({"v": sim.backing}, store, "incremental", changed_hint={"v": wrong})
+    inc = backup(BackupRequest(store, {"v": VolumeSource(sim.backing, changes=wrong)}, "incremental"))
     paths = {r.path for r in _records(store, inc)}
     assert {"f", "g"} <= paths  # the fallback compared everything
 
@@ -102,8 +102,9 @@ def test_fast_chain_random(sim: CoreSim, tmp_path: Path, seed: int) -> None:
     load.populate(60)
     fast, slow = str(tmp_path / "fast"), str(tmp_path / "slow")
     seqs = [sim.snapshot("s0")]
-    images = {fast: [backup({"v": sim.backing}, fast, "full", volume_info={"v": {"seq": seqs[0]}})],
-              slow: [backup({"v": sim.backing}, slow, "full")]}
+    images = {fast: [backup(BackupRequest(fast, {"v": VolumeSource(sim.backing, info={"seq": seqs[0]})},
+                                          "full"))],
+              slow: [backup(BackupRequest(slow, {"v": VolumeSource(sim.backing)}, "full"))]}
     expected = [tree_manifest(sim.backing, HIDDEN)]
     for n, kind in enumerate(("incremental", "incremental", "incremental", "differential")):
         for _ in range(rng.randrange(10, 40)):
@@ -111,9 +112,9 @@ def test_fast_chain_random(sim: CoreSim, tmp_path: Path, seed: int) -> None:
         seqs.append(sim.snapshot(f"s{n + 1}"))
         base = seqs[0] if kind == "differential" else seqs[-2]
         hint = changes.scan(sim.area, base, seqs[-1])
-        images[fast].append(backup({"v": sim.backing}, fast, kind, changed_hint={"v": hint},
-                                   volume_info={"v": {"seq": seqs[-1]}}))
-        images[slow].append(backup({"v": sim.backing}, slow, kind))
+        images[fast].append(backup(BackupRequest(
+            fast, {"v": VolumeSource(sim.backing, changes=hint, info={"seq": seqs[-1]})}, kind)))
+        images[slow].append(backup(BackupRequest(slow, {"v": VolumeSource(sim.backing)}, kind)))
         expected.append(tree_manifest(sim.backing, HIDDEN))
     assert media.verify(fast) == [] and media.verify(slow) == []
     for store in (fast, slow):
@@ -140,7 +141,7 @@ def _chain_with_index(sim: CoreSim, store: str) -> tuple[str, int]:
     for i in range(20):
         sim.create(f"d/f{i}", os.urandom(2000))
     s0 = sim.snapshot("s0")
-    full = backup({"v": sim.backing}, store, "full", volume_info={"v": {"seq": s0}})
+    full = backup(BackupRequest(store, {"v": VolumeSource(sim.backing, info={"seq": s0})}, "full"))
     sim.write("d/f3", 10, b"changed")
     sim.unlink("d/f4")
     return full, s0
@@ -149,8 +150,8 @@ def _chain_with_index(sim: CoreSim, store: str) -> tuple[str, int]:
 def _incremental(sim: CoreSim, store: str, base_seq: int) -> str:
     seq = sim.snapshot(f"after-{base_seq}")
     hint = changes.scan(sim.area, base_seq, seq)
-    return backup({"v": sim.backing}, store, "incremental", changed_hint={"v": hint},
-                  volume_info={"v": {"seq": seq}})
+    return backup(BackupRequest(store, {"v": VolumeSource(sim.backing, changes=hint, info={"seq": seq})},
+                                "incremental"))
 
 
 def _assert_restores_the_backing(sim: CoreSim, store: str, image: str, out: str) -> None:

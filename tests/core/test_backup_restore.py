@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shadowfs import media
-from shadowfs.backup.engine import backup
+from shadowfs.backup.engine import BackupRequest, VolumeSource, backup
 from shadowfs.manifest import differences
 from shadowfs.restore.engine import restore
 from tests.support.treegen import make_tree, mutate, tree_manifest
@@ -30,7 +30,7 @@ def test_full_round_trip(tmp_path: Path) -> None:
     src = str(tmp_path / "src")
     make_tree(src, random.Random(1))
     expected = tree_manifest(src)
-    image = backup({"vol": src}, str(tmp_path / "media"), "full")
+    image = backup(BackupRequest(str(tmp_path / "media"), {"vol": VolumeSource(src)}, "full"))
     assert media.verify(str(tmp_path / "media")) == []
     result = restore(str(tmp_path / "media"), image, str(tmp_path / "out"))
     _check(expected, str(tmp_path / "out" / "vol"))
@@ -47,7 +47,8 @@ def test_copy_and_two_volumes(tmp_path: Path) -> None:
     make_tree(a, random.Random(2))
     os.makedirs(b)
     Path(b, "only").write_bytes(b"x")
-    image = backup({"va": a, "vb": b}, str(tmp_path / "media"), "copy")
+    image = backup(BackupRequest(str(tmp_path / "media"), {"va": VolumeSource(a), "vb": VolumeSource(b)},
+                                 "copy"))
     restore(str(tmp_path / "media"), image, str(tmp_path / "out"))
     _check(tree_manifest(a), str(tmp_path / "out" / "va"))
     _check(tree_manifest(b), str(tmp_path / "out" / "vb"))
@@ -60,11 +61,11 @@ def test_chain_full_three_incrementals_differential(tmp_path: Path, seed: int) -
     store = str(tmp_path / "media")
     make_tree(src, rng)
     expected = {}
-    ids = [backup({"vol": src}, store, "full")]
+    ids = [backup(BackupRequest(store, {"vol": VolumeSource(src)}, "full"))]
     expected[ids[-1]] = tree_manifest(src)
     for kind in ("incremental", "incremental", "incremental", "differential"):
         mutate(src, rng)
-        ids.append(backup({"vol": src}, store, kind))
+        ids.append(backup(BackupRequest(store, {"vol": VolumeSource(src)}, kind)))
         expected[ids[-1]] = tree_manifest(src)
     infos = [media.open_image(store, i).info for i in ids]
     assert [i.chain for i in infos] == [[], ids[:1], ids[:2], ids[:3], ids[:1]]
@@ -81,12 +82,12 @@ def test_log_and_copy_in_a_chain(tmp_path: Path) -> None:
     src = str(tmp_path / "src")
     store = str(tmp_path / "media")
     make_tree(src, random.Random(5))
-    full = backup({"vol": src}, store, "full")
+    full = backup(BackupRequest(store, {"vol": VolumeSource(src)}, "full"))
     expected = tree_manifest(src)
     mutate(src, random.Random(6))
-    log = backup({"vol": src}, store, "log")
-    copy = backup({"vol": src}, store, "copy")
-    inc = backup({"vol": src}, store, "incremental")
+    log = backup(BackupRequest(store, {"vol": VolumeSource(src)}, "log"))
+    copy = backup(BackupRequest(store, {"vol": VolumeSource(src)}, "copy"))
+    inc = backup(BackupRequest(store, {"vol": VolumeSource(src)}, "incremental"))
     assert media.open_image(store, log).info.chain == [full]
     assert media.open_image(store, inc).info.chain == [full]
     assert media.open_image(store, copy).info.chain == []

@@ -11,7 +11,7 @@ import random
 import lmdb
 import pytest
 
-from shadowfs.browser.ops import BrowserVolume
+from shadowfs.browser.volumes import BrowserVolume
 from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.snapshot.view import LiveObjects
 from tests.support.coresim import CoreSim

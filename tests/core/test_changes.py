@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from shadowfs.diffarea.schema import BLOCK_SIZE
-from shadowfs.media.records import KIND_OF_FMT
+from shadowfs.diffarea.schema import BLOCK_SIZE, KIND_OF_FMT
 from shadowfs.snapshot import changes as ch
 from shadowfs.snapshot.diff import diff_snapshots
+from shadowfs.snapshot.readers import ViewReader, ViewSource
 from shadowfs.snapshot.tree import SparseReader
 from shadowfs.snapshot.view import SnapshotView
 from tests.core.simload import SimLoad
@@ -113,7 +113,7 @@ def brute_diff(view_a: SnapshotView, view_b: SnapshotView) -> list[dict[str, Any
 def fast_diff(sim: CoreSim, base: int, new: int) -> list[dict[str, Any]]:
     changes = ch.scan(sim.area, base, new)
     view_a, view_b = sim.view(base), sim.view(new)
-    return diff_snapshots(changes, ch.ViewReader(view_a), ch.ViewReader(view_b), view_a.root_ino)
+    return diff_snapshots(changes, ViewReader(view_a), ViewReader(view_b), view_a.root_ino)
 
 
 # ---- tests ---------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_view_source_reads_a_sparse_file_as_the_snapshot_saw_it(sim: CoreSim) ->
     expected = _content(view, ino, size)
     sim.write("f", 2 * BLOCK_SIZE, b"c" * 10)  # a hole filled after the snapshot
     sim.truncate("f", 3 * BLOCK_SIZE)  # block 4's data cut off after it
-    source = ch.ViewSource(view, ino, size)
+    source = ViewSource(view, ino, size)
     regions = source.data_regions(size)
     assert any(start <= 4 * BLOCK_SIZE and 4 * BLOCK_SIZE + 100 <= end for start, end in regions)
     assert all(0 <= start < end <= size for start, end in regions)

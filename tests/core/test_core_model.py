@@ -171,7 +171,7 @@ def _random_workload(sim: CoreSim, rng: random.Random, steps: int, manifests: di
 
 
 def _check_one_preimage_per_interval(sim: CoreSim) -> None:
-    """DESIGN 3.3: at most one pre-image per object between two remaining snapshots,
+    """Design §3.3: at most one pre-image per object between two remaining snapshots,
     and none older than the oldest remaining one."""
     with sim.area.read() as txn:
         seqs = [record.seq for record in sim.area.snapshot_list(txn)]

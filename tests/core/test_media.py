@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shadowfs import media
-from shadowfs.backup.engine import Documents, backup
+from shadowfs.backup.engine import BackupRequest, Documents, VolumeSource, backup
 from shadowfs.media import imagewriter, layout
 from shadowfs.restore.engine import restore
 from tests.support.treegen import make_tree
@@ -33,7 +33,8 @@ def store(tmp_path: Path) -> tuple[str, str]:
     src = str(tmp_path / "src")
     make_tree(src, random.Random(9))
     path = str(tmp_path / "media")
-    image = backup({"vol": src}, path, "full", documents=Documents(BCD, [WMD, WMD]), set_id="s")
+    image = backup(BackupRequest(path, {"vol": VolumeSource(src)}, "full", set_id="s",
+                                 documents=Documents(BCD, [WMD, WMD])))
     return path, image
 
 
@@ -111,9 +112,9 @@ def test_chain_needs_every_image(tmp_path: Path) -> None:
     src, path = tmp_path / "src", str(tmp_path / "media")
     src.mkdir()
     (src / "f").write_bytes(b"1")
-    full = backup({"v": str(src)}, path, "full")
+    full = backup(BackupRequest(path, {"v": VolumeSource(str(src))}, "full"))
     (src / "f").write_bytes(b"22")
-    inc = backup({"v": str(src)}, path, "incremental")
+    inc = backup(BackupRequest(path, {"v": VolumeSource(str(src))}, "incremental"))
     assert media.open_image(path, inc).info.chain == [full]
     os.rename(os.path.join(path, full), os.path.join(path, ".gone"))
     assert any(full in str(p) for p in media.verify(path, inc))
@@ -121,7 +122,7 @@ def test_chain_needs_every_image(tmp_path: Path) -> None:
         restore(path, inc, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     with pytest.raises(media.MediaError, match="no base image"):
-        backup({"v": str(src)}, str(tmp_path / "empty-media"), "differential")
+        backup(BackupRequest(str(tmp_path / "empty-media"), {"v": VolumeSource(str(src))}, "differential"))
 
 
 def test_unknown_version_or_feature_refused(store: tuple[str, str]) -> None:
@@ -152,8 +153,8 @@ def crash(src, dst, *a, **k):
         os._exit(9)
     return real(src, dst, *a, **k)
 imagewriter.os.rename = crash
-from shadowfs.backup.engine import backup
-backup({"v": sys.argv[1]}, sys.argv[2], "full")
+from shadowfs.backup.engine import BackupRequest, VolumeSource, backup
+backup(BackupRequest(sys.argv[2], {"v": VolumeSource(sys.argv[1])}, "full"))
 """
 
 
@@ -167,7 +168,7 @@ def test_crash_before_rename_leaves_no_image(tmp_path: Path) -> None:
     leftovers = os.listdir(path)
     assert len(leftovers) == 1 and leftovers[0].startswith(".incomplete-")
     assert media.list_images(path) == [] and media.verify(path) == []
-    image = backup({"v": str(src)}, path, "full")
+    image = backup(BackupRequest(path, {"v": VolumeSource(str(src))}, "full"))
     assert [i.id for i in media.list_images(path)] == [image]
 
 
@@ -186,7 +187,7 @@ def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(imagewriter.os, "write", write)
     with pytest.raises(media.MediaError, match="full"):
-        backup({"v": str(src)}, path, "full")
+        backup(BackupRequest(path, {"v": VolumeSource(str(src))}, "full"))
     monkeypatch.undo()
     assert os.listdir(path) == []
 
@@ -194,7 +195,8 @@ def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_list_and_base(tmp_path: Path) -> None:
     src, path = tmp_path / "src", str(tmp_path / "media")
     src.mkdir()
-    ids = [backup({"v": str(src)}, path, kind) for kind in ("full", "copy", "incremental", "differential")]
+    ids = [backup(BackupRequest(path, {"v": VolumeSource(str(src))}, kind))
+           for kind in ("full", "copy", "incremental", "differential")]
     assert [i.id for i in media.list_images(path)] == ids
     chains = [media.open_image(path, i).info.chain for i in ids]
     assert chains == [[], [], [ids[0]], [ids[0]]]  # a copy is never a base

@@ -1,10 +1,12 @@
 """The CLI's error contract, run as a real subprocess.
 
-Every failure is one line `shadowfs: ...` on stderr and exit 1; usage errors exit 2.
+Every failure is one line `shadowfs: ...` on stderr and the exit code of its class (2 refused,
+3 daemon not running); usage errors exit 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -20,9 +22,12 @@ def shadowfs(*args: str, env: dict[str, str] | None = None,
                           timeout=60, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 1, result
-    assert result.stdout == ""
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str, code: int) -> None:
+    assert result.returncode == code, result
+    if "--json" in result.args:  # the error, also as the one JSON object on stdout
+        assert json.loads(result.stdout)["exit_code"] == code, result.stdout
+    else:
+        assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("shadowfs: "), lines[0]
@@ -40,23 +45,23 @@ COMMANDS = [
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
 def test_no_daemon(tmp_path: Path, command: list[str]) -> None:
     result = shadowfs("--state", str(tmp_path), *command)
-    assert_one_line_error(result, f"shadowfs daemon is not running on state {tmp_path}")
+    assert_one_line_error(result, f"shadowfs daemon is not running on state {tmp_path}", 3)
 
 
 def test_state_option_after_the_command_and_from_the_environment(tmp_path: Path) -> None:
     result = shadowfs("volume", "list", "--state", str(tmp_path / "after"))
-    assert_one_line_error(result, f"not running on state {tmp_path / 'after'}")
+    assert_one_line_error(result, f"not running on state {tmp_path / 'after'}", 3)
     env = {**os.environ, "SHADOWFS_STATE": str(tmp_path / "env")}
-    assert_one_line_error(shadowfs("status", env=env), f"not running on state {tmp_path / 'env'}")
+    assert_one_line_error(shadowfs("status", env=env), f"not running on state {tmp_path / 'env'}", 3)
     assert_one_line_error(shadowfs("--state", "rel", "status", cwd=str(tmp_path)),
-                          f"not running on state {tmp_path / 'rel'}")
+                          f"not running on state {tmp_path / 'rel'}", 3)
 
 
 def test_stale_socket_file_means_not_running(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(tmp_path / "daemon.sock"))
     stale.close()  # the file stays, nobody listens
-    assert_one_line_error(shadowfs("--state", str(tmp_path), "status"), "shadowfs daemon is not running")
+    assert_one_line_error(shadowfs("--state", str(tmp_path), "status"), "shadowfs daemon is not running", 3)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -72,7 +77,7 @@ def test_stale_socket_file_means_not_running(tmp_path: Path) -> None:
     (["snapshot", "delete", "not-a-uuid"], "invalid snapshot or set id 'not-a-uuid'"),
 ])
 def test_bad_input_is_rejected_before_connecting(tmp_path: Path, args: list[str], message: str) -> None:
-    assert_one_line_error(shadowfs("--state", str(tmp_path), *args), message)
+    assert_one_line_error(shadowfs("--state", str(tmp_path), *args), message, 2)
 
 
 @pytest.mark.parametrize("args", [
@@ -100,7 +105,7 @@ def test_second_daemon_on_a_locked_state_dir(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         result = shadowfs("daemon", "--state", str(tmp_path), "--mount-root", str(tmp_path / "mnt"))
         assert_one_line_error(result, f"another shadowfs daemon is running on state {tmp_path} "
-                                      f"(pid {holder.pid})")
+                                      f"(pid {holder.pid})", 2)
     finally:
         holder.kill()
         holder.wait()

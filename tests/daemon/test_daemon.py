@@ -28,10 +28,10 @@ from tests.support.daemon import SHADOWFS, DaemonRun
 pytestmark = pytest.mark.fuse
 
 
-def cli_error(run: DaemonRun, *args: str) -> str:
-    """Run a CLI command that must fail; return its one error line."""
+def cli_error(run: DaemonRun, *args: str, code: int) -> str:
+    """Run a CLI command that must fail with exit `code`; return its one error line."""
     result = run.cli(*args, check=False)
-    assert result.returncode == 1, (args, result.stdout, result.stderr)
+    assert result.returncode == code, (args, result.stdout, result.stderr)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("shadowfs: "), result.stderr
     return lines[0]
@@ -73,16 +73,16 @@ def test_start_status_errors_and_clean_stop(daemon: DaemonRun) -> None:
     assert mounts.fuse_mounts().get(browser_mount) == "fuse.shadowfs"
     assert daemon.cli("snapshot", "list", "--json") == []
     assert daemon.cli("volume", "list", "--json") == []
-    assert "unknown volume 'nope'" in cli_error(daemon, "snapshot", "create", "nope")
+    assert "unknown volume 'nope'" in cli_error(daemon, "snapshot", "create", "nope", code=2)
     missing = "3f2b8a52-5f8e-4a55-9a4c-0d3f8e0b7c11"
-    error = cli_error(daemon, "snapshot", "delete", missing)
+    error = cli_error(daemon, "snapshot", "delete", missing, code=2)
     assert f"unknown snapshot or snapshot set {missing}" in error
-    assert "unknown volume 'nope'" in cli_error(daemon, "volume", "remove", "nope")
-    assert "does not exist" in cli_error(daemon, "volume", "add", "x", str(daemon.base / "missing"))
-    assert "contains the state directory" in cli_error(daemon, "volume", "add", "x", str(daemon.base))
+    assert "unknown volume 'nope'" in cli_error(daemon, "volume", "remove", "nope", code=2)
+    assert "does not exist" in cli_error(daemon, "volume", "add", "x", str(daemon.base / "missing"), code=2)
+    assert "contains the state directory" in cli_error(daemon, "volume", "add", "x", str(daemon.base), code=2)
 
     second = subprocess.run(SHADOWFS + ["daemon"], env=daemon.env, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 1
+    assert second.returncode == 2
     assert second.stderr.strip().endswith(
         f"shadowfs: another shadowfs daemon is running on state {daemon.state} (pid {daemon.proc.pid})")
 
@@ -141,7 +141,7 @@ def test_other_users_are_refused(daemon: DaemonRun) -> None:
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
     os.waitpid(pid, 0)
-    assert json.loads(data) == {"id": 1, "ok": False, "error": "permission denied"}
+    assert json.loads(data) == {"id": 1, "ok": False, "error": "permission denied", "kind": "denied"}
 
 
 def test_stale_mounts_of_a_killed_daemon_are_cleaned_up(daemon: DaemonRun) -> None:
@@ -178,7 +178,7 @@ def test_state_dir_inside_a_protected_tree_is_refused_at_start(tmp_path: Path) -
                               statedir.utc_now()))
     command = ["daemon", "--state", str(state), "--mount-root", str(tmp_path / "mnt")]
     result = subprocess.run(SHADOWFS + command, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"shadowfs: the state directory {state} is inside volume 'p' ({protected}); "
         "it cannot be inside a protected tree")
@@ -222,7 +222,8 @@ def test_volumes_and_snapshot_sets(daemon: DaemonRun) -> None:
     assert len(daemon.cli("snapshot", "list", "--json")) == 2
     daemon.cli("snapshot", "delete", first["set_id"])
     assert [s["set_id"] for s in daemon.cli("snapshot", "list", "--json")] == [second["set_id"]]
-    assert "unknown snapshot or snapshot set" in cli_error(daemon, "snapshot", "delete", first["set_id"])
+    assert "unknown snapshot or snapshot set" in cli_error(daemon, "snapshot", "delete", first["set_id"],
+                                                           code=2)
     assert Path(second["snapshots"][0]["path"], "f").read_text() == "two"
     daemon.cli("snapshot", "delete", second["set_id"])
     assert daemon.cli("snapshot", "list", "--json") == []
@@ -269,12 +270,12 @@ def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     (a / "sub").mkdir()
     other = daemon.base / "other"
     (other / "inner").mkdir(parents=True)
-    assert "is inside volume 'a'" in cli_error(daemon, "volume", "add", "x", str(a / "sub"))
-    assert "already exists" in cli_error(daemon, "volume", "add", "a", str(other))
-    assert "contains the state directory" in cli_error(daemon, "volume", "add", "x", str(daemon.base))
+    assert "is inside volume 'a'" in cli_error(daemon, "volume", "add", "x", str(a / "sub"), code=2)
+    assert "already exists" in cli_error(daemon, "volume", "add", "a", str(other), code=2)
+    assert "contains the state directory" in cli_error(daemon, "volume", "add", "x", str(daemon.base), code=2)
     assert "overlaps the mount of volume 'a'" in cli_error(
-        daemon, "volume", "add", "x", str(other), "--mount", str(a / "m"))
-    assert "named twice" in cli_error(daemon, "snapshot", "create", "a", "a")
+        daemon, "volume", "add", "x", str(other), "--mount", str(a / "m"), code=2)
+    assert "named twice" in cli_error(daemon, "snapshot", "create", "a", "a", code=2)
     bad_size = {"op": "volume_add", "name": "x", "backing": str(other), "max_diff_area_bytes": "10X"}
     assert "invalid size" in raw_request(daemon.state, bad_size)["error"]
     assert "must not contain '/'" in raw_request(
@@ -284,12 +285,12 @@ def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     inner = daemon.base / "outer" / "inner"
     inner.mkdir(parents=True)
     daemon.cli("volume", "add", "inner", str(inner))
-    error = cli_error(daemon, "volume", "add", "outer", str(daemon.base / "outer"))
+    error = cli_error(daemon, "volume", "add", "outer", str(daemon.base / "outer"), code=2)
     assert "contains volume 'inner'" in error
 
     (a / "f").write_text("data")
     daemon.snapshot("a")
-    assert "has 1 snapshot(s)" in cli_error(daemon, "volume", "remove", "a")
+    assert "has 1 snapshot(s)" in cli_error(daemon, "volume", "remove", "a", code=2)
     daemon.cli("volume", "remove", "a", "--force")
     assert str(a) not in mounts_under(daemon.base)
     assert not (daemon.state / "volumes" / "a").exists()
@@ -329,7 +330,7 @@ def test_a_hold_that_times_out_aborts_the_whole_set(daemon: DaemonRun) -> None:
     os.kill(frozen, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        error = cli_error(daemon, "snapshot", "create", "a", "b")
+        error = cli_error(daemon, "snapshot", "create", "a", "b", code=1)
         assert time.monotonic() - started < 30
         assert "snapshot set aborted" in error and "hold on volume b" in error
         assert daemon.cli("snapshot", "list", "--json") == []

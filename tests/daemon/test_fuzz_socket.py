@@ -218,6 +218,7 @@ def test_another_uid_is_refused_as_writer_and_as_requester(daemon: DaemonRun) ->
     with os.fdopen(read_end, "rb") as pipe:
         answers = json.loads(pipe.read())
     os.waitpid(child, 0)
-    assert answers == [{"id": n, "ok": False, "error": "permission denied"} for n in range(1, 5)]
+    assert answers == [{"id": n, "ok": False, "error": "permission denied", "kind": "denied"}
+                       for n in range(1, 5)]
     assert daemon.cli("writers", "--json") == []
     assert Path(sock_path).exists()

@@ -1,6 +1,6 @@
 """The VSS service end to end: a real daemon, real FUSE volumes, real writer processes, the requester library.
 
-Covers the event order of the seeds for a full backup and a restore, stamps and
+Covers the event order of vss §2 and §3 for a full backup and a restore, stamps and
 writer additions travelling through the BCD, a writer that hangs in Freeze, a
 writer killed mid-sequence, a veto, the CLI (`writers`, `snapshot create
 --writers/--no-writers/--context`) and the protocol version check.
@@ -122,7 +122,7 @@ def test_full_backup_then_restore_follow_the_event_order_of_the_seeds(daemon: Da
     assert [(p.filename, p.ranges) for p in component.partial_files] == [("big.bin", "0:10,100:5")]
     assert document.snapshot_set is not None and str(document.snapshot_set.snapshot_set_id) == set_id
 
-    # an incremental backup hands the previous stamp back to the writer (seed 002)
+    # an incremental backup hands the previous stamp back to the writer (vss §9)
     started = time.time()
     with SyncBackupComponents(str(daemon.state)) as bc:
         names = select_all(bc)
@@ -277,7 +277,7 @@ def test_cli_snapshot_create_with_writers_and_contexts(daemon: DaemonRun, writer
     for bad, message in ((["--context", "backup"], "is auto-release"),
                          (["--context", "client_accessible", "--writers"], "does not involve writers")):
         result = daemon.cli("snapshot", "create", "a", *bad, check=False)
-        assert result.returncode == 1 and message in result.stderr
+        assert result.returncode == 2 and message in result.stderr
     table = daemon.cli("writers").stdout
     assert "here" in table and "stable" in table
 

@@ -131,10 +131,10 @@ def test_cli_errors(daemon: DaemonRun, tmp_path: Path) -> None:
     daemon.wait_ready()
     store = str(tmp_path / "media")
     result = run(daemon, "backup", "--media", store, "--type", "incremental", "v", check=False)
-    assert result.returncode == 1 and "no base image" in result.stderr
+    assert result.returncode == 2 and "no base image" in result.stderr
     result = run(daemon, "restore", "--media", store, "--image", "nope", "--to", str(tmp_path / "o"),
                  check=False)
-    assert result.returncode == 1 and result.stderr.startswith("shadowfs: ")
+    assert result.returncode == 2 and result.stderr.startswith("shadowfs: ")
     result = run(daemon, "media", "verify", "--media", str(tmp_path / "missing"), check=False)
-    assert result.returncode == 1 and "no backup media" in result.stderr
+    assert result.returncode == 2 and "no backup media" in result.stderr
     assert daemon.cli("snapshot", "list", "--json") == []

@@ -11,7 +11,8 @@ from typing import Any
 import pyfuse3
 import pytest
 
-from shadowfs.browser.ops import BrowserOperations, snapshot_node
+from shadowfs.browser.nodes import snapshot_node
+from shadowfs.browser.ops import BrowserOperations
 from tests.support.browser_fixtures import Workspace, workspace
 
 __all__ = ["workspace"]  # the fixture, imported for pytest

@@ -1,15 +1,21 @@
-"""A driver that applies changes to a plain backing directory the way the live
-mount does (capture through CaptureEngine first, then change), and a manifest
-walker for checking snapshots. Used by the core tests, which need no FUSE."""
+"""A driver that changes a plain backing directory through the production capture
+code (the planner, the engine on the committer thread, the graveyard) exactly as
+the live mount's handlers call it, only without FUSE and trio; and manifest
+walkers for checking snapshots. Used by the core tests, which need no mount."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from shadowfs.capture.engine import CaptureEngine, remove_from_graveyard
+from shadowfs.capture.committer import Committer
+from shadowfs.capture.engine import CaptureEngine
+from shadowfs.capture.graveyard import Graveyard, prepare_graveyard
+from shadowfs.capture.planner import Capture, CapturePlanner
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea
 from shadowfs.linux.syscalls import list_xattrs
@@ -89,20 +95,35 @@ def manifest_view(view: SnapshotView) -> dict[bytes, Entry]:
     return result
 
 
+class _Plan(Protocol):
+    @property
+    def capture(self) -> Capture | None: ...
+
+
+P = TypeVar("P", bound=_Plan)
+
+
+def _nothing(txn: object) -> None:
+    return None
+
+
 class CoreSim:
-    """A backing directory changed only through capture-then-change, like the live mount."""
+    """A backing directory changed only the way the live mount changes it: plan, capture, apply."""
 
     def __init__(self, backing: str, diff_area: str) -> None:
         self.backing = backing
-        os.makedirs(os.path.join(backing, ".shadowfs", "graveyard"), exist_ok=True)
+        os.makedirs(backing, exist_ok=True)
         self.root_fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY)
-        self.grave_fd = os.open(os.path.join(backing, ".shadowfs", "graveyard"),
-                                os.O_RDONLY | os.O_DIRECTORY)
+        self.grave_fd = prepare_graveyard(self.root_fd)
         self.area = DiffArea.open(diff_area, volume="sim")
+        self.committer = Committer(self.area.env, before_commit=self.area.before_commit)
         self.engine = CaptureEngine(self.area, self.root_fd)
+        self.planner = CapturePlanner(self.area, self.engine, self.committer, self.newest)
+        self.graveyard = Graveyard(self.grave_fd, self.engine, self.committer)
         self.live = LiveObjects(self.root_fd)
 
     def close(self) -> None:
+        self.committer.stop()
         self.live.close()
         self.area.close()
         os.close(self.grave_fd)
@@ -121,58 +142,47 @@ class CoreSim:
     def _ino(self, rel: str) -> int:
         return os.lstat(self._path(rel)).st_ino if rel else os.fstat(self.root_fd).st_ino
 
-    def _parent(self, rel: str) -> tuple[int, bytes]:
+    def _parent(self, rel: str) -> tuple[int, int, bytes]:
+        """(inode, descriptor, name) of `rel`'s directory; the caller closes the descriptor."""
         head, tail = os.path.split(rel)
-        return self._ino(head), os.fsencode(tail)
+        fd = os.open(self._path(head) if head else self.backing, os.O_RDONLY | os.O_DIRECTORY)
+        return os.fstat(fd).st_ino, fd, os.fsencode(tail)
 
-    def _capture(self, job) -> None:  # type: ignore[no-untyped-def]
-        n = self.newest
-        if n is None:
-            return
-        with self.area.write() as txn:
-            job(txn, n)
+    def _change(self) -> int | None:
+        """Begin a change: the newest snapshot, as the mount process tells its planner after each
+        commit and delete (tests may record snapshots straight into the diff area)."""
+        self.planner.set_newest(self.newest)
+        return self.planner.newest
 
-    def _born_after(self, ino: int) -> bool:
-        n = self.newest
-        if n is None:
-            return True
-        with self.area.read() as txn:
-            return self.engine.born_after(txn, n, ino)
+    def _store(self, capture: Capture | None) -> None:
+        if capture is not None:
+            self.committer.run(capture.job)
+            if capture.after is not None:
+                capture.after()
 
-    def _note_new(self, rel: str) -> None:
-        ino = self._ino(rel)
-        self._capture(lambda t, n: self.engine.note_new_object(t, n, ino))
+    def _settle(self, plan: Callable[[], P]) -> P:
+        while True:
+            result = plan()
+            if result.capture is None:
+                return result
+            self._store(result.capture)
 
-    def _bury(self, rel: str) -> None:
-        """Keep the object at `rel` alive in the graveyard if a snapshot can see it."""
-        ino = self._ino(rel)
-        if self._born_after(ino):
-            return
-        st = os.lstat(self._path(rel))
-        if stat.S_ISDIR(st.st_mode):
-            os.rename(self._path(rel), os.path.join(self.backing, ".shadowfs", "graveyard", str(ino)))
-        elif st.st_nlink == 1:
-            os.link(self._path(rel), os.path.join(self.backing, ".shadowfs", "graveyard", str(ino)),
-                    follow_symlinks=False)
-        else:
-            return
-        self._capture(lambda t, n: self.engine.note_death(t, n, ino))
+    def _done(self) -> None:
+        """End a change: the background jobs it submitted (births, deaths) are committed too."""
+        self.committer.run(_nothing)
 
     # ---- snapshots ---------------------------------------------------------
 
     def snapshot(self, name: str) -> int:
-        with self.area.write() as txn:
-            return self.area.record_snapshot(txn, name, name, "2026-01-01T00:00:00Z").seq
+        record = self.committer.run(
+            lambda txn: self.area.record_snapshot(txn, name, name, "2026-01-01T00:00:00Z"))
+        self.planner.set_newest(record.seq)
+        return int(record.seq)
 
     def delete(self, seq: int) -> None:
-        with self.area.write() as txn:
-            self.area.delete_snapshot(txn, seq)
-        with self.area.write() as txn:
-            self.area.reclaim(txn)
-            expired = self.area.graveyard_expired(txn)
-            for ino in expired:
-                remove_from_graveyard(self.grave_fd, ino)
-                self.area.graveyard_remove(txn, ino)
+        self.committer.run(lambda txn: self.area.delete_snapshot(txn, seq))
+        self.committer.run(self.graveyard.collect)
+        self.planner.set_newest(self.newest)
 
     def view(self, seq: int) -> SnapshotView:
         return SnapshotView(self.area, self.live, seq)
@@ -180,85 +190,100 @@ class CoreSim:
     # ---- changes -----------------------------------------------------------
 
     def write(self, rel: str, offset: int, data: bytes) -> None:
-        ino = self._ino(rel)
-        self._capture(lambda t, n: self.engine.for_write(t, n, ino, offset, len(data)))
+        seq = self._change()
         fd = os.open(self._path(rel), os.O_WRONLY)
         try:
+            self._store(self.planner.write(seq, os.fstat(fd).st_ino, fd, offset, len(data)))
             os.pwrite(fd, data, offset)
         finally:
             os.close(fd)
 
     def truncate(self, rel: str, size: int) -> None:
-        ino = self._ino(rel)
-        self._capture(lambda t, n: self.engine.for_truncate(t, n, ino, size))
-        os.truncate(self._path(rel), size)
+        self._change()
+        fd = os.open(self._path(rel), os.O_WRONLY)
+        try:
+            self._store(self.planner.truncate(self.planner.seq_for(fd), os.fstat(fd).st_ino, size))
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
 
     def attr_change(self, rel: str, apply) -> None:  # type: ignore[no-untyped-def]
-        ino = self._ino(rel)
-        self._capture(lambda t, n: self.engine.for_attr_change(t, n, ino))
-        apply(self._path(rel))
+        self._change()
+        fd = os.open(self._path(rel), os.O_PATH | os.O_NOFOLLOW)
+        try:
+            self._store(self.planner.objects(self.planner.seq_for(fd), attrs=[os.fstat(fd).st_ino]))
+            apply(self._path(rel))
+        finally:
+            os.close(fd)
 
-    def _entry(self, rel: str) -> None:
-        parent, name = self._parent(rel)
-        self._capture(lambda t, n: self.engine.for_entry_change(t, n, parent, name))
+    def _make(self, rel: str, make: Callable[[int, bytes], None]) -> None:
+        seq = self._change()
+        parent, parent_fd, name = self._parent(rel)
+        try:
+            self._store(self.planner.objects(seq, entries=[(parent, name)]))
+            make(parent_fd, name)
+            self.planner.note_new(seq, os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_ino)
+        finally:
+            os.close(parent_fd)
+        self._done()
 
     def create(self, rel: str, data: bytes = b"") -> None:
-        self._entry(rel)
-        with open(self._path(rel), "xb") as f:
-            f.write(data)
-        self._note_new(rel)
+        def make(parent_fd: int, name: bytes) -> None:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=parent_fd)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        self._make(rel, make)
 
     def mkdir(self, rel: str) -> None:
-        self._entry(rel)
-        os.mkdir(self._path(rel))
-        self._note_new(rel)
+        self._make(rel, lambda parent_fd, name: os.mkdir(name, dir_fd=parent_fd))
 
     def symlink(self, target: str, rel: str) -> None:
-        self._entry(rel)
-        os.symlink(target, self._path(rel))
-        self._note_new(rel)
+        self._make(rel, lambda parent_fd, name: os.symlink(target, name, dir_fd=parent_fd))
 
     def mkfifo(self, rel: str) -> None:
-        self._entry(rel)
-        os.mkfifo(self._path(rel))
-        self._note_new(rel)
+        self._make(rel, lambda parent_fd, name: os.mkfifo(name, dir_fd=parent_fd))
 
     def link(self, src: str, rel: str) -> None:
-        ino = self._ino(src)
-        self._entry(rel)
-        self._capture(lambda t, n: self.engine.for_attr_change(t, n, ino))
-        os.link(self._path(src), self._path(rel), follow_symlinks=False)
+        seq = self._change()
+        parent, parent_fd, name = self._parent(rel)
+        try:
+            self._store(self.planner.objects(seq, attrs=[self._ino(src)], entries=[(parent, name)]))
+            os.link(self._path(src), name, dst_dir_fd=parent_fd, follow_symlinks=False)
+        finally:
+            os.close(parent_fd)
 
     def unlink(self, rel: str) -> None:
-        ino = self._ino(rel)
-        self._entry(rel)
-        self._capture(lambda t, n: self.engine.for_attr_change(t, n, ino))
-        self._bury(rel)
-        os.unlink(self._path(rel))
+        self._remove(rel, directory=False)
 
     def rmdir(self, rel: str) -> None:
-        if os.listdir(self._path(rel)):
-            raise OSError(39, "not empty")
-        ino = self._ino(rel)
-        self._entry(rel)
-        self._capture(lambda t, n: self.engine.for_attr_change(t, n, ino))
-        before = os.path.exists(self._path(rel))
-        self._bury(rel)
-        if before and os.path.exists(self._path(rel)):
-            os.rmdir(self._path(rel))
+        self._remove(rel, directory=True)
+
+    def _remove(self, rel: str, *, directory: bool) -> None:
+        self._change()
+        parent, parent_fd, name = self._parent(rel)
+        try:
+            plan = self._settle(lambda: self.planner.removal(parent, parent_fd, name, directory=directory))
+            if directory:
+                self.graveyard.rmdir(plan, parent_fd, name)
+            else:
+                self.graveyard.unlink(plan, parent_fd, name)
+        finally:
+            os.close(parent_fd)
+        self._done()
 
     def rename(self, src: str, dst: str) -> None:
-        moved = self._ino(src)
-        self._entry(src)
-        self._entry(dst)
-        self._capture(lambda t, n: self.engine.for_attr_change(t, n, moved))
-        if os.path.lexists(self._path(dst)):
-            victim = self._ino(dst)
-            if victim == moved:
-                return
-            self._capture(lambda t, n: self.engine.for_attr_change(t, n, victim))
-            if os.path.isdir(self._path(dst)) and not os.path.islink(self._path(dst)):
-                if os.listdir(self._path(dst)):
-                    raise OSError(39, "not empty")
-            self._bury(dst)
-        os.rename(self._path(src), self._path(dst))
+        self._change()
+        old_parent, old_fd, old_name = self._parent(src)
+        try:
+            new_parent, new_fd, new_name = self._parent(dst)
+            try:
+                plan = self._settle(lambda: self.planner.rename(old_parent, old_fd, old_name,
+                                                                new_parent, new_fd, new_name))
+                self.graveyard.rename(plan, old_fd, old_name, new_fd, new_name, 0)
+            finally:
+                os.close(new_fd)
+        finally:
+            os.close(old_fd)
+        self._done()

@@ -7,7 +7,8 @@ import errno
 
 import pytest
 
-from shadowfs.browser.ops import parse_created, snapshot_node, split_snapshot_node
+from shadowfs.browser.nodes import snapshot_node, split_snapshot_node
+from shadowfs.browser.volumes import parse_created
 
 
 def test_node_ids_and_times() -> None:

@@ -1,0 +1,89 @@
+"""What every `shadowfs` command shares: the common options, the media option, ids and directories.
+
+One job: the pieces each `*_cmd.py` module builds its parser and its handler
+from, so that `--state`, `--json`, `--media` and snapshot ids mean the same in
+every command.
+
+Invariants:
+- `--state` and `--json` are accepted before and after the command (a parent
+  parser on every subcommand, with `SUPPRESS` defaults so a later one does not
+  reset an earlier one); `main` fills in what was not given.
+- Paths from the user are made absolute here or in the handler, so the daemon
+  never sees a path relative to some other working directory.
+- Importing this module imports neither trio nor pyfuse3, nor an engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shadowfs import statedir
+from shadowfs.errors import CliError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+MEDIA_ENV = "SHADOWFS_MEDIA"
+JSON_HELP = "print the result as JSON"
+JSON_PROGRESS_HELP = "print the result as JSON (progress as JSON lines on stderr)"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def state_of(args: argparse.Namespace) -> str:
+    """The state directory: --state, else $SHADOWFS_STATE, else /var/lib/shadowfs; absolute."""
+    return statedir.resolve_state_dir(getattr(args, "state", None))
+
+
+def media_of(args: argparse.Namespace) -> str:
+    """The backup media directory: --media, else $SHADOWFS_MEDIA; absolute. CliError if neither."""
+    path = getattr(args, "media", None) or os.environ.get(MEDIA_ENV)
+    if not path:
+        raise CliError(f"no backup media: give --media DIR or set ${MEDIA_ENV}")
+    return os.path.abspath(path)
+
+
+def snapshot_id(text: str) -> str:
+    """A snapshot or set id as the daemon writes it (a UUID); CliError if it is not one."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise CliError(f"invalid snapshot or set id {text!r} (expected a UUID)") from None
+
+
+def common_options(json_help: str = JSON_HELP) -> argparse.ArgumentParser:
+    """The options every subcommand takes (--state, --json), as a parent parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"state directory (default: ${statedir.STATE_ENV}, "
+                             f"else {statedir.DEFAULT_STATE_DIR})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+    return common
+
+
+def media_option() -> argparse.ArgumentParser:
+    """--media DIR, as a parent parser."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--media", metavar="DIR", help=f"the backup media directory (default: ${MEDIA_ENV})")
+    return parent
+
+
+def add_command(sub: Subcommands, name: str, func: Handler, text: str, *,
+                json_help: str = JSON_HELP, media: bool = False) -> argparse.ArgumentParser:
+    """A subcommand `name` of `sub` that runs `func`, with the common options (and --media)."""
+    parents = [common_options(json_help)] + ([media_option()] if media else [])
+    child = sub.add_parser(name, parents=parents, help=text, description=text)
+    child.set_defaults(func=func)
+    return child
+
+
+def add_group(sub: Subcommands, name: str, text: str, dest: str, metavar: str = "COMMAND") -> Subcommands:
+    """A command that only groups subcommands (`volume`, `snapshot`, `media`, `writer`)."""
+    group = sub.add_parser(name, help=text)
+    return group.add_subparsers(dest=dest, required=True, metavar=metavar)

@@ -1,0 +1,99 @@
+"""`shadowfs snapshot create | list | delete`: snapshot sets taken through the daemon.
+
+One job: turn the command line into `snapshot_create`, `snapshot_list` and
+`snapshot_delete` requests. Auto-release contexts are refused here (their set
+would be deleted as soon as this command exits): a `CliError`, exit 2. A set
+the daemon aborts (a writer vetoed, a volume did not hold) is `SetAborted`,
+exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from shadowfs import statedir
+from shadowfs.cli.common import add_command, add_group, snapshot_id, state_of
+from shadowfs.cli.output import print_json, print_table, size
+from shadowfs.errors import CliError
+from shadowfs.ipc.client import request
+from shadowfs.ipc.messages import SnapshotCreateRequest
+
+if TYPE_CHECKING:
+    from shadowfs.cli.common import Subcommands
+
+CONTEXTS = ("client_accessible_writers", "client_accessible", "app_rollback", "nas_rollback",
+            "backup", "file_share_backup")
+AUTO_RELEASE_CONTEXTS = ("backup", "file_share_backup")
+NO_WRITER_CONTEXTS = ("client_accessible", "nas_rollback", "file_share_backup")
+
+
+def cmd_snapshot_create(args: argparse.Namespace) -> int:
+    names = [statedir.validate_volume_name(n) for n in args.volumes]
+    context = args.context or ("client_accessible" if args.writers is False else "client_accessible_writers")
+    if context in AUTO_RELEASE_CONTEXTS:
+        raise CliError(f"context {context} is auto-release: its snapshots would be deleted as soon as this "
+                       "command exits; use the shadowfs.vss.requester library for backups")
+    if args.writers is True and context in NO_WRITER_CONTEXTS:
+        raise CliError(f"context {context} does not involve writers; drop --writers")
+    obj: SnapshotCreateRequest = {"op": "snapshot_create", "volumes": names, "context": context,
+                                  "writers": context not in NO_WRITER_CONTEXTS and args.writers is not False}
+    if args.freeze_timeout is not None:
+        obj["freeze_timeout"] = args.freeze_timeout
+    reply = request(state_of(args), obj)
+    if args.json:
+        print_json(reply)
+        return 0
+    writers = reply.get("writers", [])
+    print(f"created snapshot set {reply['set_id']} at {reply['created']} ({reply.get('context', context)}, "
+          f"{len(writers)} writer(s))")
+    print_table(["VOLUME", "SNAPSHOT", "PATH"],
+                [[s["volume"], s["id"], s["path"]] for s in reply["snapshots"]])
+    for writer in writers:
+        if not writer.get("ok", True):
+            print(f"warning: writer {writer['writer_name']} failed at {writer['event']}: "
+                  f"{writer.get('failure')} {writer.get('message', '')}".rstrip(), file=sys.stderr)
+    return 0
+
+
+def cmd_snapshot_list(args: argparse.Namespace) -> int:
+    snapshots = request(state_of(args), {"op": "snapshot_list"})["snapshots"]
+    if args.json:
+        print_json(snapshots)
+        return 0
+    print_table(["SET", "SNAPSHOT", "VOLUME", "CREATED", "DIFF AREA", "PATH"],
+                [[s["set_id"], s["id"], s["volume"], s["created"], size(s["diff_area_bytes"]), s["path"]]
+                 for s in snapshots])
+    return 0
+
+
+def cmd_snapshot_delete(args: argparse.Namespace) -> int:
+    wanted = snapshot_id(args.id)
+    reply = request(state_of(args), {"op": "snapshot_delete", "snapshot": wanted})
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"deleted {len(reply['deleted'])} snapshot(s), freed {size(reply.get('freed', 0))}")
+    return 0
+
+
+def add_parser(commands: Subcommands) -> None:
+    snapshots = add_group(commands, "snapshot", "create, list or delete snapshots", "snapshot_command")
+    screate = add_command(snapshots, "create", cmd_snapshot_create,
+                          "take one snapshot set: every named volume at the same instant")
+    screate.add_argument("volumes", metavar="VOLUME", nargs="+")
+    screate.add_argument("--writers", dest="writers", action="store_true", default=None,
+                         help="freeze the writers whose files lie on these volumes (the default)")
+    screate.add_argument("--no-writers", dest="writers", action="store_false",
+                         help="take a crash-consistent set without writers")
+    screate.add_argument("--context", choices=CONTEXTS,
+                         help="snapshot context (default: client_accessible_writers, or client_accessible "
+                              "with --no-writers); persistent contexts survive daemon restarts")
+    screate.add_argument("--freeze-timeout", type=float, metavar="SECONDS",
+                         help="abort the set if a writer does not freeze within this time (default: each "
+                              "writer's own, 60 s)")
+    add_command(snapshots, "list", cmd_snapshot_list, "list snapshots")
+    sdelete = add_command(snapshots, "delete", cmd_snapshot_delete,
+                          "delete a snapshot, or every snapshot of a set")
+    sdelete.add_argument("id", metavar="ID", help="a snapshot id or a snapshot set id")

@@ -1,0 +1,245 @@
+"""Supervised child processes of the daemon: a volume's mount process, the snapshot browser.
+
+One job: start a child (``python -m <module> --control-fd N ...``) over a
+socketpair, wait for its ``{"event": "ready"}``, keep its control channel
+while it is ready, restart it with exponential backoff when it dies, and stop
+it on request. What a child is for (its arguments, what to do once it is
+ready, its events) is the caller's: `Child` takes them as arguments.
+
+Invariants:
+- `Child.channel` is set only while the process is ready; requests go to a
+  child through it or not at all.
+- Every child runs in its own session (a Ctrl-C reaches only the daemon) with
+  this shadowfs package importable (`child_env`).
+- A child is stopped in order: SIGTERM, then SIGKILL after STOP_TIMEOUT; it is
+  always reaped, and whatever is left mounted at its mount path is unmounted
+  lazily afterwards (only a FUSE mount of type ``fuse.shadowfs``:
+  `linux.mounts.unmount_if_ours`).
+- A child not ready within READY_TIMEOUT is terminated and restarted; the
+  backoff (BACKOFF_MIN doubling up to BACKOFF_MAX) starts again after a run
+  that lasted STABLE_AFTER seconds.
+- `Child.wait_first` reports the outcome of the first start only (ChildFailed
+  unless it became ready).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+
+import shadowfs
+from shadowfs.errors import ChildFailed
+from shadowfs.ipc import frames
+from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import ChildDescription
+from shadowfs.linux import mounts
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+CALL_TIMEOUT = 30.0  # a request to a ready child
+STOP_TIMEOUT = 10.0
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0
+
+
+async def wait_any(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of the given waits returns."""
+    async with trio.open_nursery() as nursery:
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(one, wait)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of children: ours, with this shadowfs package importable."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(shadowfs.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class Child:
+    """One supervised process: a volume's mount process or the browser.
+
+    `run` starts it, waits for its `ready` event, keeps `channel` set while it
+    is ready, and restarts it with exponential backoff when it dies, until
+    `stop` is called.
+    """
+
+    def __init__(self, label: str, module: str, args: list[str], mount_path: str,
+                 on_ready: Callable[[Child], Awaitable[None]] | None = None,
+                 on_event: Callable[[Child, frames.Frame, list[int]], Awaitable[None]] | None = None) -> None:
+        self.label = label
+        self.module = module
+        self.args = args
+        self.mount_path = mount_path
+        self.on_ready = on_ready
+        self.on_event = on_event
+        self.channel: Channel | None = None
+        self.process: trio.Process | None = None
+        self.state = "starting"
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self._stop_requested = trio.Event()
+        self._stopped = trio.Event()
+        self._first_done = trio.Event()
+        self._first_error: str | None = None
+
+    def argv(self, control_fd: int) -> list[str]:
+        return [sys.executable, "-m", self.module, "--control-fd", str(control_fd), *self.args]
+
+    def describe(self) -> ChildDescription:
+        pid = self.process.pid if self.process is not None and self.process.returncode is None else None
+        return {"state": self.state, "pid": pid, "restarts": self.restarts, "last_exit": self.last_exit}
+
+    async def wait_first(self) -> None:
+        """Wait for the outcome of the first start; raise ChildFailed if it did not become ready."""
+        await self._first_done.wait()
+        if self._first_error is not None:
+            raise ChildFailed(f"{self.label} {self._first_error}")
+
+    async def stop(self) -> None:
+        self._stop_requested.set()
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN
+        try:
+            while not self._stop_requested.is_set():
+                started = trio.current_time()
+                reason = await self._run_once()
+                if self._stop_requested.is_set():
+                    break
+                if trio.current_time() - started > STABLE_AFTER:
+                    backoff = BACKOFF_MIN
+                log.warning("%s %s; restarting in %.1f s", self.label, reason, backoff)
+                self.state = "restarting"
+                with trio.move_on_after(backoff):
+                    await self._stop_requested.wait()
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                self.restarts += 1
+        finally:
+            self.state = "stopped"
+            self._note_first("was stopped before it was ready")
+            self._stopped.set()
+
+    def _note_first(self, error: str | None) -> None:
+        if not self._first_done.is_set():
+            self._first_error = error
+            self._first_done.set()
+
+    async def _run_once(self) -> str:
+        """Run the process once; return why it ended (for the log)."""
+        self.state = "starting"
+        parent, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await trio.lowlevel.open_process(
+                self.argv(child_sock.fileno()), pass_fds=(child_sock.fileno(),),
+                start_new_session=True, env=child_env())
+        except OSError as exc:
+            parent.close()
+            self._note_first(f"could not be started: {exc}")
+            return f"could not be started ({exc})"
+        finally:
+            child_sock.close()
+        self.process = proc
+        channel = Channel.from_socket(parent)
+        try:
+            return await self._supervise(proc, channel)
+        finally:
+            self.channel = None
+            channel.close()
+            with trio.CancelScope(shield=True):
+                await self._reap(proc)
+                self.last_exit = proc.returncode
+                await trio.to_thread.run_sync(mounts.unmount_if_ours, self.mount_path)
+
+    async def _supervise(self, proc: trio.Process, channel: Channel) -> str:
+        ready = trio.Event()
+        exited = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, proc, channel, ready)
+            nursery.start_soon(self._watch_exit, proc, exited)
+            with trio.move_on_after(READY_TIMEOUT):
+                await wait_any(ready.wait, exited.wait, self._stop_requested.wait)
+            if ready.is_set() and not exited.is_set():
+                await self._became_ready(proc, channel)
+                await wait_any(exited.wait, self._stop_requested.wait)
+                reason = f"exited with status {proc.returncode}"
+            elif exited.is_set():
+                reason = f"exited with status {proc.returncode} before it was ready"
+            elif self._stop_requested.is_set():
+                reason = "was stopped before it was ready"
+            else:
+                reason = f"was not ready within {READY_TIMEOUT:g} s"
+            self._note_first(reason)
+            if not exited.is_set():
+                await self._terminate(proc, exited)
+            nursery.cancel_scope.cancel()
+        return reason
+
+    async def _became_ready(self, proc: trio.Process, channel: Channel) -> None:
+        self.channel = channel
+        self.state = "running"
+        log.info("%s is ready (pid %d)", self.label, proc.pid)
+        self._note_first(None)
+        if self.on_ready is not None:
+            try:
+                await self.on_ready(self)
+            except Exception as exc:
+                log.error("%s: setting it up after start failed: %s", self.label, exc)
+
+    async def _pump(self, proc: trio.Process, channel: Channel, ready: trio.Event) -> None:
+        async def on_event(event: frames.Frame, fds: list[int]) -> None:
+            if event.get("event") == "ready":
+                frames.close_fds(fds)
+                ready.set()
+            elif self.on_event is not None:
+                await self.on_event(self, event, fds)
+            else:
+                frames.close_fds(fds)
+                log.info("%s: event %s", self.label, event)
+
+        try:
+            await channel.run(on_event=on_event)
+        except frames.ProtocolError as exc:
+            log.error("%s sent a malformed frame (%s); terminating it", self.label, exc)
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+
+    @staticmethod
+    async def _watch_exit(proc: trio.Process, exited: trio.Event) -> None:
+        await proc.wait()
+        exited.set()
+
+    async def _terminate(self, proc: trio.Process, exited: trio.Event) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        with trio.move_on_after(STOP_TIMEOUT):
+            await exited.wait()
+        if not exited.is_set():
+            log.warning("%s did not stop within %g s; killing it", self.label, STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await exited.wait()
+
+    @staticmethod
+    async def _reap(proc: trio.Process) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
+
+
+__all__ = ["CALL_TIMEOUT", "Child", "ChildFailed", "child_env", "wait_any"]
