@@ -1,6 +1,7 @@
 """Unit tests: pure code, no mount, no daemon, no LMDB environment.
 
 Documents and range strings, file sets, media state indexes, state-directory
-rules, IPC frames and channels over socketpairs, progress output. Fast; run them
-first: `tools/test tests/unit`.
+rules, IPC frames and channels over socketpairs, the error hierarchy and its exit
+codes, the descriptor cache, progress output, and the package layout read from
+the source. Fast, and run first: `tools/test tests/unit`.
 """
