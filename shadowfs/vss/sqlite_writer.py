@@ -60,7 +60,7 @@ from shadowfs.documents import (
 from shadowfs.service import protocol
 from shadowfs.vss.writer import EventContext, Writer
 
-log = logging.getLogger("shadowfs.sqlite_writer")
+log = logging.getLogger(__name__)
 
 CLASS_ID = "6c1b7a43-2f5e-4c9a-b7d1-3e8f0a9d5c21"
 LOGICAL_PATH = "sqlite"
