@@ -72,11 +72,6 @@ class CaptureEngine:
 
     # ---- questions asked before a change (read transactions are enough) ----
 
-    def born_after(self, txn: Txn, seq: Seq, ino: BackingIno) -> bool:
-        """Whether `ino` is known to have been born after snapshot `seq`."""
-        record = self.area.attr_at(txn, ino, seq)
-        return record is not None and not record.exists
-
     def write_needs_capture(self, txn: Txn, seq: Seq, ino: BackingIno, offset: int,
                             length: int) -> bool:
         """Whether a write of [offset, offset+length) would store any pre-image."""
