@@ -33,14 +33,6 @@ from tests.support.treegen import tree_manifest
 HIDDEN = (".shadowfs",)
 
 
-@pytest.fixture
-def sim(tmp_path: Path):  # type: ignore[no-untyped-def]
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    core = CoreSim(str(backing), str(tmp_path / "diffarea"))
-    yield core
-    core.close()
-
 
 def _records(store: str, image: str) -> list[media.Record]:
     return list(media.open_image(store, image).records())

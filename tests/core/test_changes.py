@@ -27,16 +27,6 @@ from shadowfs.snapshot.view import SnapshotView
 from tests.core.simload import SimLoad
 from tests.support.coresim import CoreSim, Entry, manifest_view
 
-
-@pytest.fixture
-def sim(tmp_path):  # type: ignore[no-untyped-def]
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    core = CoreSim(str(backing), str(tmp_path / "diffarea"))
-    yield core
-    core.close()
-
-
 # ---- the brute-force model ------------------------------------------------------------------------
 
 

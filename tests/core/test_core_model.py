@@ -14,15 +14,6 @@ from shadowfs.diffarea.area import DiffArea
 from tests.support.coresim import CoreSim, manifest_live, manifest_view
 
 
-@pytest.fixture
-def sim(tmp_path):  # type: ignore[no-untyped-def]
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    core = CoreSim(str(backing), str(tmp_path / "diffarea"))
-    yield core
-    core.close()
-
-
 def test_overwrite_append_truncate(sim: CoreSim) -> None:
     sim.create("f", b"a" * 200_000)
     first = sim.snapshot("s1")
