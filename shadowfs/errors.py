@@ -28,6 +28,7 @@ ShadowfsError                                    kind                exit
 │   │   └── SetAborted                            set_aborted           1
 │   └── PeerUnreachable                           unreachable           3
 │       ├── DaemonNotRunning                      not_running           3
+│       ├── DaemonStarting                        starting              4
 │       ├── ChannelClosed (ConnectionError)       closed                3
 │       └── CallTimeout (TimeoutError)            timeout               3
 ├── DaemonError                                   daemon_failed         1
@@ -47,7 +48,8 @@ component, a writer failure, an aborted set, damaged media, verify or restore
 problems, I/O errors); 2 usage or refused (bad command line, invalid names,
 sizes or ids, unknown volume, snapshot or image, whatever the daemon refuses);
 3 the daemon cannot be reached (not running, connection refused, closed
-without a reply, no reply in time); 130 interrupted.
+without a reply, no reply in time); 4 the daemon is starting (try again in a
+moment); 130 interrupted.
 
 Invariants:
 - Every class that defines `kind` has its own; a subclass that inherits its
@@ -70,6 +72,7 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_REFUSED = 2
 EXIT_UNREACHABLE = 3
+EXIT_STARTING = 4
 EXIT_INTERRUPTED = 130
 
 _BY_KIND: dict[str, type[ShadowfsError]] = {}
@@ -256,6 +259,14 @@ class DaemonNotRunning(PeerUnreachable):
     DIR`)."""
 
     kind = "not_running"
+
+
+class DaemonStarting(PeerUnreachable):
+    """The daemon runs but is not ready yet: it does not listen yet, or a volume the request needs is
+    not protected yet. Trying again in a moment is the answer."""
+
+    kind = "starting"
+    exit_code = EXIT_STARTING
 
 
 class ChannelClosed(PeerUnreachable, ConnectionError):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -85,6 +86,21 @@ def volume_dir(state_dir: str, name: str) -> str:
 
 def diff_area_path(state_dir: str, name: str) -> str:
     return os.path.join(volume_dir(state_dir, name), "diffarea")
+
+
+def protection_path(state_dir: str, name: str) -> str:
+    """The volume's protection record (`live.protection`): since when, and is it still protected."""
+    return os.path.join(volume_dir(state_dir, name), "protection")
+
+
+def mount_socket_name(state_dir: str, name: str) -> str:
+    """The name of the abstract Unix socket (the address is a NUL byte, then this) on which the
+    volume's mount process waits for a daemon.
+
+    Abstract (no file, so no path length limit and nothing left behind by a killed process),
+    derived from the state directory and volume name so that each daemon finds its own."""
+    digest = hashlib.sha256(f"{os.path.abspath(state_dir)}\0{name}".encode()).hexdigest()[:40]
+    return f"shadowfs-mount-{digest}"
 
 
 def browser_mount(mount_root: str) -> str:
@@ -410,6 +426,26 @@ class DaemonLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def daemon_holding_lock(state_dir: str) -> int | None:
+    """The pid of a daemon that holds the lock of `state_dir` (running, perhaps not yet listening),
+    0 if one holds it without a readable pid, None if no daemon runs there."""
+    try:
+        fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or 0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

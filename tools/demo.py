@@ -56,14 +56,16 @@ def stop_previous() -> None:
                             check=False)
     if result.returncode == 0:
         pid = json.loads(result.stdout)["pid"]
-        say(f"stopping the demo daemon left running earlier (pid {pid})")
+        say(f"stopping the demo daemon left running earlier (pid {pid}) and unprotecting its volumes")
+        subprocess.run(SHADOWFS + ["stop", "--unprotect"], env=ENV, capture_output=True, check=False)
+    # mount processes outlive their daemon: end any left by a demo daemon that was killed
+    for pid in demo_mount_processes():
+        say(f"stopping a mount process left running earlier (pid {pid})")
         os.kill(pid, signal.SIGTERM)
-        for _ in range(300):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
+    for _ in range(300):
+        if not demo_mount_processes():
+            break
+        time.sleep(0.1)
     for point in sorted(mounts.fuse_mounts(), key=len, reverse=True):
         if point.startswith(str(DEMO) + "/") or point.startswith(str(MOUNT_ROOT) + "/"):
             mounts.unmount(point)
@@ -74,6 +76,20 @@ def stop_previous() -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def demo_mount_processes() -> list[int]:
+    """Pids of mount processes of the demo's state directory."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                args = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if b"shadowfs.live.process" in args and any(str(DEMO).encode() in arg for arg in args):
+            found.append(int(entry))
+    return found
+
+
 def start_daemon() -> subprocess.Popen[bytes]:
     DEMO.mkdir(parents=True, exist_ok=True)
     log = open(DEMO / "daemon.log", "ab")  # noqa: SIM115  (lives as long as the daemon)
@@ -82,7 +98,7 @@ def start_daemon() -> subprocess.Popen[bytes]:
     for _ in range(600):
         if proc.poll() is not None:
             raise SystemExit(f"demo: daemon exited with {proc.returncode}; see {DEMO / 'daemon.log'}")
-        result = subprocess.run(SHADOWFS + ["status", "--json"], env=ENV, capture_output=True,
+        result = subprocess.run(SHADOWFS + ["status", "--wait", "--json"], env=ENV, capture_output=True,
                                 check=False)
         if result.returncode == 0:
             return proc
@@ -296,12 +312,14 @@ def main() -> int:
         say("\ndemo ok: snapshot sets copy out exactly; the restored SQLite database passed "
             "PRAGMA integrity_check and holds a prefix of the committed rows")
         if args.keep:
-            say(f"\n--keep: daemon pid {daemon.pid} stays up; browse {browser}; stop it with "
-                f"kill {daemon.pid} (or run tools/demo again)")
+            say(f"\n--keep: daemon pid {daemon.pid} stays up; browse {browser}; stop it and unprotect "
+                f"the volumes with `SHADOWFS_STATE={STATE} SHADOWFS_MOUNT_ROOT={MOUNT_ROOT} "
+                "python -m shadowfs stop --unprotect` "
+                "(or run tools/demo again)")
             return 0
     finally:
         if not args.keep:
-            daemon.send_signal(signal.SIGTERM)
+            subprocess.run(SHADOWFS + ["stop", "--unprotect"], env=ENV, capture_output=True, check=False)
             try:
                 daemon.wait(timeout=60)
             except subprocess.TimeoutExpired:

@@ -62,27 +62,32 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
 
 import shadowfs
 from shadowfs import statedir
-from shadowfs.daemon.children import CALL_TIMEOUT, Child
+from shadowfs.daemon import notify
+from shadowfs.daemon.children import CALL_TIMEOUT, Child, connect_running, wait_any
 from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.errors import AccessDenied, ChildFailed, ConfigError, IOFailed, ShadowfsError
+from shadowfs.errors import AccessDenied, ChildFailed, ConfigError, DaemonStarting, IOFailed, ShadowfsError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
+    EXIT_MOUNT_GONE,
     BrowserEntry,
     BrowserVolume,
     DeleteRequest,
+    ShutdownReply,
     SnapshotDeleteReply,
     SnapshotDeleteRequest,
     SnapshotEntry,
     SnapshotListReply,
     StatusReply,
+    StopRequest,
     VolumeAddReply,
     VolumeAddRequest,
     VolumeBackingReply,
@@ -198,6 +203,17 @@ def _volume_config(volume: Volume) -> VolumeConfig:
             "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created}
 
 
+@dataclass
+class KeptConnection:
+    """What the daemon keeps of a running mount process so that a successor can take over its mount
+    without unmounting it (design §9.2): duplicates of its FUSE connection and its change watcher."""
+
+    fuse: int | None
+    watch: int | None
+    pid: int
+    mount_dev: str
+
+
 # --- the daemon -----------------------------------------------------------------------------------------
 
 Op = Callable[[Frame], Awaitable[Message | tuple[Message, list[int]]]]
@@ -216,6 +232,12 @@ class Daemon:
         self.mounts: dict[str, Child] = {}
         self.browser: Child | None = None
         self.readers = DiffAreaReader(state_dir)
+        self.kept: dict[str, KeptConnection] = {}  # per volume: what a successor mount process needs
+        self._adoptable: dict[str, tuple[int, socket.socket]] = {}
+        self._shutdown = trio.Event()
+        self._unprotect = False
+        self._browser_has_volumes = False
+        self.ready = False  # every volume protected and the browser serving them (design §9.4)
         self.mutation = trio.Lock()
         self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
         self._children: trio.Nursery | None = None
@@ -224,26 +246,32 @@ class Daemon:
             "volume_add": self.op_volume_add, "volume_list": self.op_volume_list,
             "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
-            "status": self.op_status,
+            "status": self.op_status, "shutdown": self.op_shutdown,
         }
 
     # ---- life ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Blocking start-up work before any child runs: table, stale mounts, backing fds."""
+        """Blocking start-up work before any child runs: table, adoption of the mount processes that
+        outlived an earlier daemon, stale mounts, backing fds."""
         statedir.prepare_state_dir(self.state_dir)
         self.table = VolumeTable.load(self.state_dir, self.mount_root)
         self.table.check_layout()
         self.service.load()
-        for path in [v.mount for v in self.table.volumes.values()] + [self.browser_path]:
-            mounts.unmount_if_ours(path)
-        os.makedirs(self.browser_path, mode=0o755, exist_ok=True)
         for volume in self.table.volumes.values():
+            running = connect_running(statedir.mount_socket_name(self.state_dir, volume.name))
+            if running is not None:
+                self._adoptable[volume.name] = running
+                log.info("volume %s: adopting its running mount process (pid %d)", volume.name, running[0])
+                continue  # its backing descriptor comes with its ready event
+            mounts.unmount_if_ours(volume.mount)
             try:
                 self.backing_fds[volume.name] = self._open_backing(volume)
             except OSError as exc:
                 log.error("volume %s: cannot open backing directory %s: %s; not starting it",
                           volume.name, volume.backing, exc.strerror)
+        mounts.unmount_if_ours(self.browser_path)
+        os.makedirs(self.browser_path, mode=0o755, exist_ok=True)
 
     @staticmethod
     def _open_backing(volume: Volume) -> int:
@@ -253,6 +281,11 @@ class Daemon:
         self.readers.close()
         frames.close_fds(list(self.backing_fds.values()))
         self.backing_fds.clear()
+        for name in list(self.kept):
+            self._drop_kept(name)
+        for _, sock in self._adoptable.values():
+            sock.close()
+        self._adoptable.clear()
 
     async def serve(self, listener: trio.socket.SocketType) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -263,30 +296,41 @@ class Daemon:
                     clients.start_soon(self._accept_loop, listener, clients)
                     self._start_browser()
                     for volume in self.table.volumes.values():
-                        if volume.name in self.backing_fds:
+                        if volume.name in self.backing_fds or volume.name in self._adoptable:
                             self._start_mount(volume)
                     log.info("shadowfs daemon %s serving state %s (pid %d)",
                              shadowfs.__version__, self.state_dir, os.getpid())
-                    async for signum in signals:
-                        log.info("received %s; stopping", signal.Signals(signum).name)
-                        break
+
+                    async def on_signal() -> None:
+                        async for signum in signals:
+                            log.info("received %s; stopping (volumes stay protected)",
+                                     signal.Signals(signum).name)
+                            return
+
+                    await wait_any(on_signal, self._shutdown.wait)
                     clients.cancel_scope.cancel()
-                await self._stop_all()
+                await self._stop_all(unprotect=self._unprotect)
                 children.cancel_scope.cancel()
         log.info("shadowfs daemon stopped")
 
-    async def _stop_all(self) -> None:
+    async def _stop_all(self, unprotect: bool) -> None:
+        """Stop the browser; leave every mount process protecting its volume (`detach`), or with
+        `unprotect` stop them too."""
         async with trio.open_nursery() as nursery:
-            for child in [*self.mounts.values(), self.browser]:
-                if child is not None:
-                    nursery.start_soon(child.stop)
+            for child in self.mounts.values():
+                nursery.start_soon(child.stop if unprotect else child.detach)
+            if self.browser is not None:
+                nursery.start_soon(self.browser.stop)
+        if unprotect:
+            log.warning("every volume is unprotected: changes to the backing directories are no longer "
+                        "captured until the daemon runs again")
 
     # ---- children ------------------------------------------------------------------------------
 
     def _start_browser(self) -> None:
         assert self._children is not None
         self.browser = Child("snapshot browser", "shadowfs.browser.process", ["--mount", self.browser_path],
-                             self.browser_path, on_ready=self._send_volumes)
+                             self.browser_path, on_ready=self._browser_ready)
         self._children.start_soon(self.browser.run)
 
     def _start_mount(self, volume: Volume) -> Child:
@@ -294,20 +338,125 @@ class Daemon:
         os.makedirs(statedir.volume_dir(self.state_dir, volume.name), mode=0o700, exist_ok=True)
         args = ["--volume", volume.name, "--backing", volume.backing, "--mount", volume.mount,
                 "--diff-area", statedir.diff_area_path(self.state_dir, volume.name),
+                "--protection", statedir.protection_path(self.state_dir, volume.name),
+                "--listen", statedir.mount_socket_name(self.state_dir, volume.name),
                 "--max-diff-area", str(volume.max_diff_area_bytes)]
+        stop: StopRequest = {"op": "stop"}
         child = Child(f"mount process of volume {volume.name}", "shadowfs.live.process", args, volume.mount,
-                      on_event=self._mount_event)
+                      on_ready=self._mount_ready, on_event=self._mount_event, launch=self._launch_mount,
+                      on_ready_event=self._keep_handoff, after_exit=self._after_mount_exit,
+                      stop_request=stop)
+        adoptable = self._adoptable.pop(volume.name, None)
+        if adoptable is not None:
+            child.adopt(*adoptable)
         self.mounts[volume.name] = child
         self._children.start_soon(child.run)
         return child
+
+    def _volume_of(self, child: Child) -> Volume | None:
+        for name, each in self.mounts.items():
+            if each is child:
+                return self.table.volumes.get(name)
+        return None
+
+    def _keep_handoff(self, child: Child, event: Frame, fds: list[int]) -> None:
+        """Keep what a ready mount process hands over (`MountReadyEvent`): its FUSE connection and
+        watcher for a successor, its backing root if we have none (an adopted in-place mount)."""
+        volume = self._volume_of(child)
+        names = event.get("fds")
+        if volume is None or not isinstance(names, list) or len(names) != len(fds):
+            frames.close_fds(fds)
+            return
+        received = dict(zip(names, fds, strict=True))
+        backing = received.pop("backing", None)
+        if backing is not None:
+            if volume.name in self.backing_fds:
+                os.close(backing)
+            else:
+                self.backing_fds[volume.name] = backing
+        self._drop_kept(volume.name)
+        self.kept[volume.name] = KeptConnection(
+            fuse=received.pop("fuse", None), watch=received.pop("watch", None),
+            pid=int(event.get("pid") or 0), mount_dev=str(event.get("mount_dev") or ""))
+        frames.close_fds(list(received.values()))
+        if event.get("took_over"):
+            log.info("volume %s: a new mount process (pid %s) took over the mount without unmounting it",
+                     volume.name, event.get("pid"))
+
+    def _drop_kept(self, name: str) -> None:
+        kept = self.kept.pop(name, None)
+        if kept is not None:
+            frames.close_fds([fd for fd in (kept.fuse, kept.watch) if fd is not None])
+
+    def _launch_mount(self, child: Child) -> tuple[list[str], list[int]]:
+        """Take over the mount if the dead process left it with its connection (design §9.2)."""
+        volume = self._volume_of(child)
+        if volume is None:
+            return [], []
+        kept = self.kept.get(volume.name)
+        backing = self.backing_fds.get(volume.name)
+        if kept is None or kept.fuse is None or backing is None:
+            return [], []
+        if mounts.top_mount(volume.mount) != (mounts.SHADOWFS_FUSE_TYPE, kept.mount_dev):
+            self._drop_kept(volume.name)
+            return [], []
+        args = ["--fuse-fd", str(kept.fuse), "--backing-fd", str(backing), "--predecessor-pid", str(kept.pid)]
+        fds = [kept.fuse, backing]
+        if kept.watch is not None:
+            args += ["--watch-fd", str(kept.watch)]
+            fds.append(kept.watch)
+        return args, fds
+
+    def _after_mount_exit(self, child: Child) -> None:
+        """Leave a mount whose connection we keep for the successor; remove any other (dead) one."""
+        volume = self._volume_of(child)
+        if volume is None:
+            mounts.unmount_if_ours(child.mount_path)
+            return
+        kept = self.kept.get(volume.name)
+        top = mounts.top_mount(volume.mount)
+        if kept is not None and kept.fuse is not None and top == (mounts.SHADOWFS_FUSE_TYPE, kept.mount_dev):
+            log.warning("volume %s: its mount process died; the mount stays in place (its requests wait) "
+                        "until a new process takes it over", volume.name)
+            return
+        self._drop_kept(volume.name)
+        if top is None or top[0] != mounts.SHADOWFS_FUSE_TYPE:
+            if child.last_exit == EXIT_MOUNT_GONE or not child.adopted or top is None:
+                log.warning("volume %s: its live mount was taken away; mounting it again (what changed "
+                            "meanwhile will read as damaged in earlier snapshots)", volume.name)
+        mounts.unmount_if_ours(volume.mount)
+
+    async def _mount_ready(self, child: Child) -> None:
+        await self._send_volumes()
+        self._check_ready()
 
     async def _mount_event(self, child: Child, event: Frame, fds: list[int]) -> None:
         frames.close_fds(fds)
         if event.get("event") == "snapshot_deleted":
             log.warning("%s: snapshot %s (seq %s) was deleted: %s", child.label, event.get("snapshot_id"),
                         event.get("seq"), event.get("reason", "no reason given"))
+        elif event.get("event") == "damage":
+            paths = event.get("paths")
+            named = ", ".join(str(p) for p in paths) if isinstance(paths, list) else ""
+            log.warning("%s: %s object(s) %s; they read as damaged (EIO) in earlier snapshots: %s",
+                        child.label, event.get("count"), event.get("cause"), named)
         else:
             log.info("%s: event %s", child.label, event)
+
+    async def _browser_ready(self, _child: Child) -> None:
+        self._browser_has_volumes = False
+        await self._send_volumes()
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        """The first time every volume is protected and the browser serves them all: READY=1."""
+        if self.ready or not self._browser_has_volumes:
+            return
+        if any(child.channel is None for child in self.mounts.values()):
+            return
+        self.ready = True
+        log.info("ready: %d volume(s) protected, snapshots at %s", len(self.mounts), self.browser_path)
+        notify.ready(f"{len(self.mounts)} volume(s) protected")
 
     async def _send_volumes(self, _child: Child | None = None) -> None:
         """Tell the browser which volumes exist, with one backing-root descriptor each."""
@@ -325,9 +474,14 @@ class Daemon:
             await browser.channel.call(request, fds=fds, timeout=CALL_TIMEOUT)
         except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
             log.error("snapshot browser did not take the volume list: %s", exc)
+            return
+        self._browser_has_volumes = all(name in self.backing_fds for name in self.mounts)
 
     def _ready_channel(self, name: str) -> Channel:
         child = self.mounts.get(name)
+        if (child is None or child.channel is None) and not self.ready:
+            raise DaemonStarting(f"the shadowfs daemon is starting: volume {name!r} is not protected yet; "
+                                 "try again in a moment")
         if child is None or child.channel is None:
             raise frames.RequestError(f"volume {name!r} is not mounted right now "
                                    "(its mount process is starting or restarting; see the daemon log)")
@@ -437,6 +591,14 @@ class Daemon:
         volumes = sorted(self.table.volumes.values(), key=lambda v: v.index)
         return {"volumes": [await self._volume_entry(v) for v in volumes]}
 
+    async def op_shutdown(self, request: Frame) -> ShutdownReply:
+        """Stop the daemon after the reply; with "unprotect", every mount process too."""
+        self._unprotect = bool(request.get("unprotect", False))
+        log.info("asked to stop%s", " and unprotect every volume" if self._unprotect else
+                 " (volumes stay protected)")
+        self._shutdown.set()
+        return {"stopping": True, "unprotect": self._unprotect}
+
     async def op_status(self, _request: Frame) -> StatusReply:
         volumes: list[VolumeStatus] = []
         for volume in sorted(self.table.volumes.values(), key=lambda v: v.index):
@@ -447,7 +609,7 @@ class Daemon:
         if self.browser is not None:
             browser = {"mount": self.browser_path, **self.browser.describe()}
         return {"version": shadowfs.__version__, "pid": os.getpid(), "state_dir": self.state_dir,
-                "mount_root": self.mount_root, "browser": browser, "volumes": volumes}
+                "mount_root": self.mount_root, "ready": self.ready, "browser": browser, "volumes": volumes}
 
     # ---- volumes -------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ which start in a fraction of the time an import of trio takes.
 
 Invariants:
 - A socket nobody listens on (or no socket) raises `DaemonNotRunning` with the
-  message "shadowfs daemon is not running on state DIR"; a socket this user
-  may not open raises `AccessDenied`.
+  message "shadowfs daemon is not running on state DIR", or `DaemonStarting`
+  ("... is starting ...", exit code 4) while a daemon holds the state
+  directory's lock but does not listen yet; a socket this user may not open
+  raises `AccessDenied`.
 - Each request carries the next id of the connection; frames that are not its
   reply (events, late replies) are skipped and their descriptors closed. An
   error reply without an id is about the connection as a whole and answers
@@ -41,6 +43,7 @@ from shadowfs.errors import (
     CallTimeout,
     ChannelClosed,
     DaemonNotRunning,
+    DaemonStarting,
     PeerUnreachable,
     ProtocolError,
     from_wire,
@@ -62,6 +65,11 @@ def connect(state_dir: str, timeout: float = REQUEST_TIMEOUT) -> socket.socket:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
+        pid = statedir.daemon_holding_lock(state_dir)
+        if pid is not None:
+            who = f" (pid {pid})" if pid else ""
+            raise DaemonStarting(f"shadowfs daemon{who} is starting on state {state_dir}; "
+                                 "try again in a moment") from None
         raise DaemonNotRunning(f"shadowfs daemon is not running on state {state_dir}") from None
     except PermissionError:
         sock.close()
@@ -151,6 +159,11 @@ def request(state_dir: str, obj: messages.SnapshotDeleteRequest,
 @overload
 def request(state_dir: str, obj: messages.StatusRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.StatusReply: ...
+
+
+@overload
+def request(state_dir: str, obj: messages.ShutdownRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.ShutdownReply: ...
 @overload
 def request(state_dir: str, obj: messages.WritersRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.WritersReply: ...

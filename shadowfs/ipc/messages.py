@@ -6,8 +6,9 @@ mypy checks each sender against the same shape its receiver checks::
     shadowfs CLI, jobs ──VolumeAddRequest, SnapshotCreateRequest, ...──▶ daemon (daemon.sock)
     requester (vss) ────HelloRequest, SequenceRequest, ...─────────────▶ daemon (one session)
     writer (vss) ───────WriterRegisterRequest──▶ daemon ──WriterEventRequest──▶ writer
-    daemon ──HoldRequest, CommitRequest, ReleaseRequest, DeleteRequest──▶ mount process
-           ◀──ReadyEvent, SnapshotDeletedEvent──────────────────────────
+    daemon ──HoldRequest, CommitRequest, ReleaseRequest, DeleteRequest, StopRequest──▶ mount process
+           ◀──MountReadyEvent (+ its FUSE, watcher and backing-root descriptors),
+              SnapshotDeletedEvent, DamageEvent───────────────────────────
     daemon ──VolumesRequest (+ one backing-root descriptor per volume)──▶ snapshot browser
 
 The frame format and the envelope are `ipc.frames`: the channel adds the
@@ -110,14 +111,50 @@ class MountStatusReply(TypedDict):
     max_bytes: int
 
 
+EXIT_MOUNT_GONE = 3
+"""A mount process's exit status when its mount was taken away from under it (mount it again)."""
+
+
+class StopRequest(TypedDict):
+    """End protection: mark what the watcher still holds, record the end, unmount, exit."""
+
+    op: Literal["stop"]
+
+
 MountRequest = (HoldRequest | CommitRequest | ReleaseRequest | DeleteRequest | SetMaxRequest
-                | MountStatusRequest)
+                | MountStatusRequest | StopRequest)
 
 
 class ReadyEvent(TypedDict):
-    """A child is mounted and serves its control channel (mount processes and the browser)."""
+    """A child is mounted and serves its control channel (the browser; mount processes send
+    `MountReadyEvent`)."""
 
     event: Literal["ready"]
+
+
+class MountReadyEvent(TypedDict):
+    """A mount process protects its volume and serves this control channel: the first event on
+    every channel, also to a daemon that adopts a running mount process. Its descriptors, in
+    order, are named by `fds` (each present only if the process has it): "fuse" (the FUSE
+    connection, for a successor to take over), "watch" (the change watcher's fanotify group)
+    and "backing" (the backing root, which an in-place mount hides)."""
+
+    event: Literal["ready"]
+    pid: int
+    volume: str
+    mount: str
+    mount_dev: str  # "major:minor" of the live mount (`linux.mounts.top_mount`)
+    fds: list[str]
+    took_over: bool
+
+
+class DamageEvent(TypedDict):
+    """Objects were found changed outside the live mount and marked damaged (design §9.3)."""
+
+    event: Literal["damage"]
+    count: int
+    paths: list[str]  # the first few
+    cause: str
 
 
 class SnapshotDeletedEvent(TypedDict):
@@ -319,8 +356,21 @@ class StatusReply(TypedDict):
     pid: int
     state_dir: str
     mount_root: str
+    ready: bool  # every volume protected and the browser serving them (READY=1 was sent)
     browser: BrowserEntry
     volumes: list[VolumeStatus]
+
+
+class ShutdownRequest(TypedDict):
+    """Stop the daemon; volumes stay protected unless "unprotect" (then every mount process stops)."""
+
+    op: Literal["shutdown"]
+    unprotect: bool
+
+
+class ShutdownReply(TypedDict):
+    stopping: bool
+    unprotect: bool
 
 
 # --- writers <-> daemon (`service.protocol` checks, `service.registry` serves; `vss.writer` sends) ------

@@ -34,6 +34,24 @@ def fuse_mounts() -> dict[str, str]:
     return result
 
 
+def top_mount(path: str) -> tuple[str, str] | None:
+    """(filesystem type, "major:minor") of the mount on top at mount point `path`, or None.
+
+    Read from /proc/self/mountinfo, where a mount stacked on another at the same point comes
+    later; the path is not touched (a stat would block on a FUSE mount nobody serves)."""
+    wanted = {os.path.abspath(path), os.path.realpath(path)}
+    found: tuple[str, str] | None = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+        for line in info:
+            fields = line.split()
+            if len(fields) < 7 or unescape(fields[4]) not in wanted:
+                continue
+            after = fields.index("-", 6) if "-" in fields[6:] else -1
+            if after > 0 and after + 1 < len(fields):
+                found = (fields[after + 1], fields[2])
+    return found
+
+
 def is_fuse_mount(path: str) -> bool:
     return os.path.realpath(path) in fuse_mounts() or os.path.abspath(path) in fuse_mounts()
 

@@ -52,34 +52,44 @@ from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.messages import (
     CommitReply,
     CommitRequest,
+    DamageEvent,
     DeleteReply,
     DeleteRequest,
     EmptyReply,
     HoldRequest,
+    MountReadyEvent,
     MountStatusReply,
-    ReadyEvent,
     ReleaseReply,
     SetMaxRequest,
     SnapshotDeletedEvent,
 )
-from shadowfs.linux import syscalls
+from shadowfs.linux import mounts, syscalls
 from shadowfs.live.commit import commit
 from shadowfs.live.gate import HoldGate
+from shadowfs.live.lapse import Damage, LapseGuard
 
 log = logging.getLogger(__name__)
 
 MOUNT_PROBE_TIMEOUT = 30.0
+MOUNT_CHECK_INTERVAL = 1.0
+DAMAGE_PATHS = 20  # paths named in one damage event (the mount's log names each)
 DEFAULT_HOLD_TIMEOUT = 10.0
 
 
 class MountService:
     """The control side of one live mount: hold gate driving, snapshot records, limits."""
 
-    def __init__(self, volume: str, mount: str, max_bytes: int, control: socket.socket, root_fd: int,
+    def __init__(self, volume: str, mount: str, max_bytes: int, control: socket.socket | None, root_fd: int,
                  graveyard_fd: int, area: DiffArea) -> None:
         self.volume = volume
         self.mount = os.path.abspath(mount)
         self.control = control
+        self.listener: socket.socket | None = None  # where the next daemon connects
+        self.guard: LapseGuard | None = None
+        self.handoff_fds: list[tuple[str, int]] = []  # what a daemon keeps for our successor
+        self.took_over = False
+        self.mount_dev = ""
+        self.gone = False  # the mount was taken away (not stopped)
         self.max_bytes = max_bytes
         self.root_fd = root_fd
         self.area = area
@@ -104,7 +114,7 @@ class MountService:
         self._stopping = False
 
     @classmethod
-    def open(cls, volume: str, mount: str, max_bytes: int, control: socket.socket, root_fd: int,
+    def open(cls, volume: str, mount: str, max_bytes: int, control: socket.socket | None, root_fd: int,
              graveyard_fd: int, diff_area: str) -> MountService:
         """Open the volume's diff area and everything on top of it; StartupError if it cannot be."""
         try:
@@ -136,38 +146,106 @@ class MountService:
     # ---- the trio side ---------------------------------------------------
 
     async def main(self, fuse_main: Callable[[], Awaitable[None]], terminate: Callable[[], None]) -> None:
-        """Serve the control channel until it closes or a signal comes; `fuse_main` serves the mount
-        meanwhile and `terminate` ends it (pyfuse3's, passed in: this module does not use pyfuse3)."""
+        """Protect the volume until told to stop: serve the mount (`fuse_main`, ended by `terminate`:
+        pyfuse3's, passed in, as this module does not use pyfuse3), mark what bypasses it (`guard`),
+        and serve one daemon at a time on the control channel.
+
+        A daemon that goes away (stopped, restarted, killed) takes nothing with it: the mount goes on
+        and the next daemon is accepted on `listener` (design §9.1). Only a `stop` request, SIGTERM or
+        SIGINT unmount; a mount taken away from under the process ends it too (`gone` is then set)."""
         self._terminate = terminate
         self.token = trio.lowlevel.current_trio_token()
         self._commit_lock = trio.Lock()
-        self.channel = Channel.from_socket(self.control)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self._fuse_main, fuse_main)
                 nursery.start_soon(self._watch_signals)
                 await self._probe_mount()
+                top = mounts.top_mount(self.mount)
+                self.mount_dev = top[1] if top is not None else ""
+                if self.guard is not None:
+                    nursery.start_soon(self.guard.watch_changes)
+                nursery.start_soon(self._watch_mount)
                 if self.max_bytes > 0:
                     self.committer.submit(_noop)  # enforce the limit on what is stored already
-                try:
-                    ready: ReadyEvent = {"event": "ready"}
-                    await self.channel.send(ready)
-                    log.info("mounted %s (newest snapshot %s)", self.mount, self.planner.newest)
-                    await self.channel.run(on_request=self._serve)
-                    log.info("control channel closed: unmounting")
-                except (frames.ChannelClosed, BrokenPipeError, ConnectionResetError,
-                        trio.ClosedResourceError):
-                    log.info("control channel lost: unmounting")
-                except frames.ProtocolError as exc:
-                    log.error("control channel broken (%s): unmounting", exc)
-                self.stop()
+                log.info("mounted %s (newest snapshot %s)", self.mount, self.planner.newest)
+                while not self.stopping():
+                    if self.control is not None:
+                        await self._serve_daemon(Channel.from_socket(self.control))
+                        self.control = None
+                    if not self.stopping():
+                        self.control = await self._next_daemon()
         finally:
-            self.channel.close()
+            with trio.CancelScope(shield=True):
+                await self._finish_guard()
+
+    async def _finish_guard(self) -> None:
+        """Mark what the watcher still holds, and record when protection ended."""
+        if self.guard is None:
+            return
+        try:
+            await self.guard.handle_pending()
+        except Exception as exc:  # the end must be recorded whatever happened
+            log.error("could not handle the last changes the watcher saw: %s", exc)
+        self.guard.end()
+
+    async def _serve_daemon(self, channel: Channel) -> None:
+        """One daemon's session: the ready event with our descriptors, then its requests."""
+        self.channel = channel
+        try:
+            ready: MountReadyEvent = {
+                "event": "ready", "pid": os.getpid(), "volume": self.volume, "mount": self.mount,
+                "mount_dev": self.mount_dev, "fds": [name for name, _ in self.handoff_fds],
+                "took_over": self.took_over}
+            await channel.send(ready, fds=[fd for _, fd in self.handoff_fds])
+            await channel.run(on_request=self._serve)
+            log.info("the daemon closed the control channel; still protecting %s", self.mount)
+        except (frames.ChannelClosed, BrokenPipeError, ConnectionResetError, trio.ClosedResourceError):
+            log.info("control channel lost; still protecting %s", self.mount)
+        except frames.ProtocolError as exc:
+            log.error("control channel broken (%s); still protecting %s", exc, self.mount)
+        finally:
+            self.channel = None
+            channel.close()
+            if self.gate.held and not self._stopping:
+                self._open_gate()  # a hold dies with the daemon that asked for it
+
+    async def _next_daemon(self) -> socket.socket | None:
+        """Wait for the next daemon on `listener` (root or our own user only); None when stopping."""
+        if self.listener is None:
+            await trio.sleep_forever()
+        listener = trio.socket.from_stdlib_socket(self.listener)
+        while not self.stopping():
+            conn, _ = await listener.accept()
+            _, uid, _ = frames.peer_credentials(conn)
+            if uid in (0, os.getuid()):
+                log.info("a daemon connected; serving it")
+                sock = socket.socket(fileno=conn.detach())
+                return sock
+            log.warning("refused a control connection from uid %d", uid)
+            conn.close()
+        return None
+
+    async def _watch_mount(self) -> None:
+        """Notice a mount taken away from under us (`umount`, `umount -l`): then end, so that the
+        daemon mounts the volume again (the watcher saw every change until then)."""
+        while True:
+            await trio.sleep(MOUNT_CHECK_INTERVAL)
+            top = await trio.to_thread.run_sync(mounts.top_mount, self.mount)
+            if top != (mounts.SHADOWFS_FUSE_TYPE, self.mount_dev):
+                log.warning("the live mount at %s was taken away (found %s); ending so that it is "
+                            "mounted again", self.mount, top)
+                self.gone = True
+                self.stop()
+                return
 
     async def _fuse_main(self, fuse_main: Callable[[], Awaitable[None]]) -> None:
         try:
             await fuse_main()
+            if not self._stopping:
+                log.warning("the kernel ended the FUSE session of %s (unmounted?)", self.mount)
+                self.gone = True
         finally:
             if self.nursery is not None:
                 self.nursery.cancel_scope.cancel()
@@ -184,6 +262,9 @@ class MountService:
         with trio.fail_after(MOUNT_PROBE_TIMEOUT):
             await trio.to_thread.run_sync(os.stat, self.mount, abandon_on_cancel=True)
 
+    def stopping(self) -> bool:
+        return self._stopping
+
     def stop(self) -> None:
         """End the FUSE loop (the nursery then ends); changes parked at the gate go through."""
         if self._stopping:
@@ -199,6 +280,7 @@ class MountService:
         handlers: dict[str, Callable[[frames.Frame], Awaitable[frames.Message]]] = {
             "hold": self._hold, "commit": self._commit, "release": self._release,
             "delete": self._delete, "set_max": self._set_max, "status": self._status,
+            "stop": self._stop_request,
         }
         handler = handlers.get(str(request.get("op")))
         if handler is None:
@@ -331,6 +413,13 @@ class MountService:
         self.committer.submit(_noop)  # the after-commit hook enforces the new limit
         return {}
 
+    async def _stop_request(self, frame: frames.Frame) -> EmptyReply:
+        """End protection (`volume remove`, `shadowfs daemon stop --unprotect`): after the reply."""
+        log.info("asked to stop protecting %s: unmounting", self.mount)
+        assert self.token is not None
+        self.token.run_sync_soon(self.stop)
+        return {}
+
     async def _status(self, frame: frames.Frame) -> MountStatusReply:
         with self.area.read() as txn:
             snapshots = [int(record.seq) for record in self.area.snapshot_list(txn)]
@@ -395,14 +484,29 @@ class MountService:
             self.nursery.start_soon(self._after_auto_delete, record)
 
     async def _after_auto_delete(self, record: SnapshotRecord) -> None:
-        assert self.channel is not None
-        try:
-            event: SnapshotDeletedEvent = {"event": "snapshot_deleted", "seq": record.seq,
-                                           "snapshot_id": record.snapshot_id, "reason": "diff area full"}
-            await self.channel.send(event)
-        except (frames.ChannelClosed, OSError, trio.ClosedResourceError) as exc:
-            log.warning("could not tell the daemon about the deleted snapshot: %s", exc)
+        event: SnapshotDeletedEvent = {"event": "snapshot_deleted", "seq": record.seq,
+                                       "snapshot_id": record.snapshot_id, "reason": "diff area full"}
+        await self.tell_daemon(event)
         await self._collect_graveyard()
+
+    async def tell_daemon(self, event: SnapshotDeletedEvent | DamageEvent) -> None:
+        """Send `event` to the daemon, if one is connected (the log has it either way)."""
+        channel = self.channel
+        if channel is None:
+            return
+        try:
+            await channel.send(event)
+        except (frames.ChannelClosed, OSError, trio.ClosedResourceError) as exc:
+            log.warning("could not tell the daemon about %s: %s", event["event"], exc)
+
+    def report_damage(self, found: list[Damage], count: int) -> None:
+        """`LapseGuard.report`: tell the daemon what was marked (trio thread)."""
+        if self.nursery is None or self._stopping:
+            return
+        event: DamageEvent = {"event": "damage", "count": count,
+                              "paths": [d.path or f"inode {d.ino}" for d in found[:DAMAGE_PATHS]],
+                              "cause": found[0].cause if found else ""}
+        self.nursery.start_soon(self.tell_daemon, event)
 
 
 def _noop(txn: Txn) -> None:

@@ -67,6 +67,7 @@ from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, open_by_ino, proc_path
+from shadowfs.live import handles
 from shadowfs.live.commit import settle, store
 from shadowfs.live.gate import HoldGate
 
@@ -240,16 +241,32 @@ class LiveOperations(pyfuse3.Operations):
         attr.st_ctime_ns = st.st_ctime_ns
         return attr
 
-    def _new_fh(self) -> pyfuse3.FileHandleT:
-        fh = self._next_fh
-        self._next_fh += 1
-        return fh
+    def _new_fh(self, ino: BackingIno, flags: int, table: dict[int, _File] | dict[int, _Dir]
+                ) -> pyfuse3.FileHandleT:
+        """A handle unused in `table` that names `ino` and its open flags (`handles.encode`)."""
+        for _ in range(handles.SERIALS):
+            self._next_fh += 1
+            fh = handles.encode(ino, flags, self._next_fh)
+            if fh not in table:
+                return pyfuse3.FileHandleT(fh)
+        raise pyfuse3.FUSEError(errno.ENFILE)  # every serial of this inode and mode is open
 
     def _file(self, fh: pyfuse3.FileHandleT) -> _File:
         handle = self._files.get(fh)
         if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+            handle = self._files[fh] = _File(self._reopen(fh), BackingIno(handles.decode(fh).ino))
         return handle
+
+    def _reopen(self, fh: int) -> int:
+        """A descriptor for a handle this process did not issue: one its predecessor on the same
+        FUSE connection gave out before it died (`live.handoff`). The handle says what to open."""
+        handle = handles.decode(fh)
+        try:
+            with self._paths.borrow(BackingIno(handle.ino)) as path_fd:
+                return os.open(proc_path(path_fd), handle.flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(errno.EBADF if exc.errno == errno.ENOENT else exc.errno or errno.EBADF
+                                    ) from None
 
     # ---- lookups and attributes -------------------------------------------
 
@@ -353,7 +370,7 @@ class LiveOperations(pyfuse3.Operations):
         # No O_PATH descriptor is cached for the new file: while it is open `_fd` finds its
         # handle, afterwards it is reopened by number if ever needed (most new files are
         # only written and closed), which spares every create an open and the cache an eviction.
-        fh = self._new_fh()
+        fh = self._new_fh(ino, flags, self._files)
         self._files[fh] = _File(fd, ino)
         return _file_info(fh, flags), self._entry(st)
 
@@ -419,7 +436,7 @@ class LiveOperations(pyfuse3.Operations):
                 fd = os.open(proc_path(path_fd), reopen | os.O_TRUNC)
         else:
             fd = os.open(proc_path(path_fd), reopen)
-        fh = self._new_fh()
+        fh = self._new_fh(ino, flags, self._files)
         self._files[fh] = _File(fd, ino)
         return _file_info(fh, flags)
 
@@ -460,6 +477,12 @@ class LiveOperations(pyfuse3.Operations):
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         ino = self._ino(FuseInode(inode))
         fd = os.open(proc_path(self._fd(ino)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fh = self._new_fh(ino, handles.DIRECTORY, self._dirs)
+        self._dirs[fh] = self._listing(fd, ino)
+        return fh
+
+    def _listing(self, fd: int, ino: BackingIno) -> _Dir:
+        """The names of directory `fd` (`ino`), read once per open; takes ownership of `fd`."""
         try:
             with os.scandir(fd) as entries:
                 names = [os.fsencode(entry.name) for entry in entries]
@@ -468,15 +491,21 @@ class LiveOperations(pyfuse3.Operations):
             raise
         if ino == self.root_ino:
             names = [name for name in names if name != HIDDEN_DIR]
-        fh = self._new_fh()
-        self._dirs[fh] = _Dir(fd, ino, names)
-        return fh
+        return _Dir(fd, ino, names)
+
+    def _dir(self, fh: pyfuse3.FileHandleT) -> _Dir:
+        """The open directory `fh`; one a predecessor process opened is listed again (its
+        offsets then index the new listing: entries made or removed since may show twice or not)."""
+        listing = self._dirs.get(fh)
+        if listing is None:
+            if not handles.decode(fh).directory:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            listing = self._dirs[fh] = self._listing(self._reopen(fh), BackingIno(handles.decode(fh).ino))
+        return listing
 
     @fuse_handler
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self._dirs.get(fh)
-        if listing is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+        listing = self._dir(fh)
         for index in range(start_id, len(listing.names)):
             name = listing.names[index]
             try:
@@ -496,10 +525,7 @@ class LiveOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        listing = self._dirs.get(fh)
-        if listing is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        await trio.to_thread.run_sync(os.fsync, listing.fd)
+        await trio.to_thread.run_sync(os.fsync, self._dir(fh).fd)
 
     # ---- extended attributes ---------------------------------------------
 

@@ -10,6 +10,7 @@ on a read-only diff area and a backing descriptor opened before mounting.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import pytest
 
 from shadowfs.diffarea.area import DiffArea
 from shadowfs.diffarea.schema import AttrRecord
+from shadowfs.errors import IpcError
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts
 from shadowfs.snapshot.view import LiveObjects, SnapshotView
@@ -94,6 +96,7 @@ class LiveVolume:
         self.mount = self.backing if in_place else self.top / "mnt"
         self.mount.mkdir(exist_ok=True)
         self.diff = self.top / "diff"
+        self.protection = self.top / "protection"
         self.log_path = self.top / "mountproc.log"
         self.in_place = in_place
         self.backing_fd = os.open(self.backing, os.O_RDONLY | os.O_DIRECTORY)
@@ -108,7 +111,8 @@ class LiveVolume:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shadowfs.live.process", "--control-fd", str(child.fileno()),
                  "--volume", "vol", "--backing", str(self.backing), "--mount", str(self.mount),
-                 "--diff-area", str(self.diff), "--max-diff-area", str(max_bytes)],
+                 "--diff-area", str(self.diff), "--protection", str(self.protection),
+                 "--max-diff-area", str(max_bytes)],
                 pass_fds=[child.fileno()], stdout=log, stderr=log, cwd=REPO,
                 env={**os.environ, "PYTHONPATH": str(REPO)})
         child.close()
@@ -148,9 +152,12 @@ class LiveVolume:
         return SnapshotReader(self, seq)
 
     def stop(self) -> int | None:
-        """Stop the process (EOF, then SIGTERM, then SIGKILL); unmount our own path if still mounted."""
+        """Stop the process (a `stop` request, then SIGTERM, then SIGKILL); unmount our own path if
+        still mounted. (Closing the control channel alone leaves a mount process serving.)"""
         code = None
         if self.client is not None:
+            with contextlib.suppress(OSError, IpcError):
+                self.client.call("stop")
             self.client.sock.close()
             self.client = None
         if self.proc is not None:

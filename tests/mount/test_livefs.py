@@ -23,6 +23,7 @@ import pytest
 from shadowfs.diffarea.schema import BLOCK_SIZE
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts, syscalls
+from shadowfs.live.protection import ProtectionRecord
 from tests.mount import livefs_fixtures
 from tests.mount.livefs_fixtures import LiveVolume, MountClient
 
@@ -589,6 +590,9 @@ def test_restart_keeps_snapshots_and_refuses_stale_mount(separate_volume: LiveVo
     orphan = os.stat(vol.backing / "orphan").st_ino
     os.link(vol.backing / "orphan", vol.backing / ".shadowfs" / "graveyard" / str(orphan))
     os.unlink(vol.backing / "orphan")
+    # Such leftovers are made by the mount process itself before it ends, not while the volume is
+    # unprotected: its record says protection ended only now (else they would be marked damaged).
+    ProtectionRecord(str(vol.protection)).end(time.time() + 1)
     vol._start(0)
     assert vol.client is not None
     assert vol.client.call("status")["newest"] == seq
@@ -927,7 +931,8 @@ def test_startup_errors_are_clear(tmp_path: Any) -> None:
             fd = child.fileno() if control_fd is None else control_fd
             return subprocess.run(
                 [sys.executable, "-m", "shadowfs.live.process", "--control-fd", str(fd), "--volume", "v",
-                 "--backing", backing, "--mount", mount, "--diff-area", str(tmp_path / "diff")],
+                 "--backing", backing, "--mount", mount, "--diff-area", str(tmp_path / "diff"),
+                 "--protection", str(tmp_path / "protection")],
                 pass_fds=[child.fileno()], capture_output=True, text=True, timeout=60, check=False,
                 cwd=livefs_fixtures.REPO)
         finally:

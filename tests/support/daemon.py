@@ -1,14 +1,16 @@
 """End-to-end harness: a real `shadowfs daemon` in a subprocess, driven through
 the real CLI, with temporary state, backing directories and mount root.
 
-The `daemon` fixture runs on the test's tmp_path and always stops the daemon. A
-stopped daemon must have unmounted everything it mounted: a FUSE mount still left
-under the test's tmp_path fails the test and is unmounted (tests/conftest.py),
-never anything else.
+The `daemon` fixture runs on the test's tmp_path and always stops the daemon and
+unprotects its volumes (`shadowfs stop --unprotect`; mount processes outlive a
+daemon that is merely stopped). What is then still mounted under the test's
+tmp_path fails the test and is unmounted (tests/conftest.py), never anything
+else; mount processes of this state directory still running are terminated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,7 +69,7 @@ class DaemonRun:
     @staticmethod
     def _all_ready(status: dict[str, Any]) -> bool:
         procs = [v.get("process") or {} for v in status.get("volumes", [])] + [status.get("browser", {})]
-        return all(p.get("state", "running") == "running" for p in procs)
+        return bool(status.get("ready")) and all(p.get("state", "running") == "running" for p in procs)
 
     def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -101,9 +103,49 @@ class DaemonRun:
                 self.proc.wait()
         self.proc = None
 
+    def shutdown(self, unprotect: bool = True) -> None:
+        """`shadowfs stop [--unprotect]` and wait for the daemon process to exit."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.cli("stop", *(["--unprotect"] if unprotect else []), check=False)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def mount_processes(self) -> list[int]:
+        """Pids of mount processes of this state directory (they outlive a stopped daemon)."""
+        found = []
+        marker = str(self.state).encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    args = cmdline.read().split(b"\0")
+            except OSError:
+                continue
+            if b"shadowfs.live.process" in args and any(marker in arg for arg in args):
+                found.append(int(entry))
+        return found
+
     def cleanup(self) -> None:
-        """Stop the daemon; what it leaves mounted is the check of tests/conftest.py."""
-        self.stop()
+        """Stop the daemon and unprotect every volume; end mount processes left without a daemon.
+        What is left mounted is the check of tests/conftest.py."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.shutdown(unprotect=True)
+        self.proc = None
+        for signum, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            pids = self.mount_processes()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+            deadline = time.monotonic() + wait
+            while pids and time.monotonic() < deadline and self.mount_processes():
+                time.sleep(0.05)
 
     def add_volume(self, name: str, *extra: str) -> Path:
         backing = self.base / f"vol-{name}"
