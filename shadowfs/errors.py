@@ -25,6 +25,7 @@ ShadowfsError                                    kind                exit
 │   ├── RemoteError (RuntimeError)                remote (or the peer's) 1
 │   ├── RequestError                              refused               2
 │   │   ├── AccessDenied                          denied                2
+│   │   ├── TreeBusy                              busy                  2
 │   │   └── SetAborted                            set_aborted           1
 │   └── PeerUnreachable                           unreachable           3
 │       ├── DaemonNotRunning                      not_running           3
@@ -46,10 +47,10 @@ ShadowfsError                                    kind                exit
 Exit codes (`exit_code_of`): 0 ok; 1 finished with problems (a failed
 component, a writer failure, an aborted set, damaged media, verify or restore
 problems, I/O errors); 2 usage or refused (bad command line, invalid names,
-sizes or ids, unknown volume, snapshot or image, whatever the daemon refuses);
-3 the daemon cannot be reached (not running, connection refused, closed
-without a reply, no reply in time); 4 the daemon is starting (try again in a
-moment); 130 interrupted.
+sizes or ids, unknown volume, snapshot or image, a busy tree, whatever the
+daemon refuses); 3 the daemon cannot be reached (not running, connection
+refused, closed without a reply, no reply in time); 4 the daemon is starting
+(try again in a moment); 130 interrupted.
 
 Invariants:
 - Every class that defines `kind` has its own; a subclass that inherits its
@@ -237,6 +238,14 @@ class AccessDenied(RequestError):
     """This user may not use the daemon's socket (only root and the daemon's own user may)."""
 
     kind = "denied"
+
+
+class TreeBusy(RequestError):
+    """`volume add` was refused because processes hold files, working or root directories or
+    memory mappings in the backing directory; the message names them (`volume add --force` adds
+    anyway)."""
+
+    kind = "busy"
 
 
 class SetAborted(RequestError):

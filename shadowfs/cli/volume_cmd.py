@@ -3,7 +3,8 @@
 One job: check names and sizes here (and the daemon checks them again), make
 paths absolute, send one request, print the reply. A bad name or size is a
 `ConfigError` before anything is sent (exit 2); what the daemon refuses (an
-existing volume, a backing directory in the way) comes back as its own class.
+existing volume, a backing directory in the way, a backing directory that
+processes hold, unless `--force`) comes back as its own class.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def cmd_volume_add(args: argparse.Namespace) -> int:
     mount = None if args.mount is None else os.path.abspath(args.mount)
     backing = os.path.abspath(args.backing)
     reply = request(state_of(args), {"op": "volume_add", "name": name, "backing": backing, "mount": mount,
-                                     "max_diff_area_bytes": max_bytes})
+                                     "max_diff_area_bytes": max_bytes, "force": args.force})
     volume = reply["volume"]
     if args.json:
         print_json(volume)
@@ -70,6 +71,9 @@ def add_parser(commands: Subcommands) -> None:
     vadd.add_argument("--max-diff-area", metavar="SIZE",
                       help="maximum diff area size, e.g. 512M, 10G, 1.5T (default: 10%% of the backing "
                            "filesystem's size, at least 1G); when full, the oldest snapshot is deleted")
+    vadd.add_argument("--force", action="store_true",
+                      help="add even when processes have files, working directories or mappings open "
+                           "in BACKING_DIR (refused otherwise, naming them; the daemon logs them)")
     add_command(volumes, "list", cmd_volume_list, "list volumes")
     vremove = add_command(volumes, "remove", cmd_volume_remove,
                           "stop protecting a volume and delete its diff area")

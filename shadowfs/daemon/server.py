@@ -23,6 +23,10 @@ Invariants:
   committed on each, and released on all, always; if anything fails, the
   snapshots already committed in that set are deleted before the error reply
   (`sets`).
+- `volume add` refuses a backing directory that any process holds (an open
+  file, a working or root directory, a memory mapping: `linux.busy`), as
+  umount refuses a busy mount, unless forced; forced, it logs the holders. The
+  scan runs in a worker thread, before the daemon opens the directory.
 - Every child process runs in its own session, so a Ctrl-C reaches only the
   daemon, which stops children in order: SIGTERM, then SIGKILL after
   `children.STOP_TIMEOUT`, then a lazy unmount of anything left at the
@@ -34,8 +38,10 @@ Requests on `<state>/daemon.sock` (the frame's own "id" is the request id; a
 refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
 `shadowfs.errors` class, e.g. "invalid", "refused", "set_aborted"):
 
-    {"op": "volume_add", "name", "backing", "mount": PATH|null, "max_diff_area_bytes": N|"10G"|null}
-        -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created}}
+    {"op": "volume_add", "name", "backing", "mount": PATH|null, "max_diff_area_bytes": N|"10G"|null,
+     "force": bool} -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created}}
+        (refused with kind "busy" while processes hold anything in the backing directory, unless
+        "force")
     {"op": "volume_list"} -> {"volumes": [{name, index, backing, mount, snapshots, diff_area_bytes,
                                            max_diff_area_bytes, created, state}]}
     {"op": "volume_remove", "name", "force": bool} -> {"removed", "snapshots_deleted"}
@@ -72,7 +78,15 @@ from shadowfs.daemon import notify
 from shadowfs.daemon.children import CALL_TIMEOUT, Child, connect_running, wait_any
 from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.errors import AccessDenied, ChildFailed, ConfigError, DaemonStarting, IOFailed, ShadowfsError
+from shadowfs.errors import (
+    AccessDenied,
+    ChildFailed,
+    ConfigError,
+    DaemonStarting,
+    IOFailed,
+    ShadowfsError,
+    TreeBusy,
+)
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
@@ -100,7 +114,7 @@ from shadowfs.ipc.messages import (
     VolumesRequest,
     VolumeStatus,
 )
-from shadowfs.linux import mounts
+from shadowfs.linux import busy, mounts
 from shadowfs.service import protocol
 from shadowfs.service.broker import SnapshotRow, TakenSet
 from shadowfs.service.connection import BoundedChannel, Connection
@@ -182,6 +196,10 @@ def _volume_add_request(request: Frame) -> VolumeAddRequest:
                                  "mount": _optional_text(request, "mount")}
     size = request.get("max_diff_area_bytes")
     checked["max_diff_area_bytes"] = None if size is None else statedir.parse_size(size)
+    force = request.get("force", False)
+    if not isinstance(force, bool):
+        raise frames.RequestError("request field 'force' is not a bool")
+    checked["force"] = force
     return checked
 
 
@@ -630,6 +648,7 @@ class Daemon:
         assert not isinstance(max_bytes, str)  # parsed by `_volume_add_request`
         async with self.mutation:
             volume = await trio.to_thread.run_sync(self.table.new_volume, name, backing, mount, max_bytes)
+            await self._check_not_busy(volume, request.get("force", False))
             await trio.to_thread.run_sync(self._prepare_volume_dirs, volume)
             fd = self._open_backing(volume)
             self.backing_fds[volume.name] = fd
@@ -643,6 +662,24 @@ class Daemon:
             await self._send_volumes()
             log.info("added volume %s: %s mounted at %s", volume.name, volume.backing, volume.mount)
         return {"volume": _volume_config(volume)}
+
+    @staticmethod
+    async def _check_not_busy(volume: Volume, force: bool) -> None:
+        """Refuse a backing directory that processes hold: what they change through what they hold
+        would reach the backing directory, not the live mount. Forced, log them and go on. The
+        daemon and its children are not counted; they hold nothing there anyway (the daemon opens a
+        backing directory only after this, and a new one cannot hold or be inside another volume,
+        the state directory or the mount root)."""
+        found = await trio.to_thread.run_sync(lambda: busy.holders(volume.backing, ignore=(os.getpid(),)))
+        if not found:
+            return
+        if not force:
+            count = len({holder.pid for holder in found})
+            raise TreeBusy(f"backing directory {volume.backing} is in use by {count} "
+                           f"process{'es' if count > 1 else ''}: {busy.summary(found)}; "
+                           "stop them or move them out of it, or add it with --force")
+        log.warning("volume %s: adding with --force while processes hold files in %s: %s",
+                    volume.name, volume.backing, busy.summary(found, limit=100))
 
     def _prepare_volume_dirs(self, volume: Volume) -> None:
         leftover = statedir.volume_dir(self.state_dir, volume.name)

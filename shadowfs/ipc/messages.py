@@ -206,7 +206,9 @@ class BrowserStatusReply(TypedDict):
 
 class VolumeAddRequest(TypedDict):
     """`mount` absent or null: in place over the backing directory; `max_diff_area_bytes` a number
-    of bytes or a size such as "10G", absent or null: the default. Reply: `VolumeAddReply`."""
+    of bytes or a size such as "10G", absent or null: the default; `force` true: add even when
+    processes hold something in the backing directory (else refused, kind "busy"; default false).
+    Reply: `VolumeAddReply`."""
 
     op: Literal["volume_add"]
     protocol: NotRequired[str]
@@ -214,6 +216,7 @@ class VolumeAddRequest(TypedDict):
     backing: str
     mount: NotRequired[str | None]
     max_diff_area_bytes: NotRequired[int | str | None]
+    force: NotRequired[bool]
 
 
 class VolumeConfig(TypedDict):

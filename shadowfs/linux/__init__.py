@@ -10,4 +10,5 @@ backing filesystem through it.
 - `atomicfile`: replace a file atomically and durably
 - `mounts`: FUSE mounts by path (/proc/self/mounts), unmounting only what shadowfs made; no pyfuse3
 - `fdcache`: the one descriptor cache: least recently used out, `borrow` pins, `dispose` on eviction
+- `busy`: which processes hold a tree (open files, working and root directories, mappings; /proc)
 """

@@ -22,7 +22,7 @@ import pytest
 
 from shadowfs import statedir
 from shadowfs.ipc import frames
-from shadowfs.linux import mounts
+from shadowfs.linux import busy, mounts
 from tests.support.daemon import SHADOWFS, DaemonRun
 
 pytestmark = pytest.mark.fuse
@@ -301,6 +301,38 @@ def test_volume_validation_and_removal(daemon: DaemonRun) -> None:
     readded = daemon.add_volume("a")
     assert next(v["index"] for v in daemon.cli("volume", "list", "--json") if v["name"] == "a") == 4
     assert readded == a
+
+
+def test_volume_add_refuses_a_busy_tree_unless_forced(daemon: DaemonRun) -> None:
+    daemon.add_volume("a")  # a mount process and the browser hold volume a's tree, none of the new one
+    daemon.wait_ready()
+    backing = daemon.base / "busy"
+    (backing / "sub").mkdir(parents=True)
+    (backing / "sub" / "a.txt").write_text("held")
+    with open(backing / "sub" / "a.txt") as held:
+        holder = subprocess.Popen(["sleep", "600"], stdin=held)
+    try:
+        # the daemon's processes hold nothing there, so leaving them out of the count changes nothing
+        assert {h.pid for h in busy.holders(str(backing))} == {holder.pid}
+        result = daemon.cli("volume", "add", "busy", str(backing), "--json", check=False)
+        assert result.returncode == 2, result
+        assert f"pid {holder.pid} (sleep): open file sub/a.txt" in result.stderr
+        assert "--force" in result.stderr and len(result.stderr.splitlines()) == 1
+        assert json.loads(result.stdout)["kind"] == "busy"
+        assert [v["name"] for v in daemon.cli("volume", "list", "--json")] == ["a"]
+        assert not (daemon.state / "volumes" / "busy").exists() and not (backing / ".shadowfs").exists()
+        assert not mounts_under(backing)
+
+        daemon.cli("volume", "add", "busy", str(backing), "--force")
+        daemon.wait_ready()
+        assert [v["name"] for v in daemon.cli("volume", "list", "--json")] == ["a", "busy"]
+        assert mounts.fuse_mounts().get(str(backing.resolve())) == "fuse.shadowfs"
+        logged = [line for line in daemon.log.read_text().splitlines() if "with --force" in line]
+        assert len(logged) == 1 and "WARNING" in logged[0]
+        assert f"pid {holder.pid} (sleep): open file sub/a.txt" in logged[0]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_crashed_mount_process_is_restarted(daemon: DaemonRun) -> None:
