@@ -37,9 +37,16 @@ Invariants:
 - The kernel may cache names and attributes for long (`IN_PLACE_CACHE_TIMEOUT`)
   only when the mount is in place: then every change reaches the kernel
   first, and it invalidates what the change makes stale itself.
-- A file opened write-only is served with direct I/O (`_file_info`); every
-  other open is cached. No writeback cache: a write reaches the handler
-  before write() returns, so the hold gate sees every change.
+- A file opened write-only is served with direct I/O (`_file_info`), unless
+  it has a set-id bit; every other open is cached. No writeback cache: a
+  write reaches the handler before write() returns, so the hold gate sees
+  every change.
+- A write, truncate or chown by a caller without CAP_FSETID clears S_ISUID,
+  and S_ISGID when the group may execute: the kernel asks for it with a
+  SETATTR of the mode in the caller's name, captured like any chmod. It
+  cannot on two paths: a direct write carries FUSE_WRITE_KILL_SUIDGID, which
+  pyfuse3 drops (so set-id files get no direct I/O), and an open with O_TRUNC
+  drops the mode change (so `open` clears the bits itself).
 - Handlers keep pyfuse3's parameter types (`pyfuse3.InodeT` and friends,
   plain ints). An inode number from the kernel is a `FuseInode`, and `_ino`
   turns it into the `BackingIno` that the capture planner and the descriptor
@@ -87,6 +94,7 @@ FuseInode = NewType("FuseInode", int)
 CACHE_TIMEOUT = 1.0
 IN_PLACE_CACHE_TIMEOUT = 60.0
 PATH_FD_CAPACITY = 4096  # O_PATH descriptors kept open (the rest are reopened by inode number)
+_SET_ID = stat.S_ISUID | stat.S_ISGID
 
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Flags that make no sense on a reopen through /proc, or that the kernel handles itself:
@@ -372,7 +380,7 @@ class LiveOperations(pyfuse3.Operations):
         # only written and closed), which spares every create an open and the cache an eviction.
         fh = self._new_fh(ino, flags, self._files)
         self._files[fh] = _File(fd, ino)
-        return _file_info(fh, flags), self._entry(st)
+        return _file_info(fh, flags, fd, st), self._entry(st)
 
     @fuse_handler
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes,
@@ -430,15 +438,18 @@ class LiveOperations(pyfuse3.Operations):
         ino = self._ino(FuseInode(inode))
         path_fd = self._fd(ino)
         reopen = (flags & ~_OPEN_DROP) | os.O_CLOEXEC
+        st: os.stat_result | None = None
         if flags & os.O_TRUNC:
             async with self.gate.change():
+                # the truncate's capture holds the attributes, so it covers the set-id bits too
                 await store(self.committer, self.planner.truncate(self.planner.seq_for(path_fd), ino, 0))
                 fd = os.open(proc_path(path_fd), reopen | os.O_TRUNC)
+                st = _truncated_by(fd, ctx)
         else:
             fd = os.open(proc_path(path_fd), reopen)
         fh = self._new_fh(ino, flags, self._files)
         self._files[fh] = _File(fd, ino)
-        return _file_info(fh, flags)
+        return _file_info(fh, flags, fd, st)
 
     @fuse_handler
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -558,7 +569,7 @@ class LiveOperations(pyfuse3.Operations):
 # ---- what the handlers apply ------------------------------------------------------------------
 
 
-def _file_info(fh: int, flags: int) -> pyfuse3.FileInfo:
+def _file_info(fh: int, flags: int, fd: int, st: os.stat_result | None = None) -> pyfuse3.FileInfo:
     """The open reply: cached I/O, except direct I/O for a file opened write-only.
 
     A write-only descriptor can neither read nor be mapped, so the kernel's page
@@ -568,8 +579,45 @@ def _file_info(fh: int, flags: int) -> pyfuse3.FileInfo:
     the data). Every write still reaches the handler before write() returns, as
     with cached writes (there is no writeback cache), and the kernel drops the
     cached pages of the written range, so other descriptors see the new bytes.
+
+    A file with a set-id bit is cached also when opened write-only: only a cached
+    write makes the kernel clear the bits first (a SETATTR in the writer's name,
+    when it lacks CAP_FSETID); a direct write asks the filesystem to do it with
+    FUSE_WRITE_KILL_SUIDGID, which pyfuse3 does not hand to `write`. `st`: the
+    file's stat if the caller has it (else `fd` is asked, when write-only).
     """
-    return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=flags & os.O_ACCMODE == os.O_WRONLY)
+    direct = flags & os.O_ACCMODE == os.O_WRONLY and not _SET_ID & (
+        st if st is not None else os.fstat(fd)).st_mode
+    return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
+
+
+def _set_id_cleared(mode: int) -> int:
+    """The set-id bits that a write, truncate or chown by a caller without CAP_FSETID clears.
+
+    S_ISUID, and S_ISGID when the group may execute (without group execute it marks
+    mandatory locking); the kernel's FUSE side computes the same (`fuse_setattr`).
+    """
+    cleared = mode & stat.S_ISUID
+    if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+        cleared |= stat.S_ISGID
+    return cleared if stat.S_ISREG(mode) else 0
+
+
+def _truncated_by(fd: int, ctx: pyfuse3.RequestContext) -> os.stat_result:
+    """After an open with O_TRUNC (`fd`): clear the set-id bits the caller's truncation clears.
+
+    Any other truncation by a caller without CAP_FSETID reaches `setattr` with the
+    cleared mode; this one does not (the kernel truncates in OPEN and drops the mode
+    change), so it is done here. The caller holds CAP_FSETID when it is root (the
+    request carries no capabilities). The kernel refreshes the mode before the open
+    returns (`handle_truncate` asks GETATTR), so it keeps nothing stale. The stat after.
+    """
+    st = os.fstat(fd)
+    cleared = _set_id_cleared(st.st_mode)
+    if cleared and ctx.uid != 0:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~cleared)
+        st = os.fstat(fd)
+    return st
 
 
 def _apply_setattr(target: int | str, fd: int, attr: pyfuse3.EntryAttributes,
