@@ -22,8 +22,13 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 INO_BITS = 44
 SERIAL_BITS = 12
@@ -65,3 +70,43 @@ def decode(fh: int) -> Handle:
         if bits & bit:
             flags |= flag
     return Handle(ino, flags, False)
+
+
+class OpenHandles(Generic[T]):
+    """The open files (or directories) of a mount, by handle: those this process gave out, and
+    those of a predecessor, which `get` opens again from the handle alone (`reopen`)."""
+
+    def __init__(self, reopen: Callable[[Handle], T]) -> None:
+        self._open: dict[int, T] = {}
+        self._reopen = reopen
+        self._serial = 0
+
+    def add(self, ino: int, flags: int, value: T) -> int:
+        """A new handle for `value`, an open of `ino` with `flags` (`DIRECTORY` for a directory)."""
+        for _ in range(SERIALS):
+            self._serial += 1
+            fh = encode(ino, flags, self._serial)
+            if fh not in self._open:
+                self._open[fh] = value
+                return fh
+        raise OSError(errno.ENFILE, f"{SERIALS} opens of inode {ino} with the same flags")
+
+    def get(self, fh: int) -> T:
+        """The open `fh`; one this process never gave out is opened again from the handle."""
+        value = self._open.get(fh)
+        if value is None:
+            value = self._open[fh] = self._reopen(decode(fh))
+        return value
+
+    def known(self, fh: int) -> T | None:
+        """The open `fh` if this process has it (nothing is reopened)."""
+        return self._open.get(fh)
+
+    def pop(self, fh: int) -> T | None:
+        return self._open.pop(fh, None)
+
+    def values(self) -> list[T]:
+        return list(self._open.values())
+
+    def clear(self) -> None:
+        self._open.clear()

@@ -143,14 +143,12 @@ class LiveOperations(pyfuse3.Operations):
         self._paths: DescriptorCache[BackingIno] = DescriptorCache(
             PATH_FD_CAPACITY, lambda ino: open_by_ino(root_fd, ino, _O_PATH_FLAGS), dispose=self._retire)
         self.gate.on_idle = self._reap
-        self._files: dict[int, _File] = {}
-        self._dirs: dict[int, _Dir] = {}
-        self._next_fh = 1
+        self._files: handles.OpenHandles[_File] = handles.OpenHandles(self._reopen_file)
+        self._dirs: handles.OpenHandles[_Dir] = handles.OpenHandles(self._reopen_dir)
 
     def close(self) -> None:
         """Close every descriptor the handlers hold (after the FUSE loop ended)."""
-        handles: list[_File | _Dir] = [*self._files.values(), *self._dirs.values()]
-        for handle in handles:
+        for handle in [*self._files.values(), *self._dirs.values()]:
             os.close(handle.fd)
         self._files.clear()
         self._dirs.clear()
@@ -249,32 +247,30 @@ class LiveOperations(pyfuse3.Operations):
         attr.st_ctime_ns = st.st_ctime_ns
         return attr
 
-    def _new_fh(self, ino: BackingIno, flags: int, table: dict[int, _File] | dict[int, _Dir]
-                ) -> pyfuse3.FileHandleT:
-        """A handle unused in `table` that names `ino` and its open flags (`handles.encode`)."""
-        for _ in range(handles.SERIALS):
-            self._next_fh += 1
-            fh = handles.encode(ino, flags, self._next_fh)
-            if fh not in table:
-                return pyfuse3.FileHandleT(fh)
-        raise pyfuse3.FUSEError(errno.ENFILE)  # every serial of this inode and mode is open
-
     def _file(self, fh: pyfuse3.FileHandleT) -> _File:
-        handle = self._files.get(fh)
-        if handle is None:
-            handle = self._files[fh] = _File(self._reopen(fh), BackingIno(handles.decode(fh).ino))
-        return handle
+        return self._files.get(fh)
 
-    def _reopen(self, fh: int) -> int:
-        """A descriptor for a handle this process did not issue: one its predecessor on the same
+    def _reopen(self, handle: handles.Handle) -> int:
+        """A descriptor for a handle this process did not give out: one its predecessor on the same
         FUSE connection gave out before it died (`live.handoff`). The handle says what to open."""
-        handle = handles.decode(fh)
         try:
             with self._paths.borrow(BackingIno(handle.ino)) as path_fd:
                 return os.open(proc_path(path_fd), handle.flags | os.O_CLOEXEC)
         except OSError as exc:
             raise pyfuse3.FUSEError(errno.EBADF if exc.errno == errno.ENOENT else exc.errno or errno.EBADF
                                     ) from None
+
+    def _reopen_file(self, handle: handles.Handle) -> _File:
+        if handle.directory:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return _File(self._reopen(handle), BackingIno(handle.ino))
+
+    def _reopen_dir(self, handle: handles.Handle) -> _Dir:
+        """A directory a predecessor opened is listed again (its offsets then index the new listing:
+        entries made or removed since may show twice or not at all)."""
+        if not handle.directory:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return self._listing(self._reopen(handle), BackingIno(handle.ino))
 
     # ---- lookups and attributes -------------------------------------------
 
@@ -301,7 +297,7 @@ class LiveOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         ino = self._ino(FuseInode(inode))
         fd = self._fd(ino)
-        handle = self._files.get(fh) if fh is not None else None
+        handle = self._files.known(fh) if fh is not None else None
         async with self.gate.change():
             seq = self.planner.seq_for(fd)
             await store(self.committer, self.planner.truncate(seq, ino, attr.st_size) if fields.update_size
@@ -378,8 +374,7 @@ class LiveOperations(pyfuse3.Operations):
         # No O_PATH descriptor is cached for the new file: while it is open `_fd` finds its
         # handle, afterwards it is reopened by number if ever needed (most new files are
         # only written and closed), which spares every create an open and the cache an eviction.
-        fh = self._new_fh(ino, flags, self._files)
-        self._files[fh] = _File(fd, ino)
+        fh = self._files.add(ino, flags, _File(fd, ino))
         return _file_info(fh, flags, fd, st), self._entry(st)
 
     @fuse_handler
@@ -447,8 +442,7 @@ class LiveOperations(pyfuse3.Operations):
                 st = _truncated_by(fd, ctx)
         else:
             fd = os.open(proc_path(path_fd), reopen)
-        fh = self._new_fh(ino, flags, self._files)
-        self._files[fh] = _File(fd, ino)
+        fh = self._files.add(ino, flags, _File(fd, ino))
         return _file_info(fh, flags, fd, st)
 
     @fuse_handler
@@ -478,7 +472,7 @@ class LiveOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        handle = self._files.pop(fh, None)
+        handle = self._files.pop(fh)
         if handle is not None:
             os.close(handle.fd)
 
@@ -488,9 +482,7 @@ class LiveOperations(pyfuse3.Operations):
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         ino = self._ino(FuseInode(inode))
         fd = os.open(proc_path(self._fd(ino)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fh = self._new_fh(ino, handles.DIRECTORY, self._dirs)
-        self._dirs[fh] = self._listing(fd, ino)
-        return fh
+        return self._dirs.add(ino, handles.DIRECTORY, self._listing(fd, ino))
 
     def _listing(self, fd: int, ino: BackingIno) -> _Dir:
         """The names of directory `fd` (`ino`), read once per open; takes ownership of `fd`."""
@@ -505,14 +497,7 @@ class LiveOperations(pyfuse3.Operations):
         return _Dir(fd, ino, names)
 
     def _dir(self, fh: pyfuse3.FileHandleT) -> _Dir:
-        """The open directory `fh`; one a predecessor process opened is listed again (its
-        offsets then index the new listing: entries made or removed since may show twice or not)."""
-        listing = self._dirs.get(fh)
-        if listing is None:
-            if not handles.decode(fh).directory:
-                raise pyfuse3.FUSEError(errno.EBADF)
-            listing = self._dirs[fh] = self._listing(self._reopen(fh), BackingIno(handles.decode(fh).ino))
-        return listing
+        return self._dirs.get(fh)
 
     @fuse_handler
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -530,7 +515,7 @@ class LiveOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        listing = self._dirs.pop(fh, None)
+        listing = self._dirs.pop(fh)
         if listing is not None:
             os.close(listing.fd)
 
