@@ -148,8 +148,8 @@ class LiveOperations(pyfuse3.Operations):
 
     def close(self) -> None:
         """Close every descriptor the handlers hold (after the FUSE loop ended)."""
-        for handle in [*self._files.values(), *self._dirs.values()]:
-            os.close(handle.fd)
+        for fd in [f.fd for f in self._files.values()] + [d.fd for d in self._dirs.values()]:
+            os.close(fd)
         self._files.clear()
         self._dirs.clear()
         self._paths.close()
