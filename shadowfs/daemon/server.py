@@ -1,7 +1,7 @@
 """The shadowfs daemon: its state, the CLI socket server and the dispatch of requests.
 
-One job: keep one live mount process per volume and one snapshot browser
-process running (each a `children.Child`), and carry out the CLI's requests
+One job: keep one live mount process per volume (`mounts.VolumeMounts`) and
+one snapshot browser process running (each a `children.Child`), and carry out the CLI's requests
 (`volume_*`, `snapshot_*`, `status`) against them; snapshot sets are taken
 and deleted by `sets.SetCoordinator`. It never touches file data itself; it
 reads snapshot records from the diff areas read-only. Writers and requesters (the VSS
@@ -12,10 +12,17 @@ service) are `shadowfs.service`: every connection is handed to
 
 Invariants:
 - One daemon per state directory (`statedir.DaemonLock`).
+- Stopping the daemon (SIGTERM, SIGINT, `shutdown`) never unprotects a volume:
+  mount processes are detached and go on; a starting daemon adopts them. Only
+  `volume_remove` and `shutdown` with "unprotect" stop them (design §9.1).
 - The daemon opens every backing directory before any mount can be over it
   (at start, after removing stale shadowfs mounts at its own mount paths; at
-  `volume add`, before starting the volume's mount process), keeps those
-  descriptors, and hands them to the browser with the `volumes` message.
+  `volume add`, before starting the volume's mount process), or receives it
+  from an adopted mount process, keeps those descriptors, and hands them to
+  the browser with the `volumes` message.
+- `ready` (and READY=1 on $NOTIFY_SOCKET, once) only when every volume's mount
+  process serves and the browser has taken the volume list (design §9.4);
+  until then a request that needs a volume fails with `DaemonStarting`.
 - The daemon unmounts only its own mount paths (volume mounts and
   `<mount root>/snapshots`), and only FUSE mounts of type `fuse.shadowfs`.
 - Snapshot-set creation, snapshot deletion and volume add/remove run one at a
@@ -28,9 +35,8 @@ Invariants:
   umount refuses a busy mount, unless forced; forced, it logs the holders. The
   scan runs in a worker thread, before the daemon opens the directory.
 - Every child process runs in its own session, so a Ctrl-C reaches only the
-  daemon, which stops children in order: SIGTERM, then SIGKILL after
-  `children.STOP_TIMEOUT`, then a lazy unmount of anything left at the
-  child's mount path.
+  daemon; children it stops are stopped in order: a `stop` request (mount
+  processes), SIGTERM, then SIGKILL after `children.STOP_TIMEOUT`.
 - Each request is checked into its `ipc.messages` type (`_volume_add_request`,
   ...) before it is carried out, and each reply is built as its type.
 
@@ -54,7 +60,10 @@ refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
     {"op": "snapshot_list"} -> {"snapshots": [{id, set_id, volume, created, seq, path, diff_area_bytes,
                                                context, attributes}]}
     {"op": "snapshot_delete", "snapshot": SNAPSHOT_ID|SET_ID} -> {"deleted": [...], "freed"}
-    {"op": "status"} -> {"version", "pid", "state_dir", "mount_root", "browser": {...}, "volumes": [...]}
+    {"op": "status"} -> {"version", "pid", "state_dir", "mount_root", "ready", "browser": {...},
+                         "volumes": [...]}
+    {"op": "shutdown", "unprotect": bool} -> {"stopping", "unprotect"}: the daemon stops after the
+        reply; mount processes go on protecting unless "unprotect"
     writer and requester ops: see shadowfs.service.protocol
 """
 
@@ -68,14 +77,14 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
 
 import shadowfs
 from shadowfs import statedir
 from shadowfs.daemon import notify
-from shadowfs.daemon.children import CALL_TIMEOUT, Child, connect_running, wait_any
+from shadowfs.daemon.children import CALL_TIMEOUT, Child, wait_any
+from shadowfs.daemon.mounts import VolumeMounts
 from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.errors import (
@@ -91,7 +100,6 @@ from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
-    EXIT_MOUNT_GONE,
     BrowserEntry,
     BrowserVolume,
     DeleteRequest,
@@ -101,7 +109,6 @@ from shadowfs.ipc.messages import (
     SnapshotEntry,
     SnapshotListReply,
     StatusReply,
-    StopRequest,
     VolumeAddReply,
     VolumeAddRequest,
     VolumeBackingReply,
@@ -221,17 +228,6 @@ def _volume_config(volume: Volume) -> VolumeConfig:
             "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created}
 
 
-@dataclass
-class KeptConnection:
-    """What the daemon keeps of a running mount process so that a successor can take over its mount
-    without unmounting it (design §9.2): duplicates of its FUSE connection and its change watcher."""
-
-    fuse: int | None
-    watch: int | None
-    pid: int
-    mount_dev: str
-
-
 # --- the daemon -----------------------------------------------------------------------------------------
 
 Op = Callable[[Frame], Awaitable[Message | tuple[Message, list[int]]]]
@@ -247,11 +243,10 @@ class Daemon:
         self.browser_path = statedir.browser_mount(mount_root)
         self.table = VolumeTable(state_dir, mount_root)
         self.backing_fds: dict[str, int] = {}
-        self.mounts: dict[str, Child] = {}
         self.browser: Child | None = None
         self.readers = DiffAreaReader(state_dir)
-        self.kept: dict[str, KeptConnection] = {}  # per volume: what a successor mount process needs
-        self._adoptable: dict[str, tuple[int, socket.socket]] = {}
+        self.volume_mounts = VolumeMounts(state_dir, self.table, self.backing_fds)
+        self.mounts = self.volume_mounts.children
         self._shutdown = trio.Event()
         self._unprotect = False
         self._browser_has_volumes = False
@@ -276,11 +271,9 @@ class Daemon:
         self.table = VolumeTable.load(self.state_dir, self.mount_root)
         self.table.check_layout()
         self.service.load()
+        self.volume_mounts.table = self.table
         for volume in self.table.volumes.values():
-            running = connect_running(statedir.mount_socket_name(self.state_dir, volume.name))
-            if running is not None:
-                self._adoptable[volume.name] = running
-                log.info("volume %s: adopting its running mount process (pid %d)", volume.name, running[0])
+            if self.volume_mounts.find_running(volume):
                 continue  # its backing descriptor comes with its ready event
             mounts.unmount_if_ours(volume.mount)
             try:
@@ -299,11 +292,7 @@ class Daemon:
         self.readers.close()
         frames.close_fds(list(self.backing_fds.values()))
         self.backing_fds.clear()
-        for name in list(self.kept):
-            self._drop_kept(name)
-        for _, sock in self._adoptable.values():
-            sock.close()
-        self._adoptable.clear()
+        self.volume_mounts.close()
 
     async def serve(self, listener: trio.socket.SocketType) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -314,7 +303,7 @@ class Daemon:
                     clients.start_soon(self._accept_loop, listener, clients)
                     self._start_browser()
                     for volume in self.table.volumes.values():
-                        if volume.name in self.backing_fds or volume.name in self._adoptable:
+                        if volume.name in self.backing_fds or self.volume_mounts.is_adoptable(volume.name):
                             self._start_mount(volume)
                     log.info("shadowfs daemon %s serving state %s (pid %d)",
                              shadowfs.__version__, self.state_dir, os.getpid())
@@ -353,113 +342,11 @@ class Daemon:
 
     def _start_mount(self, volume: Volume) -> Child:
         assert self._children is not None
-        os.makedirs(statedir.volume_dir(self.state_dir, volume.name), mode=0o700, exist_ok=True)
-        args = ["--volume", volume.name, "--backing", volume.backing, "--mount", volume.mount,
-                "--diff-area", statedir.diff_area_path(self.state_dir, volume.name),
-                "--protection", statedir.protection_path(self.state_dir, volume.name),
-                "--listen", statedir.mount_socket_name(self.state_dir, volume.name),
-                "--max-diff-area", str(volume.max_diff_area_bytes)]
-        stop: StopRequest = {"op": "stop"}
-        child = Child(f"mount process of volume {volume.name}", "shadowfs.live.process", args, volume.mount,
-                      on_ready=self._mount_ready, on_event=self._mount_event, launch=self._launch_mount,
-                      on_ready_event=self._keep_handoff, after_exit=self._after_mount_exit,
-                      stop_request=stop)
-        adoptable = self._adoptable.pop(volume.name, None)
-        if adoptable is not None:
-            child.adopt(*adoptable)
-        self.mounts[volume.name] = child
-        self._children.start_soon(child.run)
-        return child
-
-    def _volume_of(self, child: Child) -> Volume | None:
-        for name, each in self.mounts.items():
-            if each is child:
-                return self.table.volumes.get(name)
-        return None
-
-    def _keep_handoff(self, child: Child, event: Frame, fds: list[int]) -> None:
-        """Keep what a ready mount process hands over (`MountReadyEvent`): its FUSE connection and
-        watcher for a successor, its backing root if we have none (an adopted in-place mount)."""
-        volume = self._volume_of(child)
-        names = event.get("fds")
-        if volume is None or not isinstance(names, list) or len(names) != len(fds):
-            frames.close_fds(fds)
-            return
-        received = dict(zip(names, fds, strict=True))
-        backing = received.pop("backing", None)
-        if backing is not None:
-            if volume.name in self.backing_fds:
-                os.close(backing)
-            else:
-                self.backing_fds[volume.name] = backing
-        self._drop_kept(volume.name)
-        self.kept[volume.name] = KeptConnection(
-            fuse=received.pop("fuse", None), watch=received.pop("watch", None),
-            pid=int(event.get("pid") or 0), mount_dev=str(event.get("mount_dev") or ""))
-        frames.close_fds(list(received.values()))
-        if event.get("took_over"):
-            log.info("volume %s: a new mount process (pid %s) took over the mount without unmounting it",
-                     volume.name, event.get("pid"))
-
-    def _drop_kept(self, name: str) -> None:
-        kept = self.kept.pop(name, None)
-        if kept is not None:
-            frames.close_fds([fd for fd in (kept.fuse, kept.watch) if fd is not None])
-
-    def _launch_mount(self, child: Child) -> tuple[list[str], list[int]]:
-        """Take over the mount if the dead process left it with its connection (design §9.2)."""
-        volume = self._volume_of(child)
-        if volume is None:
-            return [], []
-        kept = self.kept.get(volume.name)
-        backing = self.backing_fds.get(volume.name)
-        if kept is None or kept.fuse is None or backing is None:
-            return [], []
-        if mounts.top_mount(volume.mount) != (mounts.SHADOWFS_FUSE_TYPE, kept.mount_dev):
-            self._drop_kept(volume.name)
-            return [], []
-        args = ["--fuse-fd", str(kept.fuse), "--backing-fd", str(backing), "--predecessor-pid", str(kept.pid)]
-        fds = [kept.fuse, backing]
-        if kept.watch is not None:
-            args += ["--watch-fd", str(kept.watch)]
-            fds.append(kept.watch)
-        return args, fds
-
-    def _after_mount_exit(self, child: Child) -> None:
-        """Leave a mount whose connection we keep for the successor; remove any other (dead) one."""
-        volume = self._volume_of(child)
-        if volume is None:
-            mounts.unmount_if_ours(child.mount_path)
-            return
-        kept = self.kept.get(volume.name)
-        top = mounts.top_mount(volume.mount)
-        if kept is not None and kept.fuse is not None and top == (mounts.SHADOWFS_FUSE_TYPE, kept.mount_dev):
-            log.warning("volume %s: its mount process died; the mount stays in place (its requests wait) "
-                        "until a new process takes it over", volume.name)
-            return
-        self._drop_kept(volume.name)
-        if top is None or top[0] != mounts.SHADOWFS_FUSE_TYPE:
-            if child.last_exit == EXIT_MOUNT_GONE or not child.adopted or top is None:
-                log.warning("volume %s: its live mount was taken away; mounting it again (what changed "
-                            "meanwhile will read as damaged in earlier snapshots)", volume.name)
-        mounts.unmount_if_ours(volume.mount)
+        return self.volume_mounts.start(self._children, volume, self._mount_ready)
 
     async def _mount_ready(self, child: Child) -> None:
         await self._send_volumes()
         self._check_ready()
-
-    async def _mount_event(self, child: Child, event: Frame, fds: list[int]) -> None:
-        frames.close_fds(fds)
-        if event.get("event") == "snapshot_deleted":
-            log.warning("%s: snapshot %s (seq %s) was deleted: %s", child.label, event.get("snapshot_id"),
-                        event.get("seq"), event.get("reason", "no reason given"))
-        elif event.get("event") == "damage":
-            paths = event.get("paths")
-            named = ", ".join(str(p) for p in paths) if isinstance(paths, list) else ""
-            log.warning("%s: %s object(s) %s; they read as damaged (EIO) in earlier snapshots: %s",
-                        child.label, event.get("count"), event.get("cause"), named)
-        else:
-            log.info("%s: event %s", child.label, event)
 
     async def _browser_ready(self, _child: Child) -> None:
         self._browser_has_volumes = False
@@ -695,6 +582,7 @@ class Daemon:
         child = self.mounts.pop(name, None)
         if child is not None:
             await child.stop()
+        self.volume_mounts.forget(name)
         if name in self.table.volumes:
             self.table.remove(name)
         fd = self.backing_fds.pop(name, None)
