@@ -2,6 +2,7 @@
 
 Documents and range strings, file sets, media state indexes, state-directory
 rules, IPC frames and channels over socketpairs, the error hierarchy and its exit
-codes, the descriptor cache, progress output, and the package layout read from
-the source. Fast, and run first: `tools/test tests/unit`.
+codes, the descriptor cache, progress output, fanotify event buffers built by
+hand, and the package layout read from the source. Fast, and run first:
+`tools/test tests/unit`.
 """
