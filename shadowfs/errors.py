@@ -12,6 +12,8 @@ ShadowfsError                                    kind                exit
 │   └── DaemonRunning                             daemon_running        2
 ├── DiffAreaError                                 diff_area             1
 ├── UnsafePath (ValueError)                       unsafe_path           1
+├── WatchUnavailable (OSError)                    watch_unavailable     1
+├── WatchOverflow                                 watch_overflow        1
 ├── DocumentError (ValueError)                    bad_document          1
 │   └── RangeError                                bad_ranges            1
 ├── MediaError                                    media                 1
@@ -60,7 +62,7 @@ Invariants:
   (`frames.error_reply`); `from_wire` turns it back into the class registered
   for the kind, or a `RemoteError` that keeps an unknown kind in `.kind`.
 - A builtin second base (ValueError, ConnectionError, TimeoutError,
-  RuntimeError) stays where code catches the builtin, so moving a class under
+  RuntimeError, OSError) stays where code catches the builtin, so moving a class under
   `ShadowfsError` changed no `except` clause's behaviour.
 - Nothing here imports anything from shadowfs: every module may import it.
 """
@@ -138,6 +140,20 @@ class UnsafePath(ShadowfsError, ValueError):
     """A path that would leave its tree or go through something that is not a directory."""
 
     kind = "unsafe_path"
+
+
+class WatchUnavailable(ShadowfsError, OSError):
+    """A fanotify watch of a backing filesystem cannot be set up or used (not root, a kernel or a
+    filesystem without file-handle reporting, too many watches); errno and message say which."""
+
+    kind = "watch_unavailable"
+
+
+class WatchOverflow(ShadowfsError):
+    """A fanotify watch lost events (its queue overflowed): what changed meanwhile must be found by
+    scanning the backing directory instead."""
+
+    kind = "watch_overflow"
 
 
 # ---- writers' documents ----------------------------------------------------------------------------

@@ -11,4 +11,7 @@ backing filesystem through it.
 - `mounts`: FUSE mounts by path (/proc/self/mounts), unmounting only what shadowfs made; no pyfuse3
 - `fdcache`: the one descriptor cache: least recently used out, `borrow` pins, `dispose` on eviction
 - `busy`: which processes hold a tree (open files, working and root directories, mappings; /proc)
+- `fanotify`: a fanotify watch of a backing filesystem: changes under the backing directory, by inode,
+  from any process but the ones ignored
+- `ctimescan`: every object under a directory whose ctime is at or after an instant, by a descriptor walk
 """

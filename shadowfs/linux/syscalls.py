@@ -1,7 +1,7 @@
 """Thin wrappers over Linux system calls that Python's os module lacks.
 
 One job: give the rest of shadowfs typed access to file handles
-(`open_by_handle_at`), `renameat2`, `linkat` of a descriptor, `syncfs`,
+(`open_by_handle_at`, by inode number or as handed out), `renameat2`, `linkat` of a descriptor, `syncfs`,
 symlink-safe xattr calls on descriptors and the data regions of a sparse file
 (SEEK_DATA/SEEK_HOLE),
 raising `OSError` with the right errno like the os module does.
@@ -26,6 +26,8 @@ import struct
 _libc = ctypes.CDLL(None, use_errno=True)
 
 FILEID_INO32_GEN = 1
+FILEID_INO32_GEN_PARENT = 2  # <linux/exportfs.h>: the same, followed by the parent's inode and generation
+MAX_HANDLE_SZ = 128
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
@@ -36,7 +38,7 @@ class _FileHandle(ctypes.Structure):
     _fields_ = [
         ("handle_bytes", ctypes.c_uint),
         ("handle_type", ctypes.c_int),
-        ("f_handle", ctypes.c_ubyte * 128),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
     ]
 
 
@@ -98,6 +100,23 @@ def open_by_ino(mount_fd: int, ino: int, flags: int) -> int:
     fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)  # untyped C int
     if fd < 0:
         _raise_errno(f"open_by_handle_at(inode {ino})")
+    return fd
+
+
+def open_by_handle(mount_fd: int, handle_type: int, f_handle: bytes, flags: int) -> int:
+    """Open the object a file handle (as name_to_handle_at or fanotify give it) names.
+
+    Raises OSError(ESTALE) when the object no longer exists.
+    """
+    if len(f_handle) > MAX_HANDLE_SZ:
+        raise OSError(errno.EINVAL, f"file handle of {len(f_handle)} bytes")
+    handle = _FileHandle()
+    handle.handle_bytes = len(f_handle)
+    handle.handle_type = handle_type
+    ctypes.memmove(handle.f_handle, f_handle, len(f_handle))
+    fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)  # untyped C int
+    if fd < 0:
+        _raise_errno(f"open_by_handle_at(handle type {handle_type})")
     return fd
 
 

@@ -32,6 +32,8 @@ EXPECTED: dict[type[errors.ShadowfsError], tuple[str, int]] = {  # class: (kind,
     errors.DaemonRunning: ("daemon_running", EXIT_REFUSED),
     errors.DiffAreaError: ("diff_area", EXIT_PROBLEMS),
     errors.UnsafePath: ("unsafe_path", EXIT_PROBLEMS),
+    errors.WatchUnavailable: ("watch_unavailable", EXIT_PROBLEMS),
+    errors.WatchOverflow: ("watch_overflow", EXIT_PROBLEMS),
     errors.DocumentError: ("bad_document", EXIT_PROBLEMS),
     errors.RangeError: ("bad_ranges", EXIT_PROBLEMS),
     errors.MediaError: ("media", EXIT_PROBLEMS),
@@ -116,7 +118,8 @@ def test_builtin_bases_stay_for_the_except_clauses_that_use_them() -> None:
     for cls, base in ((errors.ConfigError, ValueError), (errors.UnsafePath, ValueError),
                       (errors.DocumentError, ValueError), (errors.RecordError, ValueError),
                       (errors.ProtocolError, ValueError), (errors.ChannelClosed, ConnectionError),
-                      (errors.CallTimeout, TimeoutError), (errors.RemoteError, RuntimeError)):
+                      (errors.CallTimeout, TimeoutError), (errors.RemoteError, RuntimeError),
+                      (errors.WatchUnavailable, OSError)):
         assert issubclass(cls, base) and issubclass(cls, errors.ShadowfsError), cls
     assert issubclass(errors.RestoreError, errors.MediaError)
     assert issubclass(errors.BackupJobError, errors.MediaError)
