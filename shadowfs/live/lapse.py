@@ -149,6 +149,11 @@ class LapseGuard:
         if self.watch is None:
             return found
         for change in self.watch.read(self.ignore_pids):
+            if change.ino == 0:  # its name was gone before we read the event: its directory tells
+                if change.dir_ino is not None:
+                    found.append(Damage(BackingIno(change.dir_ino), None, "an entry changed outside the "
+                                        f"live mount by pid {change.pid} ({_command(change.pid)})"))
+                continue
             path = _text(change.path)
             if path is not None and (path == HIDDEN_DIR.decode() or
                                      path.startswith(HIDDEN_DIR.decode() + "/")):
