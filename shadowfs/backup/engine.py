@@ -35,6 +35,7 @@ restore); a hard-link group that changes in any way is written whole.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import stat
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from shadowfs.diffarea.schema import KINDS, BackingIno
+from shadowfs.errors import BackupJobError
 from shadowfs.linux.confined import split_parent
 from shadowfs.media import layout, stateindex
 from shadowfs.media.imagewriter import ImageWriter
@@ -250,6 +252,22 @@ class _Run:
         return ref, reader.sha256
 
 
+@contextmanager
+def unreadable(volume: str, source: VolumeSource) -> Iterator[None]:
+    """Turn an object of the snapshot that cannot be read (EIO: damaged by a lapse of protection,
+    design §9.3, or a failing disk) into a `BackupJobError` naming it: the image is not
+    completed, rather than holding data of another instant or leaving the object out."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        where = f"{volume}:{exc.filename}" if exc.filename else f"volume {volume}"
+        snapshot = source.info.get("snapshot_id")
+        hint = f"; `shadowfs snapshot damage {snapshot}` lists its damaged objects" if snapshot else ""
+        raise BackupJobError(f"{where}: cannot be read from the snapshot: {exc.strerror}{hint}") from exc
+
+
 def backup(request: BackupRequest) -> str:
     """Write the image `request` describes (see the module docstring); returns the image id."""
     media, type, sources = request.media, request.type, request.volumes
@@ -295,7 +313,8 @@ def backup(request: BackupRequest) -> str:
         run = _Run(writer, request.progress, request.failures, base_index)
         for volume in volumes:
             plan = sources[volume].plan
-            with SourceTree(sources[volume].tree, hidden=request.hidden) as src:
+            with unreadable(volume, sources[volume]), \
+                    SourceTree(sources[volume].tree, hidden=request.hidden) as src:
                 if type == "log":
                     _log(run, volume, src, plan)
                     continue

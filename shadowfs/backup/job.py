@@ -119,7 +119,8 @@ def _diff_hints(state_dir: str, base: Image | None, snapshots: Sequence[CreatedS
             continue
         try:
             hints.changes[snap["volume"]] = changes.scan(area, Seq(recorded["seq"]), Seq(int(snap["seq"])))
-        except DiffAreaError:
+        except DiffAreaError as exc:
+            log.info("volume %s: %s; comparing every file with the base image instead", snap["volume"], exc)
             area.close()
             continue
         reader = _direct_reader(state_dir, snap["volume"], area, Seq(int(snap["seq"]))) if direct else None

@@ -40,6 +40,10 @@ Invariants:
   copied again.
 - A snapshot deleted while browsed answers ESTALE (from `SnapshotView`); its
   set directory disappears from the root at once.
+- An object damaged in a snapshot (design §9.3) answers EIO (from
+  `SnapshotView`, through `fuse_handler`) to lookup, getattr, readlink,
+  xattrs, open, read and opendir; a listing of its directory still names it,
+  with placeholder attributes that the kernel may not cache.
 - Lookup counts are kept per node id (lookup and every accepted
   `readdir_reply` add one, `forget` subtracts); nothing is cached per node, so
   they serve as a consistency check only.
@@ -221,6 +225,22 @@ class BrowserOperations(pyfuse3.Operations):
         attrs.st_atime_ns = record.atime_ns
         attrs.st_mtime_ns = record.mtime_ns
         attrs.st_ctime_ns = record.ctime_ns
+        return attrs
+
+    @staticmethod
+    def _unreadable(node: NodeId) -> pyfuse3.EntryAttributes:
+        """What a listing says of an object whose attributes cannot be read (EIO: damaged in the
+        snapshot, design §9.3): its name stays in the listing, so nothing silently goes missing,
+        and with no caching its lookup and getattr come back here and fail with EIO. The kernel
+        needs a valid file type: a regular file's, mode 0, size 0."""
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node
+        attrs.generation = 0
+        attrs.entry_timeout = 0.0
+        attrs.attr_timeout = 0.0
+        attrs.st_mode = stat.S_IFREG
+        attrs.st_nlink = 1
+        attrs.st_blksize = BLKSIZE
         return attrs
 
     def _resolve(self, node: NodeId) -> tuple[BrowserVolume, Seq, BackingIno]:
@@ -408,7 +428,9 @@ class BrowserOperations(pyfuse3.Operations):
                 try:
                     window[position] = self._entry_of(view, node, ino)
                 except OSError as exc:
-                    if exc.errno != errno.ENOENT:
+                    if exc.errno == errno.EIO:  # damaged (design §9.3): listed, every look at it fails
+                        window[position] = self._unreadable(node)
+                    elif exc.errno != errno.ENOENT:
                         raise
 
         if todo:

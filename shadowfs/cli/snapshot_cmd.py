@@ -1,10 +1,10 @@
-"""`shadowfs snapshot create | list | delete`: snapshot sets taken through the daemon.
+"""`shadowfs snapshot create | list | delete | damage`: snapshot sets taken through the daemon.
 
-One job: turn the command line into `snapshot_create`, `snapshot_list` and
-`snapshot_delete` requests. Auto-release contexts are refused here (their set
-would be deleted as soon as this command exits): a `CliError`, exit 2. A set
-the daemon aborts (a writer vetoed, a volume did not hold) is `SetAborted`,
-exit 1.
+One job: turn the command line into `snapshot_create`, `snapshot_list`,
+`snapshot_delete` and `snapshot_damage` requests. Auto-release contexts are
+refused here (their set would be deleted as soon as this command exits): a
+`CliError`, exit 2. A set the daemon aborts (a writer vetoed, a volume did not
+hold) is `SetAborted`, exit 1.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from shadowfs.cli.common import add_command, add_group, snapshot_id, state_of
 from shadowfs.cli.output import print_json, print_table, size
 from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
-from shadowfs.ipc.messages import SnapshotCreateRequest
+from shadowfs.ipc.messages import SnapshotCreateRequest, SnapshotDamageRequest
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
@@ -62,9 +62,31 @@ def cmd_snapshot_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(snapshots)
         return 0
-    print_table(["SET", "SNAPSHOT", "VOLUME", "CREATED", "DIFF AREA", "PATH"],
-                [[s["set_id"], s["id"], s["volume"], s["created"], size(s["diff_area_bytes"]), s["path"]]
-                 for s in snapshots])
+    damaged = any(s["damaged_objects"] for s in snapshots)  # a column only when some snapshot has any
+    headers = ["SET", "SNAPSHOT", "VOLUME", "CREATED", "DIFF AREA", *(["DAMAGED"] if damaged else []), "PATH"]
+    print_table(headers, [[s["set_id"], s["id"], s["volume"], s["created"], size(s["diff_area_bytes"]),
+                           *([s["damaged_objects"] or "-"] if damaged else []), s["path"]]
+                          for s in snapshots])
+    if damaged:
+        print("damaged objects changed while protection had lapsed: reading them fails "
+              "(shadowfs snapshot damage SNAPSHOT lists them)")
+    return 0
+
+
+def cmd_snapshot_damage(args: argparse.Namespace) -> int:
+    wanted = snapshot_id(args.id)
+    request_obj: SnapshotDamageRequest = {"op": "snapshot_damage", "snapshot": wanted}
+    reply = request(state_of(args), request_obj)
+    if args.json:
+        print_json(reply)
+        return 0
+    if not reply["total"]:
+        print("no damaged objects")
+    for item in reply["damaged"]:
+        where = item["path"] if item["path"] is not None else f"(inode {item['ino']}, path unknown)"
+        print(f"{where}  {item['cause']}, found {item['found']}")
+    if reply["total"] > len(reply["damaged"]):
+        print(f"... and {reply['total'] - len(reply['damaged'])} more (not listed: too many for one reply)")
     return 0
 
 
@@ -79,7 +101,8 @@ def cmd_snapshot_delete(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: Subcommands) -> None:
-    snapshots = add_group(commands, "snapshot", "create, list or delete snapshots", "snapshot_command")
+    snapshots = add_group(commands, "snapshot", "create, list or delete snapshots, or list their damage",
+                          "snapshot_command")
     screate = add_command(snapshots, "create", cmd_snapshot_create,
                           "take one snapshot set: every named volume at the same instant")
     screate.add_argument("volumes", metavar="VOLUME", nargs="+")
@@ -97,3 +120,7 @@ def add_parser(commands: Subcommands) -> None:
     sdelete = add_command(snapshots, "delete", cmd_snapshot_delete,
                           "delete a snapshot, or every snapshot of a set")
     sdelete.add_argument("id", metavar="ID", help="a snapshot id or a snapshot set id")
+    sdamage = add_command(snapshots, "damage", cmd_snapshot_damage,
+                          "list the objects damaged in a snapshot: changed while protection had lapsed, "
+                          "so reading them there fails")
+    sdamage.add_argument("id", metavar="ID", help="a snapshot id")

@@ -4,7 +4,8 @@ One job: keep one live mount process per volume (`mounts.VolumeMounts`) and
 one snapshot browser process running (each a `children.Child`), and carry out the CLI's requests
 (`volume_*`, `snapshot_*`, `status`) against them; snapshot sets are taken
 and deleted by `sets.SetCoordinator`. It never touches file data itself; it
-reads snapshot records from the diff areas read-only. Writers and requesters (the VSS
+reads snapshot records and damage marks from the diff areas read-only
+(`areas.DiffAreaReader`). Writers and requesters (the VSS
 service) are `shadowfs.service`: every connection is handed to
 `Service.connect`, every service op (`snapshot_create` included) to
 `Service.handle`, and the daemon gives the service its volumes through
@@ -58,8 +59,12 @@ refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
         -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
             "held_ms": {volume: ms}, "writers": [...]}  (shadowfs.service.broker)
     {"op": "snapshot_list"} -> {"snapshots": [{id, set_id, volume, created, seq, path, diff_area_bytes,
-                                               context, attributes}]}
+                                               damaged_objects, context, attributes}]}
     {"op": "snapshot_delete", "snapshot": SNAPSHOT_ID|SET_ID} -> {"deleted": [...], "freed"}
+    {"op": "snapshot_damage", "snapshot": SNAPSHOT_ID} -> {"snapshot", "volume", "set_id",
+        "damaged": [{"ino", "path", "cause", "found"}], "total"}  (objects that changed while
+        protection had lapsed, design §9.3: reading them in this snapshot fails with EIO; read from
+        the diff area; as many as fit in a frame, `total` says how many there are: `daemon.areas`)
     {"op": "status"} -> {"version", "pid", "state_dir", "mount_root", "ready", "browser": {...},
                          "volumes": [...]}
     {"op": "shutdown", "unprotect": bool} -> {"stopping", "unprotect"}: the daemon stops after the
@@ -75,7 +80,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -83,10 +87,11 @@ import trio
 import shadowfs
 from shadowfs import statedir
 from shadowfs.daemon import notify
+from shadowfs.daemon.areas import DiffAreaReader
 from shadowfs.daemon.children import CALL_TIMEOUT, Child, wait_any
 from shadowfs.daemon.mounts import VolumeMounts
 from shadowfs.daemon.sets import SetCoordinator
-from shadowfs.diffarea.area import DiffArea, DiffAreaError
+from shadowfs.diffarea.schema import Seq
 from shadowfs.errors import (
     AccessDenied,
     ChildFailed,
@@ -104,6 +109,8 @@ from shadowfs.ipc.messages import (
     BrowserVolume,
     DeleteRequest,
     ShutdownReply,
+    SnapshotDamageReply,
+    SnapshotDamageRequest,
     SnapshotDeleteReply,
     SnapshotDeleteRequest,
     SnapshotEntry,
@@ -131,52 +138,6 @@ from shadowfs.statedir import Volume, VolumeTable
 log = logging.getLogger(__name__)
 
 DISCONNECT_TIMEOUT = 60.0
-
-
-# --- reading diff areas -------------------------------------------------------------------------------
-
-
-class DiffAreaReader:
-    """Read-only access to the volumes' diff areas, one LMDB environment per volume, opened once.
-
-    All access runs in worker threads under one lock, so an environment is never
-    closed while another thread reads it.
-    """
-
-    def __init__(self, state_dir: str) -> None:
-        self.state_dir = state_dir
-        self._areas: dict[str, DiffArea] = {}
-        self._lock = threading.Lock()
-
-    def _area(self, name: str) -> DiffArea | None:
-        area = self._areas.get(name)
-        if area is None:
-            try:
-                area = DiffArea.open(statedir.diff_area_path(self.state_dir, name), readonly=True)
-            except DiffAreaError:
-                return None  # not created yet by the mount process
-            self._areas[name] = area
-        return area
-
-    def read_volume(self, name: str) -> tuple[list[SnapshotRow], int]:
-        """(snapshot records with their bytes, bytes used by the whole diff area)."""
-        with self._lock:
-            area = self._area(name)
-            if area is None:
-                return [], 0
-            with area.read() as txn:
-                records: list[SnapshotRow] = [
-                    {"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id, "created": r.created,
-                     "bytes": area.snapshot_bytes(txn, r.seq)} for r in area.snapshot_list(txn)]
-                return records, area.used_bytes(txn)
-
-    def close(self, name: str | None = None) -> None:
-        with self._lock:
-            names = list(self._areas) if name is None else [name]
-            for each in names:
-                area = self._areas.pop(each, None)
-                if area is not None:
-                    area.close()
 
 
 # --- the requests, checked (`ipc.messages` says what each holds) -----------------------------------------
@@ -222,6 +183,10 @@ def _snapshot_delete_request(request: Frame) -> SnapshotDeleteRequest:
     return {"op": "snapshot_delete", "snapshot": _text(request, "snapshot")}
 
 
+def _snapshot_damage_request(request: Frame) -> SnapshotDamageRequest:
+    return {"op": "snapshot_damage", "snapshot": _text(request, "snapshot")}
+
+
 def _volume_config(volume: Volume) -> VolumeConfig:
     """`volume` as `volumes.json` holds it (`Volume.to_json`, field by field in its order)."""
     return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
@@ -259,7 +224,8 @@ class Daemon:
             "volume_add": self.op_volume_add, "volume_list": self.op_volume_list,
             "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
-            "status": self.op_status, "shutdown": self.op_shutdown,
+            "snapshot_damage": self.op_snapshot_damage, "status": self.op_status,
+            "shutdown": self.op_shutdown,
         }
 
     # ---- life ----------------------------------------------------------------------------------
@@ -477,12 +443,30 @@ class Daemon:
         return {"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume,
                 "created": record["created"], "seq": record["seq"],
                 "path": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
-                "diff_area_bytes": record["bytes"], **self.service.snapshot_extra(record["set_id"])}
+                "diff_area_bytes": record["bytes"], "damaged_objects": record["damaged"],
+                **self.service.snapshot_extra(record["set_id"])}
 
     async def op_snapshot_list(self, _request: Frame) -> SnapshotListReply:
         entries = [self._snapshot_entry(v, r) for v, r in await self._all_snapshots()]
         entries.sort(key=lambda e: (e["created"], e["set_id"], e["volume"]))
         return {"snapshots": entries}
+
+    async def op_snapshot_damage(self, request: Frame) -> SnapshotDamageReply:
+        """The objects damaged in one snapshot (design §9.3), read from its diff area."""
+        wanted = _snapshot_damage_request(request)["snapshot"]
+        everything = await self._all_snapshots()
+        for volume, record in everything:
+            if record["snapshot_id"] != wanted:
+                continue
+            found = await trio.to_thread.run_sync(self.readers.read_damage, volume, Seq(record["seq"]))
+            if found is None:
+                break  # deleted meanwhile
+            damaged, total = found
+            return {"snapshot": wanted, "volume": volume, "set_id": record["set_id"], "damaged": damaged,
+                    "total": total}
+        if any(record["set_id"] == wanted for _, record in everything):
+            raise frames.RequestError(f"{wanted} is a snapshot set: name one of its snapshots")
+        raise frames.RequestError(f"unknown snapshot {wanted}")
 
     async def _volume_entry(self, volume: Volume) -> VolumeEntry:
         records, used = await self._read_volume(volume.name)

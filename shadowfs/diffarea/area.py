@@ -12,6 +12,9 @@ touches the backing filesystem:
   snapshot ``p`` exists and the object has no pre-image in ``[p, d)``;
 - snapshot records, sequence numbers (never reused), size accounting, and
   graveyard bookkeeping;
+- damage marks (design §9.3): an object changed while protection had lapsed
+  is damaged in every snapshot up to the newest one when it was marked; marks
+  older than the oldest remaining snapshot are dropped with it;
 - the bytes of data-block pre-images live in the block store (blockstore.py);
   an extent whose last reference is dropped is recorded in ``freed`` within
   the same transaction and punched out by ``reclaim`` in a later one.
@@ -29,6 +32,7 @@ objects and sequences in the signatures are `schema.BackingIno` and
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -38,12 +42,21 @@ import lmdb
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.blockstore import BlockStore, aligned_end
-from shadowfs.diffarea.schema import AttrRecord, BackingIno, BlockRef, DirentRecord, Seq, SnapshotRecord
+from shadowfs.diffarea.schema import (
+    AttrRecord,
+    BackingIno,
+    BlockRef,
+    DamageRecord,
+    DirentRecord,
+    Seq,
+    SnapshotRecord,
+)
 from shadowfs.errors import DiffAreaError as DiffAreaError
 
 # A transaction begun with buffers=False (the only kind shadowfs begins): its values are bytes.
 # A string, because py-lmdb's Transaction is generic only in its stubs, not at run time.
 Txn: TypeAlias = "lmdb.Transaction[bytes]"
+_Db: TypeAlias = "lmdb._Database"
 
 MAP_SIZE = 1 << 40  # address space only; the file grows with what is stored
 MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks may cover
@@ -52,11 +65,13 @@ MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks m
 class DiffArea:
     """A volume's LMDB environment and the pre-image rules over it."""
 
-    def __init__(self, env: lmdb.Environment, path: str, readonly: bool) -> None:
+    def __init__(self, env: lmdb.Environment, path: str, readonly: bool, volume: str | None = None) -> None:
+        """Check the format (writable: create or upgrade it) and open every database; `volume` names
+        a diff area created now."""
         self.env = env
         self.path = path
         self.readonly = readonly
-        self._dbs = {name: env.open_db(name, create=not readonly) for name in schema.ALL_DBS}
+        self._dbs = self._open_databases(volume)
         self.meta = self._dbs[schema.DB_META]
         self.snapshots_db = self._dbs[schema.DB_SNAPSHOTS]
         self.preimages = self._dbs[schema.DB_PREIMAGES]
@@ -64,6 +79,7 @@ class DiffArea:
         self.usage = self._dbs[schema.DB_USAGE]
         self.graveyard = self._dbs[schema.DB_GRAVEYARD]
         self.freed = self._dbs[schema.DB_FREED]
+        self.damage = self._dbs[schema.DB_DAMAGE]
         self.blocks = BlockStore(path, writable=not readonly)
 
     # ---- opening ---------------------------------------------------------
@@ -83,30 +99,52 @@ class DiffArea:
             raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
         try:
             env.reader_check()  # clears reader slots of processes that died (kill -9)
-            area = cls(env, path, readonly)
-            area._check_format(volume)
+            return cls(env, path, readonly, volume)
         except (lmdb.Error, DiffAreaError) as exc:
-            if "area" in locals():
-                area.blocks.close()
             env.close()
             if isinstance(exc, DiffAreaError):
                 raise
             raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
-        return area
 
-    def _check_format(self, volume: str | None) -> None:
-        with self.env.begin(write=not self.readonly) as txn:
-            version = txn.get(schema.META_FORMAT, db=self.meta)
+    def _open_databases(self, volume: str | None) -> dict[bytes, _Db]:
+        """Every named database, once the format is known to be this one.
+
+        Writable, a new diff area gets its format, first sequence number and volume name, and
+        one of an upgradable format (schema.UPGRADABLE_VERSIONS) is upgraded in place; either
+        in the one transaction that creates the databases, so a reader never sees a format
+        without its databases. Read-only, any other format is refused (the mount process
+        upgrades an old one when it opens it; readers try again later).
+        """
+        if self.readonly:
+            meta = self.env.open_db(schema.DB_META, create=False)
+            with self.env.begin() as txn:
+                version = txn.get(schema.META_FORMAT, db=meta)
             if version is None:
-                if self.readonly:
-                    raise DiffAreaError(f"{self.path}: diff area not initialised")
-                txn.put(schema.META_FORMAT, schema.u32(schema.FORMAT_VERSION), db=self.meta)
-                txn.put(schema.META_NEXT_SEQ, schema.u64(1), db=self.meta)
+                raise DiffAreaError(f"{self.path}: diff area not initialised")
+            self._check_version(schema.read_u32(version))
+            return {name: self.env.open_db(name, create=False) for name in schema.ALL_DBS}
+        with self.env.begin(write=True) as txn:
+            meta = self.env.open_db(schema.DB_META, txn=txn, create=True)
+            version = txn.get(schema.META_FORMAT, db=meta)
+            found = None if version is None else schema.read_u32(version)
+            if found is None:
+                txn.put(schema.META_NEXT_SEQ, schema.u64(1), db=meta)
                 if volume is not None:
-                    txn.put(schema.META_VOLUME, volume.encode(), db=self.meta)
-            elif schema.read_u32(version) != schema.FORMAT_VERSION:
-                raise DiffAreaError(f"{self.path}: diff area format {schema.read_u32(version)}, "
-                                    f"this shadowfs reads format {schema.FORMAT_VERSION}")
+                    txn.put(schema.META_VOLUME, volume.encode(), db=meta)
+            elif found not in schema.UPGRADABLE_VERSIONS:
+                self._check_version(found)
+            if found != schema.FORMAT_VERSION:  # new, or upgraded: the new databases are created below
+                txn.put(schema.META_FORMAT, schema.u32(schema.FORMAT_VERSION), db=meta)
+            return {name: self.env.open_db(name, txn=txn, create=True) for name in schema.ALL_DBS}
+
+    def _check_version(self, version: int) -> None:
+        if version == schema.FORMAT_VERSION:
+            return
+        if self.readonly and version in schema.UPGRADABLE_VERSIONS:
+            raise DiffAreaError(f"{self.path}: diff area format {version}, not yet upgraded to format "
+                                f"{schema.FORMAT_VERSION} (its mount process upgrades it when it starts)")
+        raise DiffAreaError(f"{self.path}: diff area format {version}, "
+                            f"this shadowfs reads format {schema.FORMAT_VERSION}")
 
     def close(self) -> None:
         self.blocks.close()
@@ -174,7 +212,7 @@ class DiffArea:
     def record_snapshot(self, txn: Txn, snapshot_id: str, set_id: str,
                         created: str) -> SnapshotRecord:
         next_seq = txn.get(schema.META_NEXT_SEQ, db=self.meta)
-        if next_seq is None:  # written when the area was created (_check_format)
+        if next_seq is None:  # written when the area was created (_open_databases)
             raise DiffAreaError(f"{self.path}: diff area has no next sequence number")
         seq = schema.read_seq(next_seq)
         txn.put(schema.META_NEXT_SEQ, schema.u64(seq + 1), db=self.meta)
@@ -210,6 +248,8 @@ class DiffArea:
                         txn.put(schema.extent_key(ref.offset, ref.length), b"", db=self.freed)
             found = cursor.delete() and bool(cursor.key())  # False past the last key
         txn.delete(schema.u64(seq), db=self.snapshots_db)
+        if older is None:  # the oldest went: marks no remaining snapshot is as old as are dropped
+            self._drop_damage_below(txn, self.oldest_seq(txn))
         return freed
 
     # ---- pre-images ------------------------------------------------------
@@ -467,3 +507,69 @@ class DiffArea:
 
     def graveyard_remove(self, txn: Txn, ino: BackingIno) -> None:
         txn.delete(schema.u64(ino), db=self.graveyard)
+
+    # ---- damage marks (design §9.3) ----------------------------------------
+
+    def mark_damaged(self, txn: Txn, ino: BackingIno, path: str | None, cause: str, found: str) -> bool:
+        """Mark object `ino` damaged in every snapshot that exists now (sequence <= the newest): it
+        changed while protection had lapsed, so reading it there fails with EIO.
+
+        False, and nothing written, when there is no snapshot. An object marked before keeps
+        the larger of the two sequences; path (unless the new one is None), cause and found
+        are replaced by the new ones.
+        """
+        newest = self.newest_seq(txn)
+        if newest is None:
+            return False
+        key = schema.u64(ino)
+        old = txn.get(key, db=self.damage)
+        seq = newest
+        if old is not None:
+            before = schema.decode_damage(ino, old)
+            seq = max(seq, before.seq)
+            if path is None:
+                path = before.path
+        txn.put(key, schema.encode_damage(DamageRecord(ino, seq, path, cause, found)), db=self.damage)
+        return True
+
+    def damaged_through(self, txn: Txn, ino: BackingIno) -> Seq | None:
+        """The newest sequence in which `ino` is damaged (every snapshot <= it), or None."""
+        value = txn.get(schema.u64(ino), db=self.damage)
+        return None if value is None else schema.decode_damage(ino, value).seq
+
+    def damage_list(self, txn: Txn, seq: Seq) -> list[DamageRecord]:
+        """Every object damaged in snapshot `seq`, by inode number."""
+        records = (schema.decode_damage(schema.read_ino(key), value)
+                   for key, value in txn.cursor(db=self.damage))
+        return [record for record in records if record.seq >= seq]
+
+    def damage_count(self, txn: Txn, seq: Seq) -> int:
+        """How many objects are damaged in snapshot `seq`."""
+        return self.damage_counts(txn, [seq])[seq]
+
+    def damage_counts(self, txn: Txn, seqs: Iterable[Seq]) -> dict[Seq, int]:
+        """`damage_count` of several snapshots, in one pass over the marks."""
+        wanted = sorted(set(seqs))
+        counts = dict.fromkeys(wanted, 0)
+        if not wanted or txn.stat(self.damage)["entries"] == 0:
+            return counts
+        marks = sorted(schema.decode_damage(schema.read_ino(key), value).seq
+                       for key, value in txn.cursor(db=self.damage))
+        for seq in wanted:
+            counts[seq] = len(marks) - bisect.bisect_left(marks, seq)
+        return counts
+
+    def _drop_damage_below(self, txn: Txn, oldest: Seq | None) -> None:
+        """Forget marks that no remaining snapshot is as old as (all of them when none remains)."""
+        if txn.stat(self.damage)["entries"] == 0:
+            return
+        if oldest is None:
+            txn.drop(self.damage, delete=False)
+            return
+        cursor = txn.cursor(db=self.damage)
+        found = cursor.first()
+        while found:
+            if schema.decode_damage(schema.read_ino(cursor.key()), cursor.value()).seq < oldest:
+                found = cursor.delete() and bool(cursor.key())
+            else:
+                found = cursor.next()

@@ -18,6 +18,12 @@ A diff area is one LMDB environment with these named databases:
   its last name); the object lives in ``<backing>/.shadowfs/graveyard/<ino>``.
 - ``freed``: u64 offset + u32 length -> b"": extents of ``blocks.dat`` whose
   last reference a committed transaction dropped, to be punched out.
+- ``damage``: u64 ino -> JSON ``{"seq", "path", "cause", "found"}``: an object
+  that changed while protection had lapsed (design §9.3). It is damaged in
+  every snapshot with a sequence ``<= seq`` (the newest snapshot when it was
+  marked), and reading it there fails with EIO; ``path`` is its path relative
+  to the volume root as found (or null), ``cause`` a short text, ``found`` a
+  UTC time.
 
 Data-block pre-images hold their bytes in ``blocks.dat`` (see blockstore.py);
 the LMDB value is then a reference (offset, length). An all-zero block is
@@ -36,7 +42,10 @@ A number read from a key is typed where it is unpacked (`read_seq`, `read_ino`,
 `object_ino`); one from the kernel or the wire is converted once where it
 enters shadowfs.
 
-Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``.
+Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``;
+3 — ``damage`` (a format 2 area is upgraded in place when it is opened
+writable: the empty database is created and the version written, in one
+transaction; a read-only opener refuses format 2 until then).
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ BackingIno = NewType("BackingIno", int)
 Seq = NewType("Seq", int)
 """A snapshot's sequence number in its volume's diff area: grows, never reused (design §3)."""
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+UPGRADABLE_VERSIONS = (2,)  # opened writable, upgraded in place to FORMAT_VERSION
 BLOCK_SIZE = 64 * 1024
 SEQ_BYTES = 8
 HIDDEN_DIR = b".shadowfs"
@@ -68,7 +78,8 @@ DB_BYSNAP = b"bysnap"
 DB_USAGE = b"usage"
 DB_GRAVEYARD = b"graveyard"
 DB_FREED = b"freed"
-ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD, DB_FREED)
+DB_DAMAGE = b"damage"
+ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD, DB_FREED, DB_DAMAGE)
 
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
@@ -383,3 +394,26 @@ def encode_snapshot(record: SnapshotRecord) -> bytes:
 def decode_snapshot(seq: Seq, data: bytes) -> SnapshotRecord:
     fields = json.loads(data)
     return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"])
+
+
+@dataclass(frozen=True)
+class DamageRecord:
+    """An object that changed while protection had lapsed: damaged in every snapshot with a
+    sequence <= `seq` (design §9.3)."""
+
+    ino: BackingIno
+    seq: Seq
+    path: str | None  # relative to the volume root, as found; None if unknown
+    cause: str
+    found: str  # UTC time
+
+
+def encode_damage(record: DamageRecord) -> bytes:
+    return json.dumps({"seq": record.seq, "path": record.path, "cause": record.cause,
+                       "found": record.found}).encode()
+
+
+def decode_damage(ino: BackingIno, data: bytes) -> DamageRecord:
+    fields = json.loads(data)
+    return DamageRecord(ino, Seq(int(fields["seq"])), fields.get("path"), fields.get("cause", ""),
+                        fields.get("found", ""))

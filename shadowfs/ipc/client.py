@@ -157,6 +157,9 @@ def request(state_dir: str, obj: messages.SnapshotListRequest,
 def request(state_dir: str, obj: messages.SnapshotDeleteRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotDeleteReply: ...
 @overload
+def request(state_dir: str, obj: messages.SnapshotDamageRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotDamageReply: ...
+@overload
 def request(state_dir: str, obj: messages.StatusRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.StatusReply: ...
 

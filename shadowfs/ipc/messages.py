@@ -299,12 +299,39 @@ class SnapshotEntry(TypedDict):
     seq: int
     path: str  # the snapshot in the browser: <mount root>/snapshots/<set id>/<volume>
     diff_area_bytes: int
+    damaged_objects: int  # objects that changed while protection had lapsed: reading them fails (EIO)
     context: str
     attributes: int  # VSS_VOLSNAP_ATTR_* bits
 
 
 class SnapshotListReply(TypedDict):
     snapshots: list[SnapshotEntry]
+
+
+class SnapshotDamageRequest(TypedDict):
+    """`snapshot`: a snapshot id (not a set id). Reply: `SnapshotDamageReply`."""
+
+    op: Literal["snapshot_damage"]
+    protocol: NotRequired[str]
+    snapshot: str
+
+
+class DamagedObject(TypedDict):
+    """One object damaged in a snapshot (design §9.3): its backing inode, its path relative to the
+    volume root as found (None if unknown), why, and when it was found (UTC)."""
+
+    ino: int
+    path: str | None
+    cause: str
+    found: str
+
+
+class SnapshotDamageReply(TypedDict):
+    snapshot: str
+    volume: str
+    set_id: str
+    damaged: list[DamagedObject]  # by inode number; the first ones only when they would not fit a frame
+    total: int  # how many objects are damaged in the snapshot
 
 
 class SnapshotDeleteRequest(TypedDict):

@@ -71,6 +71,7 @@ class SnapshotRow(TypedDict):
     set_id: str
     created: str
     bytes: int  # what the diff area holds for this snapshot alone
+    damaged: int  # objects marked damaged in it (design §9.3)
 
 
 @dataclass

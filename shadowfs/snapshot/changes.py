@@ -31,6 +31,11 @@ From the candidates:
 
 Nothing here reads an unchanged file or lists an unchanged directory.
 
+The implication holds only while every change passed the capture path: an
+object marked damaged in ``base`` (design §9.3) changed without a pre-image,
+so `scan` refuses such a pair (DiffAreaError; a backup then compares every
+file's metadata instead).
+
 Every inode here is a `BackingIno` (the diff-area identity; readers hand them
 out typed) and the two snapshots are `Seq`s: a tree built from anything else,
 such as a backup image's records, converts its inode numbers where it reads
@@ -100,6 +105,10 @@ def scan(area: DiffArea, base: Seq, new: Seq) -> ObjectChanges:
                 raise DiffAreaError(f"{area.path}: no snapshot with sequence {seq}")
         if base >= new:
             raise DiffAreaError(f"base snapshot {base} is not older than {new}")
+        damaged = area.damage_count(txn, base)
+        if damaged:  # changed without pre-images: the keys below would not name them
+            raise DiffAreaError(f"{area.path}: {damaged} object(s) changed while protection had lapsed "
+                                f"after snapshot {base}: the diff area cannot say what changed since")
         changes = ObjectChanges(area, base, new)
         attr_inos: set[BackingIno] = set()
         cursor = txn.cursor(db=area.bysnap)

@@ -13,6 +13,8 @@ Invariants:
 - A read that would see a deleted snapshot fails (`SnapshotView`'s
   read-validate) instead of returning bytes of another instant, so
   `ViewSource` may keep its last few reads: a snapshot's bytes never change.
+- An OSError of a read is given the path it was about (`tree.named`), so
+  the caller can say which file failed (EIO: damaged in the snapshot).
 - `prefetch` is a hint only: it never fails, and whatever it could not warm is
   read (and its error raised) by the call that follows.
 """
@@ -25,7 +27,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from shadowfs.diffarea.schema import BLOCK_SIZE, KIND_OF_FMT, BackingIno, blocks_to_ranges
-from shadowfs.snapshot.tree import Meta, OpenSource, PathSource, SourceTree
+from shadowfs.linux.confined import join
+from shadowfs.snapshot.tree import Meta, OpenSource, PathSource, SourceTree, named
 from shadowfs.snapshot.view import SnapshotView
 
 
@@ -99,7 +102,7 @@ class PathReader:
 
 
 class ViewReader:
-    """A snapshot through the read model (`SnapshotView`), by inode; paths are ignored."""
+    """A snapshot through the read model (`SnapshotView`), by inode; paths name errors only."""
 
     def __init__(self, view: SnapshotView) -> None:
         self.view = view
@@ -108,32 +111,40 @@ class ViewReader:
         return self.view.root_ino
 
     def lookup(self, dir_ino: BackingIno, dir_path: str, name: str) -> tuple[BackingIno, int] | None:
-        try:
-            entry = self.view.lookup(dir_ino, os.fsencode(name))
-        except FileNotFoundError:
-            return None
-        return entry.ino, stat.S_IFMT(self.view.attr(entry.ino).mode)
+        with named(join(dir_path, name)):
+            try:
+                entry = self.view.lookup(dir_ino, os.fsencode(name))
+            except FileNotFoundError:
+                return None
+            return entry.ino, stat.S_IFMT(self.view.attr(entry.ino).mode)
 
     def listdir(self, dir_ino: BackingIno, dir_path: str) -> list[tuple[str, BackingIno, int]]:
-        return [(os.fsdecode(name), entry.ino, stat.S_IFMT(self.view.attr(entry.ino).mode))
-                for name, entry in self.view.listdir(dir_ino)]
+        with named(dir_path):
+            entries = self.view.listdir(dir_ino)
+        out = []
+        for name, entry in entries:
+            with named(join(dir_path, os.fsdecode(name))):
+                out.append((os.fsdecode(name), entry.ino, stat.S_IFMT(self.view.attr(entry.ino).mode)))
+        return out
 
     def meta(self, ino: BackingIno, path: str) -> Meta | None:
-        try:
-            record = self.view.attr(ino, with_xattrs=True)
-        except FileNotFoundError:
-            return None
+        with named(path):
+            try:
+                record = self.view.attr(ino, with_xattrs=True)
+            except FileNotFoundError:
+                return None
         return Meta(KIND_OF_FMT[stat.S_IFMT(record.mode)], record.mode, record.uid, record.gid,
                     0 if record.is_dir else record.size, record.atime_ns, record.mtime_ns, record.ctime_ns,
                     record.nlink, record.rdev, ino, {os.fsdecode(k): v for k, v in record.xattrs.items()},
                     os.fsdecode(record.symlink_target) if record.is_symlink else None)
 
     def read(self, ino: BackingIno, path: str, offset: int, length: int) -> bytes:
-        size = self.view.attr(ino).size
-        return self.view.read(ino, offset, length, size)
+        with named(path):
+            size = self.view.attr(ino).size
+            return self.view.read(ino, offset, length, size)
 
     def source(self, ino: BackingIno, path: str, size: int) -> ViewSource:
-        return ViewSource(self.view, ino, size)
+        return ViewSource(self.view, ino, size, path)
 
     def prefetch(self, objects: list[tuple[BackingIno, str, list[int]]]) -> None:
         """Open the objects (the descriptors stay in the view's cache for the reads that follow) and
@@ -164,16 +175,18 @@ class ViewSource(OpenSource):
     KEEP = 8  # reads of at most KEEP_BYTES each
     KEEP_BYTES = 4 * BLOCK_SIZE
 
-    def __init__(self, view: SnapshotView, ino: BackingIno, size: int) -> None:
+    def __init__(self, view: SnapshotView, ino: BackingIno, size: int, path: str = "") -> None:
         self.view = view
         self.ino = ino
         self.size = size
+        self.path = path  # names its errors only
         self._kept: dict[tuple[int, int], bytes] = {}
 
     def pread(self, length: int, offset: int) -> bytes:
         data = self._kept.get((offset, length))
         if data is None:
-            data = bytes(self.view.read_buffer(self.ino, offset, length, self.size))
+            with named(self.path):
+                data = bytes(self.view.read_buffer(self.ino, offset, length, self.size))
             if length > self.KEEP_BYTES:
                 return data
             if len(self._kept) >= self.KEEP:
@@ -182,7 +195,8 @@ class ViewSource(OpenSource):
         return data
 
     def data_regions(self, size: int) -> list[tuple[int, int]]:
-        return self.view.data_regions(self.ino, min(size, self.size))
+        with named(self.path):
+            return self.view.data_regions(self.ino, min(size, self.size))
 
     def close(self) -> None:
         self._kept.clear()

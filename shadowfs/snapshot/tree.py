@@ -18,6 +18,7 @@ Invariants:
   it is masked.
 - Names hidden at the root (``.shadowfs`` of a backing directory) are never
   visited.
+- An OSError of a walk or a read names the path it was about (`with_path`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
@@ -61,6 +63,25 @@ class Meta:
     @property
     def fmt(self) -> int:
         return stat.S_IFMT(self.mode)
+
+
+def with_path(exc: OSError, path: str) -> OSError:
+    """`exc` naming the path, relative to the tree's root ("/" for the root), of the object it was
+    about: a call through a directory descriptor names the last component at most, a read by
+    inode nothing, and the caller must say which file failed (EIO: damaged in the snapshot,
+    design §9.3). Its errno, so its class, stays."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, path or "/")
+
+
+@contextmanager
+def named(path: str) -> Iterator[None]:
+    """Raise every OSError from inside `with_path(path)`."""
+    try:
+        yield
+    except OSError as exc:
+        raise with_path(exc, path) from exc
 
 
 def read_xattrs(dir_fd: int, name: str) -> dict[str, bytes]:
@@ -133,11 +154,13 @@ class SourceTree:
                     if dir_fd != root_fd:
                         os.close(dir_fd)
                     continue
+                child = join(path, name)
                 try:
                     meta = meta_at(dir_fd, name)
                 except FileNotFoundError:
                     continue  # gone (live trees only)
-                child = join(path, name)
+                except OSError as exc:
+                    raise with_path(exc, child) from exc
                 yield child, meta
                 if meta.kind == "dir":
                     try:
@@ -145,8 +168,15 @@ class SourceTree:
                     except OSError as exc:
                         if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                             continue  # replaced meanwhile (live trees only): never followed
+                        raise with_path(exc, child) from exc
+                    try:
+                        listed = self._names(fd, child)
+                    except BaseException as exc:
+                        os.close(fd)
+                        if isinstance(exc, OSError):
+                            raise with_path(exc, child) from exc
                         raise
-                    stack.append((fd, child, iter(self._names(fd, child))))
+                    stack.append((fd, child, iter(listed)))
         finally:
             for fd, _, _ in stack:
                 if fd != root_fd:
@@ -234,10 +264,12 @@ class PathSource(OpenSource):
         return self.fd
 
     def pread(self, length: int, offset: int) -> bytes:
-        return os.pread(self._open(), length, offset)
+        with named(self.path):
+            return os.pread(self._open(), length, offset)
 
     def data_regions(self, size: int) -> list[tuple[int, int]]:
-        return data_regions(self._open(), size)
+        with named(self.path):
+            return data_regions(self._open(), size)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -25,6 +25,11 @@ Invariants:
   directory's read position is per open file).
 - Data reads assemble their result in place: live runs and captured extents
   are read with preadv straight into one buffer.
+- An object marked damaged in this snapshot (design §9.3: it changed while
+  protection had lapsed) answers EIO to every read: attributes, symlink
+  target, xattrs, data, its listing if a directory, a lookup in it or of it.
+  The mark is looked up in the transaction each read opens anyway (one get
+  per object).
 - Objects are `BackingIno`s, the snapshot a `Seq`. Inode numbers read from
   the backing filesystem (a live directory entry) are typed where they are
   read; reads take the caller's `BackingIno` as it is, with no conversion.
@@ -99,12 +104,28 @@ class SnapshotView:
         self.seq = seq
         self.root_ino = live.root_ino
 
-    def _txn_checked(self) -> Txn:
+    def _txn_checked(self, *objects: BackingIno) -> Txn:
+        """A read transaction in which the snapshot exists (else ESTALE) and none of `objects` is
+        damaged in it (else EIO)."""
         txn = self.area.env.begin()
         if not self.area.has_snapshot(txn, self.seq):
             txn.abort()
             raise OSError(errno.ESTALE, "snapshot was deleted")
+        try:
+            for ino in objects:
+                self._check_damage(txn, ino)
+        except BaseException:
+            txn.abort()
+            raise
         return txn
+
+    def _check_damage(self, txn: Txn, ino: BackingIno) -> None:
+        """EIO if `ino` is damaged in this snapshot (design §9.3): it changed while protection had
+        lapsed, in ways no pre-image holds, so no part of it can be trusted here."""
+        through = self.area.damaged_through(txn, ino)
+        if through is not None and through >= self.seq:
+            raise OSError(errno.EIO, f"inode {ino} is damaged in snapshot {self.seq} "
+                          "(it changed while protection had lapsed)")
 
     # ---- attributes ------------------------------------------------------
 
@@ -127,7 +148,7 @@ class SnapshotView:
         """The object's attributes at the snapshot; ENOENT if it did not exist then. `fd`: the
         caller's descriptor of the live object, if it has one (saves opening another)."""
         live = self._live_attr(ino, with_xattrs, fd)
-        txn = self._txn_checked()
+        txn = self._txn_checked(ino)
         try:
             record = self.area.attr_at(txn, ino, self.seq)
         finally:
@@ -167,15 +188,16 @@ class SnapshotView:
         except OSError as exc:
             if exc.errno not in _GONE:
                 raise
-        txn = self._txn_checked()
+        txn = self._txn_checked(dir_ino)
         try:
             record = self.area.dirent_at(txn, dir_ino, name, self.seq)
+            if record is None:
+                record = live
+            if record is None or not record.present:
+                raise OSError(errno.ENOENT, "no such entry")
+            self._check_damage(txn, record.ino)
         finally:
             txn.abort()
-        if record is None:
-            record = live
-        if record is None or not record.present:
-            raise OSError(errno.ENOENT, "no such entry")
         return record
 
     def listdir(self, dir_ino: BackingIno) -> list[tuple[bytes, DirentRecord]]:
@@ -195,7 +217,7 @@ class SnapshotView:
         except OSError as exc:
             if exc.errno not in _GONE:
                 raise
-        txn = self._txn_checked()
+        txn = self._txn_checked(dir_ino)
         try:
             overlay = self.area.dirent_overlay(txn, dir_ino, self.seq)
         finally:
@@ -240,6 +262,7 @@ class SnapshotView:
         """
         size = max(0, min(size, file_size - offset))
         if size == 0:
+            self._txn_checked(ino).abort()
             return b"", False
         span = block_span(offset, size)
         refs = {} if live_first else self._block_refs(ino, span.start, span.stop)
@@ -293,7 +316,7 @@ class SnapshotView:
         transaction that first checks that the snapshot exists."""
         if only is not None and not only:
             start = stop  # nothing to look up, but the snapshot check still runs
-        txn = self._txn_checked()
+        txn = self._txn_checked(ino)
         try:
             if start >= stop or not self.area.blocks_captured(txn, ino, self.seq):
                 return {}  # the common case: no block of this file was ever captured

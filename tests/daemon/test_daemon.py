@@ -9,6 +9,7 @@ what is left under the test's own temporary directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 
 from shadowfs import statedir
+from shadowfs.diffarea.area import DiffArea
+from shadowfs.diffarea.schema import BackingIno
 from shadowfs.ipc import frames
 from shadowfs.linux import busy, mounts
 from tests.support.daemon import SHADOWFS, DaemonRun
@@ -392,3 +395,54 @@ def test_a_full_diff_area_drops_the_oldest_snapshot_with_a_logged_event(daemon: 
 def _try_snapshot(run: DaemonRun, *volumes: str) -> dict[str, Any] | None:
     result = run.cli("snapshot", "create", *volumes, "--json", check=False)
     return result if isinstance(result, dict) else None
+
+
+def test_damaged_objects_are_counted_and_listed(daemon: DaemonRun) -> None:
+    """Design §9.3: objects marked in a stopped daemon's diff area are counted per snapshot by
+    `snapshot list`, listed by `snapshot damage`, and fail with EIO in the browser after a restart."""
+    a = daemon.add_volume("a")
+    daemon.wait_ready()
+    (a / "f").write_text("one")
+    (a / "g").write_text("two")
+    first = daemon.snapshot("a")
+    first_id = first["snapshots"][0]["id"]
+    assert [s["damaged_objects"] for s in daemon.cli("snapshot", "list", "--json")] == [0]
+    assert daemon.cli("snapshot", "damage", first_id, "--json")["damaged"] == []
+    assert daemon.cli("snapshot", "damage", first_id).stdout == "no damaged objects\n"
+    daemon.stop()
+    ino_f, ino_g = (a / "f").stat().st_ino, (a / "g").stat().st_ino
+    area = DiffArea.open(statedir.diff_area_path(str(daemon.state), "a"))
+    try:
+        with area.write() as txn:
+            assert area.mark_damaged(txn, BackingIno(ino_f), "f", "written while unprotected",
+                                     "2026-11-22T08:00:00Z")
+            assert area.mark_damaged(txn, BackingIno(ino_g), None, "found by inode",
+                                     "2026-11-22T08:00:01Z")
+    finally:
+        area.close()
+    daemon.start()
+    daemon.wait_ready()
+    second = daemon.snapshot("a")  # after the marks: nothing damaged in it
+    listing = {s["id"]: s for s in daemon.cli("snapshot", "list", "--json")}
+    assert listing[first_id]["damaged_objects"] == 2
+    assert listing[second["snapshots"][0]["id"]]["damaged_objects"] == 0
+    found_f, found_g = "2026-11-22T08:00:00Z", "2026-11-22T08:00:01Z"
+    damaged = sorted([{"ino": ino_f, "path": "f", "cause": "written while unprotected", "found": found_f},
+                      {"ino": ino_g, "path": None, "cause": "found by inode", "found": found_g}],
+                     key=lambda d: d["ino"])
+    assert daemon.cli("snapshot", "damage", first_id, "--json") == {
+        "snapshot": first_id, "volume": "a", "set_id": first["set_id"], "damaged": damaged, "total": 2}
+    human = daemon.cli("snapshot", "damage", first_id).stdout.splitlines()
+    assert sorted(human) == sorted([f"f  written while unprotected, found {found_f}",
+                                    f"(inode {ino_g}, path unknown)  found by inode, found {found_g}"])
+    table = daemon.cli("snapshot", "list").stdout.splitlines()
+    assert "DAMAGED" in table[0].split() and any(first_id in line and " 2 " in line for line in table)
+    with pytest.raises(OSError) as caught:
+        Path(first["snapshots"][0]["path"], "f").read_text()
+    assert caught.value.errno == errno.EIO
+    assert Path(second["snapshots"][0]["path"], "f").read_text() == "one"
+    missing = "3f2b8a52-5f8e-4a55-9a4c-0d3f8e0b7c11"
+    assert cli_error(daemon, "snapshot", "damage", missing, code=2) == f"shadowfs: unknown snapshot {missing}"
+    assert "is a snapshot set" in cli_error(daemon, "snapshot", "damage", first["set_id"], code=2)
+    daemon.cli("snapshot", "delete", first["set_id"])  # the last snapshot the marks damage
+    assert [s["damaged_objects"] for s in daemon.cli("snapshot", "list", "--json")] == [0]

@@ -30,7 +30,7 @@ FRAMES = 10_000
 OPS = ["hello", "writer_register", "writers", "gather_writer_metadata", "prepare_for_backup",
        "snapshot_create", "backup_complete", "abort_backup", "backup_shutdown", "pre_restore", "post_restore",
        "gather_writer_status", "snapshot_properties", "volume_list", "volume_add", "volume_remove",
-       "snapshot_list", "snapshot_delete", "status", "writer_event", "no_such_op", ""]
+       "snapshot_list", "snapshot_delete", "snapshot_damage", "status", "writer_event", "no_such_op", ""]
 FIELDS = ["protocol", "volumes", "context", "writers", "freeze_timeout", "event_timeout", "timeout", "bcd",
           "set_id", "snapshot_ids", "snapshot", "class_id", "instance_id", "instance_name", "writer_name",
           "usage_type", "session", "backup_type", "partial_file_support", "name", "backing", "force",

@@ -17,10 +17,13 @@ import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from shadowfs.backup.engine import BackupRequest, VolumeSource, backup
 from shadowfs.diffarea.schema import BLOCK_SIZE, META_NEXT_SEQ, u64
+from shadowfs.errors import BackupJobError
 from shadowfs.ipc import frames
 from shadowfs.linux import mounts
 from tests.support.browser_fixtures import (
@@ -287,6 +290,55 @@ def test_rsync_out_of_the_snapshot(workspace: Workspace) -> None:
     assert_same(instant, copied, fields=COPY_FIELDS + ("size", "nlink"),
                 dir_fields=("kind", "mode", "uid", "gid", "mtime_ns", "xattrs"))
     assert link_groups(copied_inodes, copied) == link_groups(inodes, instant)
+
+
+def test_damaged_objects_fail_with_eio_and_the_rest_reads_fine(workspace: Workspace) -> None:
+    """Design §9.3 through a real mount: a damaged file or directory fails every look with EIO, its
+    name stays listed (rsync reports it instead of leaving it out; a backup fails naming it), and
+    the rest reads as it was."""
+    v = workspace.volume("data", 1)
+    v.mkdir("d")
+    v.create("d/f", b"one")
+    v.create("d/g", b"two")
+    v.mkdir("lost")
+    v.create("lost/h", b"three")
+    v.create("keep", b"k" * 100_000)
+    instant, _ = manifest(v.backing)
+    v.take(SET_A, "2026-01-01T00:00:00Z")
+    with v.area.write() as txn:
+        for rel in ("d/f", "d/g", "lost"):
+            assert v.area.mark_damaged(txn, os.lstat(v.path(rel)).st_ino, rel, "test", WHEN)
+    v.take(SET_B, "2026-01-02T00:00:00Z")  # after the marks: not damaged
+    workspace.browser([v])
+    root = os.path.join(workspace.mount, SET_A, "data")
+
+    def eio(call, *args) -> None:  # type: ignore[no-untyped-def]
+        with pytest.raises(OSError) as caught:
+            call(*args)
+        assert caught.value.errno == errno.EIO, (call, args)
+
+    eio(os.stat, os.path.join(root, "d", "g"))  # looked up before any listing
+    assert sorted(os.listdir(os.path.join(root, "d"))) == ["f", "g"]
+    eio(os.stat, os.path.join(root, "d", "f"))  # listed first: the listing's attributes are not kept
+    eio(os.lstat, os.path.join(root, "d", "f"))
+    eio(open, os.path.join(root, "d", "f"), "rb")
+    eio(os.listdir, os.path.join(root, "lost"))
+    eio(os.stat, os.path.join(root, "lost", "h"))
+    with open(os.path.join(root, "keep"), "rb") as f:
+        assert f.read() == b"k" * 100_000
+    assert os.stat(os.path.join(root, "d")).st_mtime_ns == instant["d"].mtime_ns
+    later = os.path.join(workspace.mount, SET_B, "data")
+    assert Path(later, "d", "f").read_bytes() == b"one" and os.listdir(os.path.join(later, "lost")) == ["h"]
+    dest = os.path.join(workspace.base, "copy")
+    result = subprocess.run(["rsync", "-a", root + "/", dest + "/"], capture_output=True, text=True)
+    assert result.returncode == 23, (result.returncode, result.stderr)  # partial transfer, errors named
+    assert "d/f" in result.stderr and "Input/output error" in result.stderr, result.stderr
+    assert Path(dest, "keep").read_bytes() == b"k" * 100_000
+    assert not os.path.exists(os.path.join(dest, "d", "f"))
+    store = os.path.join(workspace.base, "media")
+    with pytest.raises(BackupJobError, match="^data:d/f: cannot be read from the snapshot: Input/output"):
+        backup(BackupRequest(store, {"data": VolumeSource(root)}, "full"))
+    assert backup(BackupRequest(store, {"data": VolumeSource(later)}, "full"))  # the later set backs up
 
 
 # ---- identity ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The snapshot browser's handlers called directly, without a mount: the refusals the kernel's
-"ro" mount option never lets through, and node bookkeeping (lookup, forget)."""
+"ro" mount option never lets through, node bookkeeping (lookup, forget), and damaged objects."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyfuse3
 import pytest
 
 from shadowfs.browser.nodes import snapshot_node
-from shadowfs.browser.ops import BrowserOperations
+from shadowfs.browser.ops import BrowserOperations, DirHandle
 from tests.support.browser_fixtures import Workspace, workspace
 
 __all__ = ["workspace"]  # the fixture, imported for pytest
@@ -66,5 +66,57 @@ async def test_handlers_refuse_every_change_without_a_mount(workspace: Workspace
         await ops.release(info.fh)
         await ops.forget([(f, 1), (vol_root, 1), (root, 1)])
         assert ops.known_nodes() == 0
+    finally:
+        ops.close()
+
+
+async def test_damaged_objects_answer_eio_and_stay_listed(workspace: Workspace) -> None:
+    """Design §9.3 through the handlers: every look at a damaged object fails with EIO (a FUSEError,
+    nothing else escapes), its directory still lists it with attributes the kernel may not keep,
+    and the other objects answer as before."""
+    v = workspace.volume("data", 1)
+    os.mkdir(v.path("d"))
+    _write(v.path("d/f"), b"damaged")
+    _write(v.path("ok"), b"fine")
+    os.symlink("ok", v.path("link"))
+    seq = v.take(SET_A)
+    with v.area.write() as txn:
+        for rel in ("d/f", "link"):
+            assert v.area.mark_damaged(txn, os.lstat(v.path(rel)).st_ino, rel, "test", "2026-11-22T08:00:00Z")
+    v.close()  # one LMDB environment per process: the browser's own
+    workspace.volumes.remove(v)
+    ops = BrowserOperations()
+    try:
+        ops.set_volumes([("data", 1, v.diff_area, os.open(v.backing, os.O_RDONLY | os.O_DIRECTORY))])
+        ctx: Any = None
+        root = (await ops.lookup(pyfuse3.ROOT_INODE, SET_A.encode(), ctx)).st_ino
+        vol_root = (await ops.lookup(root, b"data", ctx)).st_ino
+        d = (await ops.lookup(vol_root, b"d", ctx)).st_ino
+        f = snapshot_node(1, seq, os.stat(v.path("d/f")).st_ino)
+        link = snapshot_node(1, seq, os.lstat(v.path("link")).st_ino)
+        failing = {
+            "lookup": ops.lookup(d, b"f", ctx),
+            "lookup of a symlink": ops.lookup(vol_root, b"link", ctx),
+            "getattr": ops.getattr(f, ctx),
+            "readlink": ops.readlink(link, ctx),
+            "getxattr": ops.getxattr(f, b"user.x", ctx),
+            "listxattr": ops.listxattr(f, ctx),
+            "open": ops.open(f, os.O_RDONLY, ctx),
+        }
+        for name, call in failing.items():
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await call
+            assert exc.value.errno == errno.EIO, name
+        handle = DirHandle(await ops._listing(d))
+        assert [name for name, _ in handle.entries] == [b"f"]
+        await ops._fill_window(handle, 0)
+        placeholder = handle.window[0]
+        assert placeholder is not None and placeholder.st_ino == f
+        assert placeholder.entry_timeout == 0 and placeholder.attr_timeout == 0
+        assert stat.S_ISREG(placeholder.st_mode)
+        ok = (await ops.lookup(vol_root, b"ok", ctx)).st_ino
+        info = await ops.open(ok, os.O_RDONLY, ctx)
+        assert await ops.read(info.fh, 0, 100) == b"fine"
+        await ops.release(info.fh)
     finally:
         ops.close()
