@@ -38,8 +38,8 @@ Invariants:
 - Every child process runs in its own session, so a Ctrl-C reaches only the
   daemon; children it stops are stopped in order: a `stop` request (mount
   processes), SIGTERM, then SIGKILL after `children.STOP_TIMEOUT`.
-- Each request is checked into its `ipc.messages` type (`_volume_add_request`,
-  ...) before it is carried out, and each reply is built as its type.
+- Each request is checked into its `ipc.messages` type (`requests`) before it
+  is carried out, and each reply is built as its type.
 
 Requests on `<state>/daemon.sock` (the frame's own "id" is the request id; a
 refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
@@ -86,7 +86,7 @@ import trio
 
 import shadowfs
 from shadowfs import statedir
-from shadowfs.daemon import notify
+from shadowfs.daemon import notify, requests
 from shadowfs.daemon.areas import DiffAreaReader
 from shadowfs.daemon.children import CALL_TIMEOUT, Child, wait_any
 from shadowfs.daemon.mounts import VolumeMounts
@@ -110,21 +110,15 @@ from shadowfs.ipc.messages import (
     DeleteRequest,
     ShutdownReply,
     SnapshotDamageReply,
-    SnapshotDamageRequest,
     SnapshotDeleteReply,
-    SnapshotDeleteRequest,
     SnapshotEntry,
     SnapshotListReply,
     StatusReply,
     VolumeAddReply,
-    VolumeAddRequest,
     VolumeBackingReply,
-    VolumeBackingRequest,
-    VolumeConfig,
     VolumeEntry,
     VolumeListReply,
     VolumeRemoveReply,
-    VolumeRemoveRequest,
     VolumesRequest,
     VolumeStatus,
 )
@@ -138,59 +132,6 @@ from shadowfs.statedir import Volume, VolumeTable
 log = logging.getLogger(__name__)
 
 DISCONNECT_TIMEOUT = 60.0
-
-
-# --- the requests, checked (`ipc.messages` says what each holds) -----------------------------------------
-
-
-def _text(request: Frame, name: str) -> str:
-    value = _optional_text(request, name)
-    if value is None:
-        raise frames.RequestError(f"request field {name!r} is missing or not a str")
-    return value
-
-
-def _optional_text(request: Frame, name: str) -> str | None:
-    value = request.get(name)
-    if value is not None and not isinstance(value, str):
-        raise frames.RequestError(f"request field {name!r} is missing or not a str")
-    return value
-
-
-def _volume_add_request(request: Frame) -> VolumeAddRequest:
-    """Names and paths as strings (the volume table checks them further), the size parsed."""
-    checked: VolumeAddRequest = {"op": "volume_add", "name": _text(request, "name"),
-                                 "backing": _text(request, "backing"),
-                                 "mount": _optional_text(request, "mount")}
-    size = request.get("max_diff_area_bytes")
-    checked["max_diff_area_bytes"] = None if size is None else statedir.parse_size(size)
-    force = request.get("force", False)
-    if not isinstance(force, bool):
-        raise frames.RequestError("request field 'force' is not a bool")
-    checked["force"] = force
-    return checked
-
-
-def _volume_remove_request(request: Frame) -> VolumeRemoveRequest:
-    return {"op": "volume_remove", "name": _text(request, "name"), "force": bool(request.get("force", False))}
-
-
-def _volume_backing_request(request: Frame) -> VolumeBackingRequest:
-    return {"op": "volume_backing", "name": _text(request, "name")}
-
-
-def _snapshot_delete_request(request: Frame) -> SnapshotDeleteRequest:
-    return {"op": "snapshot_delete", "snapshot": _text(request, "snapshot")}
-
-
-def _snapshot_damage_request(request: Frame) -> SnapshotDamageRequest:
-    return {"op": "snapshot_damage", "snapshot": _text(request, "snapshot")}
-
-
-def _volume_config(volume: Volume) -> VolumeConfig:
-    """`volume` as `volumes.json` holds it (`Volume.to_json`, field by field in its order)."""
-    return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
-            "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created}
 
 
 # --- the daemon -----------------------------------------------------------------------------------------
@@ -453,7 +394,7 @@ class Daemon:
 
     async def op_snapshot_damage(self, request: Frame) -> SnapshotDamageReply:
         """The objects damaged in one snapshot (design §9.3), read from its diff area."""
-        wanted = _snapshot_damage_request(request)["snapshot"]
+        wanted = requests.snapshot_damage_request(request)["snapshot"]
         everything = await self._all_snapshots()
         for volume, record in everything:
             if record["snapshot_id"] != wanted:
@@ -482,7 +423,7 @@ class Daemon:
 
     async def op_shutdown(self, request: Frame) -> ShutdownReply:
         """Stop the daemon after the reply; with "unprotect", every mount process too."""
-        self._unprotect = bool(request.get("unprotect", False))
+        self._unprotect = requests.shutdown_request(request)["unprotect"]
         log.info("asked to stop%s", " and unprotect every volume" if self._unprotect else
                  " (volumes stay protected)")
         self._shutdown.set()
@@ -503,7 +444,7 @@ class Daemon:
     # ---- volumes -------------------------------------------------------------------------------
 
     async def op_volume_backing(self, request: Frame) -> tuple[VolumeBackingReply, list[int]]:
-        name = _volume_backing_request(request)["name"]
+        name = requests.volume_backing_request(request)["name"]
         fd = self.backing_fds.get(name)
         if name not in self.table.volumes:
             raise frames.RequestError(f"no volume {name!r}")
@@ -513,7 +454,7 @@ class Daemon:
         return {"volume": name, "root_ino": os.fstat(fd).st_ino}, [fd]
 
     async def op_volume_add(self, frame: Frame) -> VolumeAddReply:
-        request = _volume_add_request(frame)
+        request = requests.volume_add_request(frame)
         name, backing = request["name"], request["backing"]
         mount, max_bytes = request.get("mount"), request.get("max_diff_area_bytes")
         assert not isinstance(max_bytes, str)  # parsed by `_volume_add_request`
@@ -532,7 +473,7 @@ class Daemon:
                 raise
             await self._send_volumes()
             log.info("added volume %s: %s mounted at %s", volume.name, volume.backing, volume.mount)
-        return {"volume": _volume_config(volume)}
+        return {"volume": requests.volume_config(volume)}
 
     @staticmethod
     async def _check_not_busy(volume: Volume, force: bool) -> None:
@@ -577,7 +518,7 @@ class Daemon:
         await trio.to_thread.run_sync(statedir.remove_volume_dir, self.state_dir, name)
 
     async def op_volume_remove(self, frame: Frame) -> VolumeRemoveReply:
-        request = _volume_remove_request(frame)
+        request = requests.volume_remove_request(frame)
         name, force = request["name"], request.get("force", False)
         async with self.mutation:
             volume = self.table.get(name)
@@ -635,7 +576,7 @@ class Daemon:
         return await self._all_snapshots()
 
     async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
-        wanted = _snapshot_delete_request(request)["snapshot"]
+        wanted = requests.snapshot_delete_request(request)["snapshot"]
         async with self.mutation:
             deleted, freed = await self.snapshot_sets.delete(wanted)
             await self.service.prune()
