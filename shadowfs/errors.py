@@ -37,6 +37,7 @@ ShadowfsError                                    kind                exit
 ├── DaemonError                                   daemon_failed         1
 │   ├── ChildFailed                               child_failed          1
 │   ├── StartupError                              startup_failed        1
+│   ├── TakeOverError                             take_over_failed      1
 │   └── IOFailed                                  io                    1
 └── VssError                                      vss                   1
     ├── RequesterError                            requester_failed      1
@@ -326,6 +327,14 @@ class StartupError(DaemonError):
     """The mount process cannot start (the message says why)."""
 
     kind = "startup_failed"
+
+
+class TakeOverError(DaemonError):
+    """A new process could not take over a mount's live FUSE connection (pyfuse3 without the handoff
+    patch, a descriptor that is not a FUSE connection, libfuse refusing the session, or the kernel
+    refusing to resend the requests in flight; the message says which)."""
+
+    kind = "take_over_failed"
 
 
 class IOFailed(DaemonError):

@@ -2,12 +2,13 @@
 # Shared install logic for tools/test and tools/demo: source it, then call shadowfs_setup.
 #
 # shadowfs_setup installs what a fresh Debian 12 (as root) lacks, creates .venv if
-# missing, and reinstalls the package only when pyproject.toml changed since the last
-# install (a stamp file in .venv). When everything is present it costs well under a second.
+# missing, builds pyfuse3 with our patches into it unless that build is there, and
+# reinstalls the package only when pyproject.toml changed since the last install (a stamp
+# file in .venv). When everything is present it costs well under a second.
 
 SHADOWFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHADOWFS_VENV="$SHADOWFS_ROOT/.venv"
-SHADOWFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-dev python3-venv gcc rsync attr acl)
+SHADOWFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-dev python3-venv gcc patch rsync attr acl)
 
 shadowfs_log() { echo "shadowfs setup: $*" >&2; }
 
@@ -44,11 +45,50 @@ shadowfs_stamp() {
     echo "$(sha256sum "$SHADOWFS_ROOT/pyproject.toml" | cut -d' ' -f1) $SHADOWFS_EDITABLE_MODE"
 }
 
+# pyfuse3 with the handoff patch (patches/pyfuse3/README.md): the sdist of the version
+# pyproject.toml pins, from PyPI through pip, checked against the sha256 kept beside the
+# patches, patched, and installed as <version>+shadowfs<hash of the patches>. A changed patch
+# is thus built again, and an installed build is found by its dist-info directory alone.
+SHADOWFS_PYFUSE3_VERSION=3.5.0
+SHADOWFS_PYFUSE3_PATCHES="$SHADOWFS_ROOT/patches/pyfuse3"
+
+shadowfs_pyfuse3_build() {
+    echo "$SHADOWFS_PYFUSE3_VERSION+shadowfs$(cat "$SHADOWFS_PYFUSE3_PATCHES"/*.patch | sha256sum | cut -c1-12)"
+}
+
+shadowfs_ensure_pyfuse3() {
+    local build
+    build="$(shadowfs_pyfuse3_build)"
+    compgen -G "$SHADOWFS_VENV/lib/python3*/site-packages/pyfuse3-$build.dist-info" >/dev/null && return 0
+    shadowfs_log "building pyfuse3 $build (pyfuse3 $SHADOWFS_PYFUSE3_VERSION and patches/pyfuse3) into $SHADOWFS_VENV"
+    local work status=0
+    work="$(mktemp -d)"
+    (
+        set -euo pipefail
+        cd "$work"
+        "$SHADOWFS_VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+            --no-binary pyfuse3 -d . "pyfuse3==$SHADOWFS_PYFUSE3_VERSION" </dev/null
+        sha256sum --check --quiet "$SHADOWFS_PYFUSE3_PATCHES/pyfuse3-$SHADOWFS_PYFUSE3_VERSION.tar.gz.sha256"
+        tar -xzf "pyfuse3-$SHADOWFS_PYFUSE3_VERSION.tar.gz" --no-same-owner
+        local source="pyfuse3-$SHADOWFS_PYFUSE3_VERSION" patch
+        for patch in "$SHADOWFS_PYFUSE3_PATCHES"/*.patch; do
+            patch --quiet --forward -p1 -d "$source" <"$patch"
+        done
+        rm -f "$source/src/pyfuse3/__init__.c"  # generated from the unpatched .pyx: Cython makes it again
+        SETUPTOOLS_SCM_PRETEND_VERSION="$build" "$SHADOWFS_VENV/bin/python" -m pip install -q \
+            --disable-pip-version-check "./$source" </dev/null
+    ) || status=$?
+    rm -rf "$work"
+    ((status == 0)) || shadowfs_log "building pyfuse3 $build failed"
+    return "$status"
+}
+
 shadowfs_ensure_venv() {
     if [[ ! -x "$SHADOWFS_VENV/bin/python" ]]; then
         shadowfs_log "creating $SHADOWFS_VENV"
         python3 -m venv "$SHADOWFS_VENV"
     fi
+    shadowfs_ensure_pyfuse3
     local stamp_file="$SHADOWFS_VENV/.shadowfs-install-stamp" want
     want="$(shadowfs_stamp)"
     if [[ ! -f "$stamp_file" || "$(cat "$stamp_file")" != "$want" ]] \

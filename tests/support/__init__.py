@@ -6,4 +6,5 @@
 - `browser_fixtures`: browser processes, workspaces and the tree-compare oracle
 - `treegen`: generated trees for backup and restore tests
 - `workload`: a seeded random file-operation workload on a live mount
+- `handoff_fs`: a tiny pyfuse3 file system whose processes take over one mount (a script, run by tests/mount)
 """
