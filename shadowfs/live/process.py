@@ -42,7 +42,7 @@ import trio
 from shadowfs import fuse_adapter
 from shadowfs.capture.graveyard import prepare_graveyard
 from shadowfs.diffarea.schema import GRAVEYARD, HIDDEN_DIR
-from shadowfs.errors import StartupError
+from shadowfs.errors import StartupError, TakeOverError
 from shadowfs.linux import mounts, syscalls
 from shadowfs.linux.fanotify import ChangeWatch
 from shadowfs.live import handoff
@@ -232,7 +232,8 @@ def _serve(args: argparse.Namespace, service: MountService, root_fd: int, mount:
     ops = LiveOperations(root_fd, service.planner, service.graveyard, service.gate, cache_timeout=timeout)
     options = fuse_adapter.mount_options(f"shadowfs-{args.volume}", read_only=False)
     try:
-        fuse_adapter.raise_readahead_after_init(ops, mount)
+        if not taking_over:  # a taken-over mount keeps the readahead its first process set
+            fuse_adapter.raise_readahead_after_init(ops, mount)
         if taking_over:
             handoff.take_over(ops, args.fuse_fd, options)
             service.took_over = True
@@ -240,7 +241,7 @@ def _serve(args: argparse.Namespace, service: MountService, root_fd: int, mount:
                      ", ".join(map(str, args.predecessor_pid)) or "a dead process")
         else:
             pyfuse3.init(ops, mount, options)
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, TakeOverError) as exc:
         raise StartupError(f"cannot mount {mount}: {exc}") from exc
     service.handoff_fds = _handoff_fds(service, root_fd)
     try:
