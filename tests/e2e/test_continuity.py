@@ -46,9 +46,15 @@ def _volume_status(daemon: DaemonRun, name: str) -> dict[str, Any]:
 
 
 def _mount_pid(daemon: DaemonRun, name: str) -> int:
-    process = _volume_status(daemon, name)["process"]
-    assert process and process["pid"], process
-    return int(process["pid"])
+    pid = _running_pid(daemon, name)
+    assert pid is not None, _volume_status(daemon, name)
+    return pid
+
+
+def _running_pid(daemon: DaemonRun, name: str) -> int | None:
+    """The pid of the volume's mount process while it serves, else None."""
+    process = _volume_status(daemon, name)["process"] or {}
+    return int(process["pid"]) if process.get("pid") and process.get("state") == "running" else None
 
 
 def _wait_for(what: str, check: Any, timeout: float = WAIT) -> Any:
@@ -192,7 +198,7 @@ def test_mount_process_kill_9_is_taken_over_without_unmounting(daemon: DaemonRun
     try:
         time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)
-        _wait_for("a new mount process", lambda: _mount_pid(daemon, "crash") != pid)
+        _wait_for("a new mount process", lambda: _running_pid(daemon, "crash") not in (None, pid))
         time.sleep(1.0)  # the overwriters go on through the new process
     finally:
         for writer in writers:
@@ -243,7 +249,7 @@ def test_write_while_mount_taken_away_reads_eio_and_protection_returns(daemon: D
     pid = _mount_pid(daemon, "lapse")
     subprocess.run(["umount", "-l", str(root)], check=True)
     _overwrite_in_place(root / "changed", b"WRITTEN WHILE UNPROTECTED")
-    _wait_for("the volume protected again", lambda: _mount_pid(daemon, "lapse") != pid
+    _wait_for("the volume protected again", lambda: _running_pid(daemon, "lapse") not in (None, pid)
               and (mounts.top_mount(str(root)) or ("",))[0] == mounts.SHADOWFS_FUSE_TYPE)
     daemon.wait_ready()
     _assert_damaged_only_changed(daemon, set_id, "lapse", untouched_mtime)
