@@ -21,7 +21,9 @@ Invariants:
   mount of type ``fuse.shadowfs``, `linux.mounts.unmount_if_ours`).
 - A detached child is left running with nothing taken from it; its control
   channel is closed, which it survives (mount processes) or ends on (the
-  browser, which is never detached).
+  browser, which is never detached). A child that `outlives_daemon` is also
+  left running when supervision ends for any other reason than `stop` (the
+  daemon failed): only a stop takes protection away.
 - An adopted process is not our child: its end is seen through a pidfd.
 - A child not ready within READY_TIMEOUT is terminated and restarted; the
   backoff (BACKOFF_MIN doubling up to BACKOFF_MAX) starts again after a run
@@ -162,7 +164,7 @@ class Child:
                  *, launch: Launch | None = None,
                  on_ready_event: Callable[[Child, frames.Frame, list[int]], None] | None = None,
                  after_exit: Callable[[Child], None] | None = None,
-                 stop_request: frames.Message | None = None) -> None:
+                 stop_request: frames.Message | None = None, outlives_daemon: bool = False) -> None:
         self.label = label
         self.module = module
         self.args = args
@@ -173,6 +175,7 @@ class Child:
         self.on_ready_event = on_ready_event
         self.after_exit = after_exit
         self.stop_request = stop_request
+        self.outlives_daemon = outlives_daemon
         self.channel: Channel | None = None
         self.process: Process | None = None
         self.state = "starting"
@@ -275,7 +278,10 @@ class Child:
         finally:
             self.channel = None
             channel.close()
-            if not self._detach:
+            # a daemon that ends without stopping its children (it failed, it was cancelled) leaves a
+            # child that outlives it running, as `detach` would
+            left = self.outlives_daemon and proc.returncode is None and not self._stop_requested.is_set()
+            if not self._detach and not left:
                 with trio.CancelScope(shield=True):
                     await self._reap(proc)
                     self.last_exit = proc.returncode

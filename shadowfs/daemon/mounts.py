@@ -89,7 +89,8 @@ class VolumeMounts:
         stop: StopRequest = {"op": "stop"}
         child = Child(f"mount process of volume {volume.name}", "shadowfs.live.process", args, volume.mount,
                       on_ready=on_ready, on_event=self._event, launch=self._launch,
-                      on_ready_event=self._keep_handoff, after_exit=self._after_exit, stop_request=stop)
+                      on_ready_event=self._keep_handoff, after_exit=self._after_exit, stop_request=stop,
+                      outlives_daemon=True)
         adoptable = self._adoptable.pop(volume.name, None)
         if adoptable is not None:
             child.adopt(*adoptable)

@@ -539,7 +539,8 @@ class Daemon:
             channel = self._ready_channel(name)
             delete: DeleteRequest = {"op": "delete", "seq": record["seq"]}
             await channel.call(delete, timeout=CALL_TIMEOUT)
-        except (frames.RequestError, frames.RemoteError, frames.CallTimeout, frames.ChannelClosed) as exc:
+        except (frames.RequestError, frames.RemoteError, frames.CallTimeout, frames.ChannelClosed,
+                DaemonStarting) as exc:
             log.warning("volume %s: could not delete snapshot %s before removal: %s",
                         name, record["snapshot_id"], exc)
 

@@ -15,7 +15,7 @@ import trio
 
 import shadowfs
 from shadowfs import statedir
-from shadowfs.errors import ConfigError
+from shadowfs.errors import ConfigError, DaemonStarting
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
@@ -206,7 +206,7 @@ class Service:
                     try:
                         self.volumes.check_ready([n for n in names if self._exists(n)])
                         break
-                    except frames.RequestError:
+                    except (frames.RequestError, DaemonStarting):
                         await trio.sleep(0.2)
             await self.broker.release_sets(leftovers)
         async with self.volumes.mutation:
