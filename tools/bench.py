@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -278,7 +277,9 @@ class Bench:
     def stop(self) -> None:
         if self.daemon is not None:
             self.sample_rss()
-            self.daemon.send_signal(signal.SIGTERM)
+            # mount processes outlive a daemon that merely stops: unprotect too
+            subprocess.run(SHADOWFS + ["stop", "--unprotect"], env=self.env, capture_output=True,
+                           check=False)
             try:
                 self.daemon.wait(timeout=120)
             except subprocess.TimeoutExpired:
