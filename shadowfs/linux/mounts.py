@@ -34,12 +34,20 @@ def fuse_mounts() -> dict[str, str]:
     return result
 
 
+def _names(path: str) -> set[str]:
+    """The names /proc/self/mounts may give mount point `path`: as given, and with the symlinks of
+    its parent resolved. The mount point itself is never looked at: a stat of a FUSE mount whose
+    server died while someone keeps its connection open waits until a new server answers."""
+    absolute = os.path.abspath(path)
+    return {absolute, os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))}
+
+
 def top_mount(path: str) -> tuple[str, str] | None:
     """(filesystem type, "major:minor") of the mount on top at mount point `path`, or None.
 
     Read from /proc/self/mountinfo, where a mount stacked on another at the same point comes
     later; the path is not touched (a stat would block on a FUSE mount nobody serves)."""
-    wanted = {os.path.abspath(path), os.path.realpath(path)}
+    wanted = _names(path)
     found: tuple[str, str] | None = None
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
         for line in info:
@@ -53,7 +61,7 @@ def top_mount(path: str) -> tuple[str, str] | None:
 
 
 def is_fuse_mount(path: str) -> bool:
-    return os.path.realpath(path) in fuse_mounts() or os.path.abspath(path) in fuse_mounts()
+    return not _names(path).isdisjoint(fuse_mounts())
 
 
 def unmount(path: str, *, lazy: bool = True) -> bool:
@@ -74,7 +82,7 @@ def unmount(path: str, *, lazy: bool = True) -> bool:
 def unmount_if_ours(path: str) -> bool:
     """Lazily unmount a shadowfs FUSE mount at `path`; leave anything else alone."""
     mounts = fuse_mounts()
-    kind = mounts.get(os.path.abspath(path)) or mounts.get(os.path.realpath(path))
+    kind = next((mounts[name] for name in _names(path) if name in mounts), None)
     if kind is None:
         return False
     if kind != SHADOWFS_FUSE_TYPE:

@@ -195,6 +195,13 @@ def test_mount_process_kill_9_is_taken_over_without_unmounting(daemon: DaemonRun
     pid = _mount_pid(daemon, "crash")
     sampler = DevSampler(root)
     writers = [_overwriter(str(root / f"f{i}"), 65536, 15) for i in range(4)]
+    # new names in the root: the kernel cannot answer a look at the root from its cache, so anything
+    # (the daemon too) that looks at the mount while no process serves it waits for the successor
+    writers.append(subprocess.Popen([sys.executable, "-c", f"""
+import itertools
+for i in itertools.count():
+    open({str(root)!r} + f'/new{{i}}', 'wb').close()
+"""]))
     try:
         time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)
