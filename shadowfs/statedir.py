@@ -428,6 +428,24 @@ class DaemonLock:
         self.release()
 
 
+def mount_process_pids(state_dir: str) -> list[int]:
+    """Pids of the mount processes of `state_dir`'s volumes (they outlive the daemon), found by
+    their command line: ``-m shadowfs.live.process ... --diff-area <state>/volumes/...``."""
+    prefix = os.path.join(os.path.abspath(state_dir), "volumes", "").encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                args = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if b"shadowfs.live.process" in args and any(arg.startswith(prefix) for arg in args):
+            found.append(int(entry))
+    return found
+
+
 def daemon_holding_lock(state_dir: str) -> int | None:
     """The pid of a daemon that holds the lock of `state_dir` (running, perhaps not yet listening),
     0 if one holds it without a readable pid, None if no daemon runs there."""

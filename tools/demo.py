@@ -29,6 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from shadowfs import statedir  # noqa: E402
 from shadowfs.linux import mounts  # noqa: E402
 from shadowfs.manifest import differences, manifest  # noqa: E402
 
@@ -59,11 +60,11 @@ def stop_previous() -> None:
         say(f"stopping the demo daemon left running earlier (pid {pid}) and unprotecting its volumes")
         subprocess.run(SHADOWFS + ["stop", "--unprotect"], env=ENV, capture_output=True, check=False)
     # mount processes outlive their daemon: end any left by a demo daemon that was killed
-    for pid in demo_mount_processes():
+    for pid in statedir.mount_process_pids(str(STATE)):
         say(f"stopping a mount process left running earlier (pid {pid})")
         os.kill(pid, signal.SIGTERM)
     for _ in range(300):
-        if not demo_mount_processes():
+        if not statedir.mount_process_pids(str(STATE)):
             break
         time.sleep(0.1)
     for point in sorted(mounts.fuse_mounts(), key=len, reverse=True):
@@ -74,20 +75,6 @@ def stop_previous() -> None:
     for child in MOUNT_ROOT.iterdir() if MOUNT_ROOT.exists() else []:
         if child.name != ".gitkeep" and not mounts.is_fuse_mount(str(child)):
             shutil.rmtree(child, ignore_errors=True)
-
-
-def demo_mount_processes() -> list[int]:
-    """Pids of mount processes of the demo's state directory."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                args = cmdline.read().split(b"\0")
-        except OSError:
-            continue
-        if b"shadowfs.live.process" in args and any(str(DEMO).encode() in arg for arg in args):
-            found.append(int(entry))
-    return found
 
 
 def start_daemon() -> subprocess.Popen[bytes]:

@@ -247,12 +247,17 @@ def _assert_damaged_only_changed(daemon: DaemonRun, set_id: str, volume: str, un
     assert "changed" in [item["path"] for item in damage["damaged"]], damage
 
 
-def test_write_while_mount_taken_away_reads_eio_and_protection_returns(daemon: DaemonRun) -> None:
-    root = daemon.add_volume("lapse")
+def _volume_with_a_snapshot(daemon: DaemonRun, name: str) -> tuple[Path, int, str]:
+    """A protected volume with `_two_files` and one snapshot: (root, mtime of "untouched", set id)."""
+    root = daemon.add_volume(name)
     daemon.wait_ready()
     _two_files(root)
     untouched_mtime = os.stat(root / "untouched").st_mtime_ns
-    set_id = daemon.snapshot("lapse")["set_id"]
+    return root, untouched_mtime, str(daemon.snapshot(name)["set_id"])
+
+
+def test_write_while_mount_taken_away_reads_eio_and_protection_returns(daemon: DaemonRun) -> None:
+    root, untouched_mtime, set_id = _volume_with_a_snapshot(daemon, "lapse")
     pid = _mount_pid(daemon, "lapse")
     subprocess.run(["umount", "-l", str(root)], check=True)
     _overwrite_in_place(root / "changed", b"WRITTEN WHILE UNPROTECTED")
@@ -299,11 +304,7 @@ sys.stdin.readline()
 
 
 def test_change_while_daemon_and_mounts_down_is_found_at_start(daemon: DaemonRun) -> None:
-    root = daemon.add_volume("boot")
-    daemon.wait_ready()
-    _two_files(root)
-    untouched_mtime = os.stat(root / "untouched").st_mtime_ns
-    set_id = daemon.snapshot("boot")["set_id"]
+    root, untouched_mtime, set_id = _volume_with_a_snapshot(daemon, "boot")
     time.sleep(1.5)  # a heartbeat after the last change through the mount
     # a power cut: the daemon and every mount process die at once; the reboot clears the mounts
     assert daemon.proc is not None

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from shadowfs import statedir
+
 SHADOWFS = [sys.executable, "-m", "shadowfs"]
 
 
@@ -118,19 +120,7 @@ class DaemonRun:
 
     def mount_processes(self) -> list[int]:
         """Pids of mount processes of this state directory (they outlive a stopped daemon)."""
-        found = []
-        marker = str(self.state).encode()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                    args = cmdline.read().split(b"\0")
-            except OSError:
-                continue
-            if b"shadowfs.live.process" in args and any(marker in arg for arg in args):
-                found.append(int(entry))
-        return found
+        return statedir.mount_process_pids(str(self.state))
 
     def cleanup(self) -> None:
         """Stop the daemon and unprotect every volume; end mount processes left without a daemon.
