@@ -14,6 +14,10 @@ Invariants:
   needs capturing until the next snapshot (design §3.5).
 - Data blocks at or beyond the file's size at ``seq`` are never captured
   (appends are free); a truncation captures only the blocks it cuts.
+- A run of consecutive blocks is captured as one ``copy_file_range`` into the
+  block store (a clone where the filesystem shares extents); blocks that are
+  holes in the live file, or lie past its end, are stored as zero blocks
+  without bytes. The store is synced before the commit that references it.
 - Attributes are captured before any block, because the size at ``seq`` comes
   from them.
 - Live values are read through ``open_by_ino`` on the backing root, never
@@ -24,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -35,6 +40,7 @@ from shadowfs.diffarea.schema import (
     NONEXISTENT,
     AttrRecord,
     BackingIno,
+    BlockRef,
     DirentRecord,
     Seq,
     attr_from_stat,
@@ -53,6 +59,38 @@ def read_live_attr(root_fd: int, ino: BackingIno) -> AttrRecord:
         return attr_from_stat(st, target, list_xattrs(fd))
     finally:
         os.close(fd)
+
+
+def _runs(blocks: list[int]) -> list[tuple[int, int]]:
+    """Sorted block numbers as [first, stop) runs of consecutive blocks."""
+    runs: list[tuple[int, int]] = []
+    for block in blocks:
+        if runs and runs[-1][1] == block:
+            runs[-1] = (runs[-1][0], block + 1)
+        else:
+            runs.append((block, block + 1))
+    return runs
+
+
+def _data_blocks(fd: int, run: range, data_end: int) -> set[int]:
+    """The blocks of `run` that hold data below `data_end` (the rest read as zeros: holes,
+    or past the end of the live file), found with SEEK_DATA/SEEK_HOLE."""
+    found: set[int] = set()
+    position = run.start * BLOCK_SIZE
+    stop = min(run.stop * BLOCK_SIZE, data_end)
+    while position < stop:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data from here to the end of the file
+                break
+            raise
+        if start >= stop:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), stop)
+        found.update(range(start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1))
+        position = end
+    return found
 
 
 def read_live_dirent(dir_fd: int, name: bytes) -> DirentRecord:
@@ -120,15 +158,28 @@ class CaptureEngine:
             return
         fd = open_by_ino(self.root_fd, ino, os.O_RDONLY)
         try:
-            for block in wanted:
-                start = block * BLOCK_SIZE
-                keep = min(BLOCK_SIZE, size_at_seq - start)
-                data = os.pread(fd, keep, start)
-                if len(data) < keep:  # the live file is shorter: the rest was zeros
-                    data += bytes(keep - len(data))
-                self.area.put_block(txn, ino, block, seq, data)
+            live_size = os.fstat(fd).st_size
+            for first, stop in _runs(wanted):
+                self._run(txn, seq, ino, fd, range(first, stop), size_at_seq, live_size)
         finally:
             os.close(fd)
+
+    def _run(self, txn: Txn, seq: Seq, ino: BackingIno, fd: int, run: range, size_at_seq: int,
+             live_size: int) -> None:
+        """Capture consecutive blocks: holes (and what lies past the live end) as zero blocks,
+        each stretch of blocks holding data as one copy into the block store."""
+        data = _data_blocks(fd, run, min(live_size, size_at_seq))
+        for first, stop in _runs([block for block in run if block in data]):
+            start = first * BLOCK_SIZE
+            offset = self.area.blocks.copy_from(fd, start, min(stop * BLOCK_SIZE, size_at_seq) - start)
+            for block in range(first, stop):
+                keep = min(BLOCK_SIZE, size_at_seq - block * BLOCK_SIZE)
+                self.area.put_block_ref(txn, ino, block, seq,
+                                        BlockRef(offset + (block - first) * BLOCK_SIZE, keep))
+        for block in run:
+            if block not in data:
+                keep = min(BLOCK_SIZE, size_at_seq - block * BLOCK_SIZE)
+                self.area.put_block_ref(txn, ino, block, seq, BlockRef(None, keep))
 
     def for_entry_change(self, txn: Txn, seq: Seq, dir_ino: BackingIno,
                          name: bytes) -> DirentRecord | None:

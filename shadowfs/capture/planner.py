@@ -42,8 +42,6 @@ from shadowfs.diffarea.area import DiffArea, Txn
 from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq, block_span, blocks_below
 
 CACHE_LIMIT = 1 << 17  # (ino, block) pairs remembered as captured before the cache is dropped
-CAPTURE_AHEAD_MIN = 1 << 20
-CAPTURE_AHEAD_MAX = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -135,23 +133,6 @@ class CaptureCache:
             self._count = count
 
 
-class SequentialWrites:
-    """Capture-ahead of one open file: a sequential overwriter gets the blocks it is about to
-    overwrite captured ahead (doubling up to `CAPTURE_AHEAD_MAX`), so one durable commit covers
-    many of its writes; any other write captures just what it touches."""
-
-    def __init__(self) -> None:
-        self.next_offset = -1  # where a sequential writer's next write would start
-        self.ahead = 0  # bytes captured beyond the current write
-
-    def advance(self, offset: int, length: int) -> int:
-        """Note a write of [offset, offset+length); how many bytes beyond it to capture."""
-        sequential = offset == self.next_offset
-        self.next_offset = offset + length
-        self.ahead = min(max(2 * self.ahead, CAPTURE_AHEAD_MIN), CAPTURE_AHEAD_MAX) if sequential else 0
-        return self.ahead
-
-
 class CapturePlanner:
     """The capture questions of one volume, answered against its diff area."""
 
@@ -186,14 +167,21 @@ class CapturePlanner:
         return Capture(self._objects_job(seq, attrs, entries))
 
     def write(self, seq: Seq | None, ino: BackingIno, fd: int, offset: int, length: int,
-              ahead: int = 0) -> Capture | None:
+              ahead: int = 0, *, background: bool = False) -> Capture | None:
         """The capture a write of [offset, offset+length) to `ino` (open as `fd`) needs, if any;
-        a needed capture covers `ahead` more bytes."""
+        a needed capture covers `ahead` more bytes. A `background` capture (taken ahead of
+        a writer, nobody waits for it) stores nothing once a snapshot newer than `seq`
+        exists: the writer plans again for that one anyway."""
         if seq is None or not self._write_needs_capture(seq, ino, fd, offset, length):
             return None
         span = length + ahead
-        return Capture(lambda txn: self.engine.for_write(txn, seq, ino, offset, span),
-                       lambda: self.cache.add_blocks(seq, ino, block_span(offset, span)))
+
+        def job(txn: Txn) -> None:
+            newest = self.area.newest_seq(txn) if background else None
+            if newest is None or newest <= seq:
+                self.engine.for_write(txn, seq, ino, offset, span)
+
+        return Capture(job, lambda: self.cache.add_blocks(seq, ino, block_span(offset, span)))
 
     def truncate(self, seq: Seq | None, ino: BackingIno, size: int) -> Capture | None:
         """The capture cutting `ino` to `size` bytes needs, if any."""

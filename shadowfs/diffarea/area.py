@@ -302,6 +302,11 @@ class DiffArea:
                                                                            len(data))
         return self.put_preimage(txn, obj, seq, schema.encode_block_ref(ref))
 
+    def put_block_ref(self, txn: Txn, ino: BackingIno, block: int, seq: Seq, ref: BlockRef) -> bool:
+        """Store a data block's pre-image whose bytes are already in the block store (or a hole:
+        `ref.offset` None); False when one exists at `seq` (its extent then goes unreferenced)."""
+        return self.put_preimage(txn, schema.block_object(ino, block), seq, schema.encode_block_ref(ref))
+
     def attr_at(self, txn: Txn, ino: BackingIno, seq: Seq) -> AttrRecord | None:
         value = self.preimage(txn, schema.attr_object(ino), seq)
         return None if value is None else schema.decode_attr(value)

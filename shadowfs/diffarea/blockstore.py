@@ -8,6 +8,11 @@ process's resident memory. LMDB keeps only ``(offset, length)`` references.
 Invariants:
 - Only the volume's committer thread appends; extents start on 4 KiB
   boundaries so a freed extent can be returned to the filesystem whole.
+- `copy_from` moves a run of a live file's bytes with ``copy_file_range``:
+  no byte passes through Python, and on filesystems that share extents (XFS,
+  btrfs, with ``blocks.dat`` on the volume's filesystem) the copy is a clone.
+  Where the kernel cannot copy between the two files (another filesystem), it
+  falls back to pread/pwrite once and remembers that.
 - ``sync`` runs before the LMDB commit that references new extents, so a
   committed reference never points at bytes that are not durable.
 - Readers may pread from several threads at once; the descriptor is opened
@@ -26,7 +31,14 @@ import errno
 import os
 import threading
 
+from shadowfs.linux.syscalls import start_writeback
+
 ALIGN = 4096
+COPY_CHUNK = 1 << 20  # bytes per pread/pwrite when copy_file_range cannot be used
+# bytes per copy_file_range call; the disk starts writing each piece while the next is copied
+KERNEL_COPY_CHUNK = 4 << 20
+# copy_file_range between these two files is not possible: copy through a buffer instead
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 FILE_NAME = "blocks.dat"
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -53,6 +65,7 @@ class BlockStore:
         self._open_lock = threading.Lock()
         self._tail = 0
         self._dirty = False
+        self._kernel_copy = True
         if writable:
             self._open()
 
@@ -83,6 +96,50 @@ class BlockStore:
         self._tail = _aligned(offset + len(data))
         self._dirty = True
         return offset
+
+    def copy_from(self, src_fd: int, src_offset: int, length: int) -> int:
+        """Append `length` bytes of `src_fd` from `src_offset` on; returns their offset here.
+
+        Bytes past the end of the source read as zeros (the live file was cut shorter than
+        the image being kept). Durable after `sync`, like `append`.
+        """
+        fd = self._open()
+        offset = self._tail
+        copied = self._copy(src_fd, src_offset, fd, offset, length)
+        if copied < length:
+            self._write_all(fd, bytes(length - copied), offset + copied)
+        self._tail = _aligned(offset + length)
+        self._dirty = True
+        return offset
+
+    def _copy(self, src_fd: int, src_offset: int, fd: int, offset: int, length: int) -> int:
+        """Copy up to `length` bytes; fewer only where the source ends."""
+        done = 0
+        while done < length and self._kernel_copy:
+            try:
+                count = os.copy_file_range(src_fd, fd, min(KERNEL_COPY_CHUNK, length - done),
+                                           src_offset + done, offset + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY or done:
+                    raise
+                self._kernel_copy = False
+                break
+            if count == 0:
+                return done
+            start_writeback(fd, offset + done, count)
+            done += count
+        while done < length:
+            data = os.pread(src_fd, min(COPY_CHUNK, length - done), src_offset + done)
+            if not data:
+                break
+            self._write_all(fd, data, offset + done)
+            done += len(data)
+        return done
+
+    def _write_all(self, fd: int, data: bytes, offset: int) -> None:
+        written = os.pwrite(fd, data, offset)
+        if written != len(data):
+            raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(data)} bytes")
 
     def sync(self) -> None:
         if self._dirty and self._fd is not None:

@@ -144,6 +144,18 @@ def syncfs(fd: int) -> None:
         _raise_errno("syncfs")
 
 
+SYNC_FILE_RANGE_WRITE = 2
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing the dirty pages of [offset, offset+length) to disk without waiting
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so that a later fdatasync finds less to do.
+    Durability still needs that fdatasync: this writes no metadata and waits for nothing."""
+    if _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0:
+        _raise_errno("sync_file_range")
+
+
 def proc_path(fd: int) -> str:
     """A path through /proc that reaches the object behind `fd`, even an O_PATH one."""
     return f"/proc/self/fd/{fd}"

@@ -69,7 +69,7 @@ import pyfuse3
 import trio
 
 from shadowfs.capture.graveyard import Graveyard
-from shadowfs.capture.planner import CapturePlanner, SequentialWrites
+from shadowfs.capture.planner import CapturePlanner
 from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.linux.fdcache import DescriptorCache
@@ -77,6 +77,7 @@ from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, 
 from shadowfs.live import handles
 from shadowfs.live.commit import settle, store
 from shadowfs.live.gate import HoldGate
+from shadowfs.live.writeahead import WriteAhead
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ _OPEN_DROP = (os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_APPEND
 class _File:
     fd: int
     ino: BackingIno
-    writes: SequentialWrites = field(default_factory=SequentialWrites)
+    writes: WriteAhead = field(default_factory=WriteAhead)
 
 
 @dataclass
@@ -452,11 +453,9 @@ class LiveOperations(pyfuse3.Operations):
     @fuse_handler
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._file(fh)
-        ahead = handle.writes.advance(off, len(buf))
         async with self.gate.change():
-            capture = self.planner.write(self.planner.newest, handle.ino, handle.fd, off, len(buf), ahead)
-            if capture is not None:  # the usual write needs none: no await on the hot path
-                await store(self.committer, capture)
+            await handle.writes.before_write(self.planner, self.committer, handle.ino, handle.fd,
+                                             off, len(buf))
             return os.pwrite(handle.fd, buf, off)
 
     @fuse_handler
