@@ -122,9 +122,10 @@ class WriteAhead:
         def done(_result: Any, error: BaseException | None) -> None:
             if error is not None:
                 log.warning("capture ahead of a write failed (the write captures itself): %s", error)
-                token.run_sync_soon(window.finished.set)
-            else:
-                token.run_sync_soon(finish)
+            try:
+                token.run_sync_soon(window.finished.set if error is not None else finish)
+            except trio.RunFinishedError:  # the mount is ending: nobody waits for this window
+                pass
 
         committer.submit(capture.job, done)
         return True
