@@ -16,9 +16,10 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from shadowfs import statedir
@@ -49,12 +50,34 @@ def media_of(args: argparse.Namespace) -> str:
     return os.path.abspath(path)
 
 
-def snapshot_id(text: str) -> str:
-    """A snapshot or set id as the daemon writes it (a UUID); CliError if it is not one."""
-    try:
+MIN_ID_PREFIX = 4
+
+
+def full_id(text: str) -> str | None:
+    """`text` as a full snapshot or set id (a UUID), or None when it is a usable prefix of one
+    (at least `MIN_ID_PREFIX` hex digits and dashes); CliError when it is neither."""
+    with contextlib.suppress(ValueError):
         return str(uuid.UUID(text))
-    except ValueError:
-        raise CliError(f"invalid snapshot or set id {text!r} (expected a UUID)") from None
+    if len(text) < MIN_ID_PREFIX or not set(text.lower()) <= set("0123456789abcdef-"):
+        raise CliError(f"invalid snapshot or set id {text!r} (expected a UUID or at least "
+                       f"{MIN_ID_PREFIX} of its first characters)")
+    return None
+
+
+def resolve_id(text: str, known: Iterable[str]) -> str:
+    """A full snapshot or set id, or the one id of `known` that starts with `text` (as
+    `snapshot list` prints them); CliError naming the problem otherwise."""
+    whole = full_id(text)
+    if whole is not None:
+        return whole
+    prefix = text.lower()
+    matches = sorted({ident for ident in known if ident.startswith(prefix)})
+    if not matches:
+        raise CliError(f"no snapshot or set id starts with {text!r}")
+    if len(matches) > 1:
+        raise CliError(f"{text!r} is the start of {len(matches)} ids ({', '.join(matches[:4])}"
+                       f"{', ...' if len(matches) > 4 else ''}): give more characters")
+    return matches[0]
 
 
 def common_options(json_help: str = JSON_HELP) -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from shadowfs import statedir
-from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, snapshot_id, state_of
+from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, resolve_id, state_of
 from shadowfs.cli.output import print_json
 from shadowfs.errors import ChildFailed, CliError
 from shadowfs.ipc.client import request
@@ -26,7 +26,7 @@ MARKS = {"created": "+", "deleted": "-", "renamed": "R", "linked": "L", "unlinke
 
 
 def _find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | None) -> SnapshotEntry:
-    wanted = snapshot_id(ident)
+    wanted = resolve_id(ident, [s["id"] for s in snapshots] + [s["set_id"] for s in snapshots])
     found = [s for s in snapshots if s["id"] == wanted]
     if not found:
         found = [s for s in snapshots if s["set_id"] == wanted and (volume is None or s["volume"] == volume)]
@@ -80,6 +80,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def add_parser(commands: Subcommands) -> None:
     diff = add_command(commands, "diff", cmd_diff, "what changed between two snapshots of a volume",
                        json_help=JSON_PROGRESS_HELP)
-    diff.add_argument("a", metavar="SNAPSHOT_A", help="the older snapshot (id, or set id)")
-    diff.add_argument("b", metavar="SNAPSHOT_B", help="the newer snapshot (id, or set id)")
+    diff.add_argument("a", metavar="SNAPSHOT_A", help="the older snapshot (id or set id, or a unique prefix)")
+    diff.add_argument("b", metavar="SNAPSHOT_B", help="the newer snapshot (id or set id, or a unique prefix)")
     diff.add_argument("--volume", metavar="NAME", help="the volume, when A and B are set ids")

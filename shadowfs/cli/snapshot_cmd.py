@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from shadowfs import statedir
-from shadowfs.cli.common import add_command, add_group, snapshot_id, state_of
+from shadowfs.cli.common import add_command, add_group, full_id, resolve_id, state_of
 from shadowfs.cli.output import print_json, print_table, size
 from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
@@ -73,8 +73,17 @@ def cmd_snapshot_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def known_id(state: str, text: str) -> str:
+    """The snapshot or set id `text` names: a full id, or a unique prefix of a listed one."""
+    whole = full_id(text)
+    if whole is not None:
+        return whole  # no listing needed: an unknown id is the daemon's to report
+    snapshots = request(state, {"op": "snapshot_list"})["snapshots"]
+    return resolve_id(text, [s["id"] for s in snapshots] + [s["set_id"] for s in snapshots])
+
+
 def cmd_snapshot_damage(args: argparse.Namespace) -> int:
-    wanted = snapshot_id(args.id)
+    wanted = known_id(state_of(args), args.id)
     request_obj: SnapshotDamageRequest = {"op": "snapshot_damage", "snapshot": wanted}
     reply = request(state_of(args), request_obj)
     if args.json:
@@ -91,7 +100,7 @@ def cmd_snapshot_damage(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_delete(args: argparse.Namespace) -> int:
-    wanted = snapshot_id(args.id)
+    wanted = known_id(state_of(args), args.id)
     reply = request(state_of(args), {"op": "snapshot_delete", "snapshot": wanted})
     if args.json:
         print_json(reply)
@@ -119,8 +128,9 @@ def add_parser(commands: Subcommands) -> None:
     add_command(snapshots, "list", cmd_snapshot_list, "list snapshots")
     sdelete = add_command(snapshots, "delete", cmd_snapshot_delete,
                           "delete a snapshot, or every snapshot of a set")
-    sdelete.add_argument("id", metavar="ID", help="a snapshot id or a snapshot set id")
+    sdelete.add_argument("id", metavar="ID",
+                         help="a snapshot id or a snapshot set id (or its first characters, if unique)")
     sdamage = add_command(snapshots, "damage", cmd_snapshot_damage,
                           "list the objects damaged in a snapshot: changed while protection had lapsed, "
                           "so reading them there fails")
-    sdamage.add_argument("id", metavar="ID", help="a snapshot id")
+    sdamage.add_argument("id", metavar="ID", help="a snapshot id (or its first characters, if unique)")

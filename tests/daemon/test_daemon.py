@@ -446,3 +446,22 @@ def test_damaged_objects_are_counted_and_listed(daemon: DaemonRun) -> None:
     assert "is a snapshot set" in cli_error(daemon, "snapshot", "damage", first["set_id"], code=2)
     daemon.cli("snapshot", "delete", first["set_id"])  # the last snapshot the marks damage
     assert [s["damaged_objects"] for s in daemon.cli("snapshot", "list", "--json")] == [0]
+
+
+def test_ids_are_accepted_by_unique_prefix(daemon: DaemonRun) -> None:
+    daemon.add_volume("a")
+    daemon.wait_ready()
+    sets = [daemon.snapshot("a") for _ in range(3)]
+    snapshot = sets[0]["snapshots"][0]["id"]
+    assert daemon.cli("snapshot", "damage", snapshot[:8], "--json")["snapshot"] == snapshot
+    # a prefix nothing has is refused (ambiguous prefixes: tests/unit/test_cli_ids.py)
+    unused = next(p for p in ("0000", "ffff", "abcd", "1234")
+                  if not any(x.startswith(p) for s in sets for x in (s["set_id"], s["snapshots"][0]["id"])))
+    assert f"no snapshot or set id starts with '{unused}'" in cli_error(daemon, "snapshot", "delete", unused,
+                                                                       code=2)
+    assert "invalid snapshot or set id 'abc'" in cli_error(daemon, "snapshot", "delete", "abc", code=2)
+    daemon.cli("snapshot", "delete", sets[1]["set_id"][:8])
+    assert sorted(s["set_id"] for s in daemon.cli("snapshot", "list", "--json")) == sorted(
+        [sets[0]["set_id"], sets[2]["set_id"]])
+    diff = daemon.cli("diff", sets[0]["set_id"][:8], sets[2]["set_id"][:9], "--json")
+    assert diff is not None
