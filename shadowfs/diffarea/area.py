@@ -220,6 +220,19 @@ class DiffArea:
         txn.put(schema.u64(seq), schema.encode_snapshot(record), db=self.snapshots_db)
         return record
 
+    def set_held(self, txn: Txn, seq: Seq, held: str | None) -> SnapshotRecord:
+        """Hold snapshot `seq` (since `held`, a UTC time) or release it (None)."""
+        record = self.snapshot(txn, seq)
+        if record is None:
+            raise DiffAreaError(f"no snapshot with sequence {seq}")
+        record = SnapshotRecord(seq, record.snapshot_id, record.set_id, record.created, held)
+        txn.put(schema.u64(seq), schema.encode_snapshot(record), db=self.snapshots_db)
+        return record
+
+    def oldest_unheld(self, txn: Txn) -> SnapshotRecord | None:
+        """The oldest snapshot that is not held (the first to go when the diff area is full)."""
+        return next((record for record in self.snapshot_list(txn) if record.held is None), None)
+
     def delete_snapshot(self, txn: Txn, seq: Seq) -> int:
         """Delete snapshot `seq` by the delete rule; returns the bytes freed."""
         if txn.get(schema.u64(seq), db=self.snapshots_db) is None:

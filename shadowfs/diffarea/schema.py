@@ -4,7 +4,11 @@ A diff area is one LMDB environment with these named databases:
 
 - ``meta``: ``b"format"`` -> u32 version, ``b"next_seq"`` -> u64 next snapshot
   sequence (never reused), ``b"volume"`` -> UTF-8 volume name.
-- ``snapshots``: u64 seq -> JSON ``{"snapshot_id", "set_id", "created"}``.
+- ``snapshots``: u64 seq -> JSON ``{"snapshot_id", "set_id", "created"}``, plus
+  ``"held"`` (the UTC time of `snapshot hold`) while the snapshot is held: a
+  held snapshot is deleted only when asked with force, never by the diff
+  area's limit. Readers ignore keys they do not know, so this needs no new
+  format version.
 - ``preimages``: object key + u64 seq -> encoded value. Object keys:
   ``b"A" + u64 ino`` (attributes and xattrs), ``b"B" + u64 ino + u64 block``
   (a data block of BLOCK_SIZE bytes), ``b"D" + u64 dir ino + name + b"\\0"``
@@ -384,16 +388,21 @@ class SnapshotRecord:
     snapshot_id: str
     set_id: str
     created: str
+    held: str | None = None  # since when it is held (UTC), None: not held
 
 
 def encode_snapshot(record: SnapshotRecord) -> bytes:
-    return json.dumps({"snapshot_id": record.snapshot_id, "set_id": record.set_id,
-                       "created": record.created}).encode()
+    fields = {"snapshot_id": record.snapshot_id, "set_id": record.set_id, "created": record.created}
+    if record.held is not None:
+        fields["held"] = record.held
+    return json.dumps(fields).encode()
 
 
 def decode_snapshot(seq: Seq, data: bytes) -> SnapshotRecord:
     fields = json.loads(data)
-    return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"])
+    held = fields.get("held")
+    return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"],
+                          held if isinstance(held, str) else None)
 
 
 @dataclass(frozen=True)

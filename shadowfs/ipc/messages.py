@@ -80,10 +80,21 @@ class ReleaseReply(TypedDict):
 
 
 class DeleteRequest(TypedDict):
-    """Delete snapshot `seq` (an integer) of the volume. Reply: `DeleteReply`."""
+    """Delete snapshot `seq` (an integer) of the volume; a held one only with `force`.
+    Reply: `DeleteReply`."""
 
     op: Literal["delete"]
     seq: int
+    force: NotRequired[bool]
+
+
+class SetHeldRequest(TypedDict):
+    """Hold snapshot `seq` (`held`: since when, UTC) or release it (`held` null).
+    Reply: `EmptyReply`."""
+
+    op: Literal["set_held"]
+    seq: int
+    held: str | None
 
 
 class DeleteReply(TypedDict):
@@ -121,8 +132,8 @@ class StopRequest(TypedDict):
     op: Literal["stop"]
 
 
-MountRequest = (HoldRequest | CommitRequest | ReleaseRequest | DeleteRequest | SetMaxRequest
-                | MountStatusRequest | StopRequest)
+MountRequest = (HoldRequest | CommitRequest | ReleaseRequest | DeleteRequest | SetHeldRequest
+                | SetMaxRequest | MountStatusRequest | StopRequest)
 
 
 class ReadyEvent(TypedDict):

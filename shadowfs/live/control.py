@@ -2,7 +2,7 @@
 
 One job: carry out the daemon's requests on one volume (design §2.5, "daemon ->
 mount process"): hold / commit / release (the mount side of design §4.2),
-delete, set_max, status; own the volume's diff area, its group committer, its
+delete, set_held, set_max, status; own the volume's diff area, its group committer, its
 capture planner, graveyard and hold gate, which the FUSE handlers
 (`live.ops`) use. No pyfuse3 here: `live.process` mounts and passes in how to
 serve and how to stop the mount.
@@ -19,8 +19,10 @@ Invariants:
   while writes wait) replies with that time as `held_ms`.
 - `newest` is always re-read from the diff area after a job that may change
   it, so concurrent commits and deletes cannot leave it stale.
-- When the diff area outgrows its limit the oldest snapshot is deleted (with a
-  logged warning and a `snapshot_deleted` event), never a silently wrong one.
+- When the diff area outgrows its limit the oldest snapshot that is not held
+  is deleted (with a logged warning and a `snapshot_deleted` event), never a
+  silently wrong one; when every snapshot is held, none is deleted (logged
+  once). A held snapshot is deleted only by a `delete` with `force`.
 - Every request is checked field by field (`_hold_request`, ...) into its
   `ipc.messages` type before it is acted on; a bad field is a RequestError
   naming it.
@@ -60,6 +62,7 @@ from shadowfs.ipc.messages import (
     MountReadyEvent,
     MountStatusReply,
     ReleaseReply,
+    SetHeldRequest,
     SetMaxRequest,
     SnapshotDeletedEvent,
 )
@@ -105,6 +108,7 @@ class MountService:
         self.token: trio.lowlevel.TrioToken | None = None
         self.nursery: trio.Nursery | None = None
         self._auto_deleting = False  # committer thread only
+        self._all_held_logged = False  # committer thread only: "over the limit, all held" said once
         self._hold_id = 0
         self._hold_expired = False
         self._hold_committed = False
@@ -279,7 +283,8 @@ class MountService:
         frames.close_fds(fds)
         handlers: dict[str, Callable[[frames.Frame], Awaitable[frames.Message]]] = {
             "hold": self._hold, "commit": self._commit, "release": self._release,
-            "delete": self._delete, "set_max": self._set_max, "status": self._status,
+            "delete": self._delete, "set_held": self._set_held, "set_max": self._set_max,
+            "status": self._status,
             "stop": self._stop_request,
         }
         handler = handlers.get(str(request.get("op")))
@@ -394,9 +399,14 @@ class MountService:
         return {} if held is None else {"held_ms": round(held * 1000.0, 3)}
 
     async def _delete(self, frame: frames.Frame) -> DeleteReply:
-        seq = Seq(_delete_request(frame)["seq"])
+        request = _delete_request(frame)
+        seq = Seq(request["seq"])
 
         def job(txn: Txn) -> int:
+            record = self.area.snapshot(txn, seq)
+            if record is not None and record.held is not None and not request.get("force", False):
+                raise DiffAreaError(f"snapshot {record.snapshot_id} is held (since {record.held}): "
+                                    "release it first, or delete with force")
             return self.area.delete_snapshot(txn, seq)
 
         try:
@@ -407,6 +417,22 @@ class MountService:
         log.info("snapshot sequence %d deleted, %d bytes freed", seq, freed)
         await self._collect_graveyard()
         return {"freed": freed}
+
+    async def _set_held(self, frame: frames.Frame) -> EmptyReply:
+        request = _set_held_request(frame)
+
+        def job(txn: Txn) -> SnapshotRecord:
+            return self.area.set_held(txn, Seq(request["seq"]), request["held"])
+
+        try:
+            record = await commit(self.committer, job)
+        except DiffAreaError as exc:
+            raise frames.RequestError(str(exc)) from None
+        log.info("snapshot %s (sequence %d) %s", record.snapshot_id, record.seq,
+                 "released" if record.held is None else "held")
+        if record.held is None:
+            self.committer.submit(_noop)  # the limit may now delete it
+        return {}
 
     async def _set_max(self, frame: frames.Frame) -> EmptyReply:
         self.max_bytes = _set_max_request(frame)["bytes"]
@@ -450,15 +476,20 @@ class MountService:
             self._auto_deleting = False
 
     def _delete_oldest_job(self, txn: Txn) -> tuple[SnapshotRecord, int, int] | None:
-        oldest = self.area.oldest_seq(txn)
-        if oldest is None or self.max_bytes <= 0:
+        if self.max_bytes <= 0:
             return None
         used = self.area.used_bytes(txn)
         if used <= self.max_bytes:
+            self._all_held_logged = False
             return None
-        record = self.area.snapshot(txn, oldest)
-        assert record is not None
-        return record, self.area.delete_snapshot(txn, oldest), used
+        record = self.area.oldest_unheld(txn)
+        if record is None:
+            if not self._all_held_logged and self.area.oldest_seq(txn) is not None:
+                log.error("diff area of volume %s is over its limit (%d bytes used, limit %d) and "
+                          "every snapshot is held: none is deleted", self.volume, used, self.max_bytes)
+                self._all_held_logged = True
+            return None
+        return record, self.area.delete_snapshot(txn, record.seq), used
 
     def _deleted_oldest(self, result: Any, error: BaseException | None) -> None:
         self._auto_deleting = False
@@ -533,7 +564,14 @@ def _commit_request(frame: frames.Frame) -> CommitRequest:
 
 
 def _delete_request(frame: frames.Frame) -> DeleteRequest:
-    return {"op": "delete", "seq": _integer(frame, "seq")}
+    return {"op": "delete", "seq": _integer(frame, "seq"), "force": frame.get("force", False) is True}
+
+
+def _set_held_request(frame: frames.Frame) -> SetHeldRequest:
+    held = frame.get("held")
+    if held is not None and (not isinstance(held, str) or not held):
+        raise frames.RequestError(f"held must be a UTC time or null, not {held!r}")
+    return {"op": "set_held", "seq": _integer(frame, "seq"), "held": held}
 
 
 def _set_max_request(frame: frames.Frame) -> SetMaxRequest:
