@@ -104,19 +104,20 @@ def _open_backing(backing: str, mount: str) -> int:
 
 
 def _check_open_by_ino(root_fd: int, backing: str) -> None:
-    """Raise ValueError unless an inode number alone reaches the object (tmpfs, e.g., does not)."""
+    """Raise ValueError unless an inode number alone reaches the backing root (through the descriptor
+    the mount process keeps, as every later reopen does)."""
     root = os.fstat(root_fd)
     try:
         fd = syscalls.open_by_ino(root_fd, root.st_ino, os.O_PATH)
     except OSError as exc:
         raise ValueError(f"{backing}: objects cannot be opened by inode number on this filesystem "
-                         f"({exc.strerror}); shadowfs needs ext4") from exc
+                         f"({exc.strerror}); shadowfs protects trees on ext4, XFS and btrfs") from exc
     try:
         found = os.fstat(fd)
     finally:
         os.close(fd)
     if (found.st_dev, found.st_ino) != (root.st_dev, root.st_ino):
-        raise ValueError(f"{backing}: opening by inode number reached another object; shadowfs needs ext4")
+        raise ValueError(f"{backing}: opening by inode number reached another object")
 
 
 def _control_socket(fd: int) -> socket.socket:

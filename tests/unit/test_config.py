@@ -149,7 +149,7 @@ def test_placement_errors(layout: dict[str, Path], tmp_path: Path) -> None:
         (("x", str(layout["other"]), str(layout["mnt"] / "snapshots" / "v"), None), "snapshot browser"),
         (("x", str(layout["other"]), "/", None), "cannot mount a volume over /"),
         (("x", str(layout["other"]), None, 1000), "too small"),
-        (("x", "/proc/sys", None, None), "does not support file handles"),
+        (("x", "/proc/sys", None, None), "is on proc; shadowfs protects trees on ext4, XFS and btrfs"),
         (("a/b", str(layout["other"]), None, None), "must not contain '/'"),
     ]
     for args, message in cases:
