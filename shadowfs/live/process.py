@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mount", required=True, help="mount point (the backing directory: in place)")
     parser.add_argument("--diff-area", required=True, help="diff area directory (LMDB environment)")
     parser.add_argument("--protection", required=True, help="the volume's protection record file")
+    parser.add_argument("--blocks-on-volume", action="store_true",
+                        help="a diff area created now keeps blocks.dat in <backing>/.shadowfs/")
     parser.add_argument("--max-diff-area", type=int, default=0,
                         help="bytes the diff area may hold before the oldest snapshot goes (0: no limit)")
     takeover = parser.add_argument_group("taking over from a dead mount process (live.handoff)")
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     watch = _open_watch(root_fd, backing, args.watch_fd if taking_over else None)
     try:
         service = MountService.open(args.volume, mount, args.max_diff_area, control, root_fd,
-                                    graveyard_fd, args.diff_area)
+                                    graveyard_fd, args.diff_area, blocks_on_volume=args.blocks_on_volume)
         try:
             service.listener = listener
             service.reconcile_graveyard()
