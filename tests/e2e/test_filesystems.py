@@ -13,12 +13,13 @@ every object by number with an empty generation cache), and that the captured bl
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shadowfs.linux import fshandles
+from shadowfs.linux import fshandles, syscalls
 from shadowfs.manifest import Manifest, differences, manifest
 from tests.support import loopfs
 from tests.support.daemon import DaemonRun
@@ -104,3 +105,20 @@ def test_snapshots_on_each_filesystem(volume_fs: tuple[str, Path], daemon: Daemo
     daemon.wait_ready()
     _check(daemon, set1, first)
     _check(daemon, set2, second)
+
+
+def test_a_btrfs_tree_that_holds_another_subvolume_is_refused(tmp_path: Path) -> None:
+    reason = loopfs.unavailable("btrfs")
+    if reason is not None:
+        pytest.skip(f"no btrfs image: {reason}")
+    base = tmp_path / "images"
+    base.mkdir()
+    with loopfs.loop_filesystem("btrfs", base) as mountpoint:
+        tree = mountpoint / "tree"
+        (tree / "deep").mkdir(parents=True)
+        syscalls.check_backing_fs(str(tree))  # one subvolume: accepted
+        subprocess.run(["btrfs", "subvolume", "create", str(tree / "deep" / "sub")], check=True,
+                       capture_output=True)
+        with pytest.raises(ValueError, match=r"deep/sub is another btrfs subvolume"):
+            syscalls.check_backing_fs(str(tree))
+        syscalls.check_backing_fs(str(tree / "deep" / "sub"))  # the subvolume itself is a volume's tree
