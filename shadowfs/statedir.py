@@ -203,6 +203,7 @@ class Volume:
     mount: str
     max_diff_area_bytes: int
     created: str
+    blocks: str = "state"  # where the diff area's blocks.dat is: "state" (beside it) or "volume"
 
     @property
     def in_place(self) -> bool:
@@ -216,7 +217,7 @@ class Volume:
         try:
             return cls(name=str(obj["name"]), index=int(obj["index"]), backing=str(obj["backing"]),
                        mount=str(obj["mount"]), max_diff_area_bytes=int(obj["max_diff_area_bytes"]),
-                       created=str(obj["created"]))
+                       created=str(obj["created"]), blocks=_blocks_place(obj.get("blocks", "state")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed volume entry in {VOLUMES_FILE}: {obj!r}") from exc
 
@@ -229,6 +230,12 @@ def utc_now(timespec: Literal["seconds", "microseconds"] = "seconds") -> str:
 
 
 # --- the volume table ---------------------------------------------------------------------------
+
+
+def _blocks_place(value: object) -> str:
+    if value not in ("state", "volume"):
+        raise ValueError(f"blocks must be 'state' or 'volume', not {value!r}")
+    return str(value)
 
 
 class VolumeTable:
@@ -273,8 +280,13 @@ class VolumeTable:
             raise ConfigError(f"unknown volume {name!r}") from None
 
     def new_volume(self, name: str, backing: str, mount: str | None,
-                   max_diff_area_bytes: int | None) -> Volume:
-        """Validate everything about a new volume and return it (not yet added or saved)."""
+                   max_diff_area_bytes: int | None, blocks: str | None = None) -> Volume:
+        """Validate everything about a new volume and return it (not yet added or saved).
+
+        `blocks`: where the diff area keeps its block bytes, "volume" (`<backing>/.shadowfs/`, the
+        volume's own filesystem, where a capture can be a reflink) or "state" (beside the diff area
+        in the state directory); None: "volume" when the state directory is on another filesystem.
+        """
         validate_volume_name(name)
         if name in self.volumes:
             raise ConfigError(f"volume {name!r} already exists")
@@ -291,7 +303,9 @@ class VolumeTable:
         self._check_mount_placement(name, real, mount_path)
         size = default_diff_area_size(real) if max_diff_area_bytes is None else int(max_diff_area_bytes)
         check_diff_area_size(size)
-        return Volume(name, self.next_index, real, mount_path, size, utc_now())
+        if blocks is None:
+            blocks = "volume" if os.stat(real).st_dev != os.stat(self.state_dir).st_dev else "state"
+        return Volume(name, self.next_index, real, mount_path, size, utc_now(), _blocks_place(blocks))
 
     def add(self, volume: Volume) -> None:
         self.volumes[volume.name] = volume

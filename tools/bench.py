@@ -1,5 +1,7 @@
 """shadowfs benchmark: the same work on native ext4, on a live mount and from the
 snapshot browser, measured side by side in one run. Run through `tools/bench`.
+Each row names the filesystem it ran on (`fs`); the `xfs` section runs on an XFS
+image it makes (tools/bench_xfs.py).
 
 Every figure is the median of several runs; ratios are shadowfs / native
 throughput (or native / shadowfs time), so 1.0 means "as fast as native".
@@ -27,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shadowfs.ipc.client import request  # noqa: E402
-from shadowfs.linux import mounts  # noqa: E402
+from shadowfs.linux import fshandles, mounts  # noqa: E402
+from tools import bench_xfs  # noqa: E402
 
 MiB = 1 << 20
 SHADOWFS = [sys.executable, "-m", "shadowfs"]
@@ -53,20 +56,21 @@ class Sizes:
 TARGETS: dict[str, tuple[str, float, str]] = {
     # key: (which figure, bound, ">=" or "<=")
     "snapshot_create": ("large", 10.0, "<="),
-    "browser_seq_read": ("ratio", 0.75, ">="),
+    "browser_seq_read": ("ratio", 0.8, ">="),
     "browser_seq_read_captured": ("ratio", 0.5, ">="),
     "live_seq_write": ("ratio", 0.8, ">="),
     "first_overwrite": ("ratio", 1.5, "<="),
+    "first_overwrite_xfs": ("ratio", 1.3, "<="),
     "live_rand_write_first": ("ratio", 0.5, ">="),
     "live_metadata": ("ratio", 0.13, ">="),
-    "browser_rsync": ("ratio", 0.8, ">="),
+    "browser_rsync": ("ratio", 0.6, ">="),  # issue #12's step; the longer-term goal stays 0.8
     "browser_rand_read_hot": ("ratio", 0.5, ">="),
     "flat_in_snapshots": ("ratio", 0.9, ">="),
     "memory": ("peak_mib", 150.0, "<="),
     "diff_area_space": ("overhead", 0.10, "<="),
     "backup_incremental": ("full_ratio", 10.0, ">="),
 }
-SECTIONS = ("sequential", "random", "metadata", "rsync", "flat", "snapshot", "memory", "backup")
+SECTIONS = ("sequential", "random", "metadata", "rsync", "flat", "snapshot", "memory", "backup", "xfs")
 EXTRA_TARGETS: dict[str, list[tuple[str, float, str]]] = {
     "snapshot_create": [("ratio", 1.5, "<="), ("held_ms", 5.0, "<=")],
     "first_overwrite": [("second_vs_live", 0.9, ">=")],
@@ -320,8 +324,15 @@ class Bench:
 
     # ---- recording -------------------------------------------------------
 
-    def record(self, key: str, title: str, unit: str, **figures: float) -> None:
-        row: dict[str, Any] = {"title": title, "unit": unit,
+    def record(self, key: str, title: str, unit: str, fs: str | None = None, **figures: float) -> None:
+        """`fs`: the filesystem the figure ran on (default: the work directory's)."""
+        if fs is None:
+            fd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fs = fshandles.fs_name(fd)
+            finally:
+                os.close(fd)
+        row: dict[str, Any] = {"title": title, "unit": unit, "fs": fs,
                                **{k: round(v, 4) for k, v in figures.items()}}
         judge(key, row)
         self.results[key] = row
@@ -354,6 +365,7 @@ class Bench:
             "snapshot": self.snapshot_creation,
             "memory": self.memory,
             "backup": self.backup_jobs,
+            "xfs": lambda: bench_xfs.first_overwrite_xfs(self, write_file, overwrite_file),
         }
         for name, section in sections.items():
             if self.only is None or name in self.only:
@@ -653,9 +665,10 @@ def random_reads(path: Path, size: int, count: int) -> None:
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     for key, row in results.items():
         figures = ", ".join(f"{k} {v:g}" for k, v in row.items()
-                            if k not in ("title", "unit", "target", "met"))
+                            if k not in ("title", "unit", "target", "met", "fs"))
         verdict = f"  target {row['target']}: {'met' if row['met'] else 'NOT MET'}" if "target" in row else ""
-        print(f"{key:26} {row['title']}\n{'':26} [{row['unit']}] {figures}\n{'':26}{verdict}")
+        print(f"{key:26} {row['title']} (on {row['fs']})\n"
+              f"{'':26} [{row['unit']}] {figures}\n{'':26}{verdict}")
 
 
 def main() -> int:

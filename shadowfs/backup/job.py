@@ -150,6 +150,7 @@ def _direct_reader(state_dir: str, volume: str, area: DiffArea, seq: Seq) -> Vie
         log.info("volume %s: reading the snapshot through the browser (open by inode: %s)", volume,
                  exc.strerror)
         return None
+    area.attach_backing(fds[0])  # a block file on the volume is reached through it
     return ViewReader(SnapshotView(area, live, seq))
 
 

@@ -149,7 +149,7 @@ class BrowserVolume:
         if now < self._next_try:
             return None
         try:
-            self.area = DiffArea.open(self.diff_area, readonly=True)
+            self.area = DiffArea.open(self.diff_area, readonly=True, backing_fd=self.root_fd)
         except DiffAreaError as exc:
             self._next_try = now + AREA_RETRY_SECONDS
             if str(exc) != self._last_error:

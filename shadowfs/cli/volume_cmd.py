@@ -28,13 +28,15 @@ def cmd_volume_add(args: argparse.Namespace) -> int:
     mount = None if args.mount is None else os.path.abspath(args.mount)
     backing = os.path.abspath(args.backing)
     reply = request(state_of(args), {"op": "volume_add", "name": name, "backing": backing, "mount": mount,
-                                     "max_diff_area_bytes": max_bytes, "force": args.force})
+                                     "max_diff_area_bytes": max_bytes, "force": args.force,
+                                     "blocks": args.blocks})
     volume = reply["volume"]
     if args.json:
         print_json(volume)
     else:
         print(f"added volume {volume['name']}: {volume['backing']} mounted at {volume['mount']} "
-              f"(max diff area {size(volume['max_diff_area_bytes'])})")
+              f"(max diff area {size(volume['max_diff_area_bytes'])}, "
+              f"block file {'on the volume' if volume['blocks'] == 'volume' else 'in the state directory'})")
     return 0
 
 
@@ -64,13 +66,22 @@ def add_parser(commands: Subcommands) -> None:
     volumes = add_group(commands, "volume", "add, list or remove protected volumes", "volume_command")
     vadd = add_command(volumes, "add", cmd_volume_add, "protect a directory tree as a volume")
     vadd.add_argument("name", metavar="NAME", help="volume name: letters, digits, '.', '_', '-' (max 64)")
-    vadd.add_argument("backing", metavar="BACKING_DIR", help="the directory tree to protect (ext4)")
+    vadd.add_argument("backing", metavar="BACKING_DIR",
+                      help="the directory tree to protect (on ext4, XFS or btrfs; on btrfs, one subvolume)")
     vadd.add_argument("--mount", metavar="PATH",
                       help="where the live mount goes "
                            "(default: over BACKING_DIR itself, protecting it in place)")
     vadd.add_argument("--max-diff-area", metavar="SIZE",
                       help="maximum diff area size, e.g. 512M, 10G, 1.5T (default: 10%% of the backing "
                            "filesystem's size, at least 1G); when full, the oldest snapshot is deleted")
+    place = vadd.add_mutually_exclusive_group()
+    place.add_argument("--blocks-on-volume", dest="blocks", action="store_const", const="volume",
+                       help="keep the diff area's captured block bytes in BACKING_DIR/.shadowfs/ on the "
+                            "volume's own filesystem, where XFS and btrfs capture by reflink (the default "
+                            "when the state directory is on another filesystem)")
+    place.add_argument("--blocks-in-state", dest="blocks", action="store_const", const="state",
+                       help="keep them beside the diff area in the state directory (the default when it "
+                            "is on the volume's filesystem)")
     vadd.add_argument("--force", action="store_true",
                       help="add even when processes have files, working directories or mappings open "
                            "in BACKING_DIR (refused otherwise, naming them; the daemon logs them)")

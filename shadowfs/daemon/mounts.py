@@ -86,6 +86,8 @@ class VolumeMounts:
                 "--protection", statedir.protection_path(self.state_dir, volume.name),
                 "--listen", statedir.mount_socket_name(self.state_dir, volume.name),
                 "--max-diff-area", str(volume.max_diff_area_bytes)]
+        if volume.blocks == "volume":
+            args.append("--blocks-on-volume")
         stop: StopRequest = {"op": "stop"}
         child = Child(f"mount process of volume {volume.name}", "shadowfs.live.process", args, volume.mount,
                       on_ready=on_ready, on_event=self._event, launch=self._launch,

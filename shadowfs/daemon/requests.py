@@ -47,6 +47,10 @@ def volume_add_request(request: Frame) -> VolumeAddRequest:
     if not isinstance(force, bool):
         raise frames.RequestError("request field 'force' is not a bool")
     checked["force"] = force
+    blocks = request.get("blocks")
+    if blocks not in (None, "volume", "state"):
+        raise frames.RequestError("request field 'blocks' is not 'volume', 'state' or null")
+    checked["blocks"] = blocks
     return checked
 
 
@@ -69,7 +73,8 @@ def snapshot_damage_request(request: Frame) -> SnapshotDamageRequest:
 def volume_config(volume: Volume) -> VolumeConfig:
     """`volume` as `volumes.json` holds it (`Volume.to_json`, field by field in its order)."""
     return {"name": volume.name, "index": volume.index, "backing": volume.backing, "mount": volume.mount,
-            "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created}
+            "max_diff_area_bytes": volume.max_diff_area_bytes, "created": volume.created,
+            "blocks": volume.blocks}
 
 
 

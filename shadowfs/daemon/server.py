@@ -46,7 +46,8 @@ refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
 `shadowfs.errors` class, e.g. "invalid", "refused", "set_aborted"):
 
     {"op": "volume_add", "name", "backing", "mount": PATH|null, "max_diff_area_bytes": N|"10G"|null,
-     "force": bool} -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created}}
+     "force": bool, "blocks": "volume"|"state"|null}
+        -> {"volume": {name, index, backing, mount, max_diff_area_bytes, created, blocks}}
         (refused with kind "busy" while processes hold anything in the backing directory, unless
         "force")
     {"op": "volume_list"} -> {"volumes": [{name, index, backing, mount, snapshots, diff_area_bytes,
@@ -459,7 +460,8 @@ class Daemon:
         mount, max_bytes = request.get("mount"), request.get("max_diff_area_bytes")
         assert not isinstance(max_bytes, str)  # parsed by `_volume_add_request`
         async with self.mutation:
-            volume = await trio.to_thread.run_sync(self.table.new_volume, name, backing, mount, max_bytes)
+            volume = await trio.to_thread.run_sync(self.table.new_volume, name, backing, mount, max_bytes,
+                                                   request.get("blocks"))
             await self._check_not_busy(volume, request.get("force", False))
             await trio.to_thread.run_sync(self._prepare_volume_dirs, volume)
             fd = self._open_backing(volume)
@@ -547,6 +549,9 @@ class Daemon:
     @staticmethod
     def _tidy_backing(volume: Volume) -> None:
         """Remove the volume's private directories from the backing tree if they are empty."""
+        if volume.blocks == "volume":  # its diff area is gone (the mount is too: a path is safe now)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(volume.backing, ".shadowfs", "blocks.dat"))
         for sub in (".shadowfs/graveyard", ".shadowfs"):
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(volume.backing, sub))

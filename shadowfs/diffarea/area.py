@@ -15,7 +15,9 @@ touches the backing filesystem:
 - damage marks (design §9.3): an object changed while protection had lapsed
   is damaged in every snapshot up to the newest one when it was marked; marks
   older than the oldest remaining snapshot are dropped with it;
-- the bytes of data-block pre-images live in the block store (blockstore.py);
+- the bytes of data-block pre-images live in the block store (blockstore.py),
+  beside the environment or, when the diff area was created so (``META_BLOCKS``
+  in ``meta``), in ``<backing>/.shadowfs/blocks.dat`` on the volume itself;
   an extent whose last reference is dropped is recorded in ``freed`` within
   the same transaction and punched out by ``reclaim`` in a later one.
 
@@ -33,6 +35,7 @@ objects and sequences in the signatures are `schema.BackingIno` and
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -41,7 +44,7 @@ from typing import TypeAlias
 import lmdb
 
 from shadowfs.diffarea import schema
-from shadowfs.diffarea.blockstore import BlockStore, aligned_end
+from shadowfs.diffarea.blockstore import FILE_NAME, BlockStore, aligned_end
 from shadowfs.diffarea.schema import (
     AttrRecord,
     BackingIno,
@@ -65,13 +68,17 @@ MAX_COALESCED_READ = 8 << 20  # the most one pread of adjacent captured blocks m
 class DiffArea:
     """A volume's LMDB environment and the pre-image rules over it."""
 
-    def __init__(self, env: lmdb.Environment, path: str, readonly: bool, volume: str | None = None) -> None:
+    def __init__(self, env: lmdb.Environment, path: str, readonly: bool, volume: str | None = None, *,
+                 backing_fd: int | None = None, blocks_on_volume: bool = False) -> None:
         """Check the format (writable: create or upgrade it) and open every database; `volume` names
-        a diff area created now."""
+        a diff area created now, `blocks_on_volume` says where one created now keeps its block file
+        (an existing one keeps its own place, `META_BLOCKS`); `backing_fd` (the backing root) reaches
+        a block file on the volume and is not kept."""
         self.env = env
         self.path = path
         self.readonly = readonly
-        self._dbs = self._open_databases(volume)
+        self._created = False
+        self._dbs = self._open_databases(volume, blocks_on_volume)
         self.meta = self._dbs[schema.DB_META]
         self.snapshots_db = self._dbs[schema.DB_SNAPSHOTS]
         self.preimages = self._dbs[schema.DB_PREIMAGES]
@@ -80,13 +87,44 @@ class DiffArea:
         self.graveyard = self._dbs[schema.DB_GRAVEYARD]
         self.freed = self._dbs[schema.DB_FREED]
         self.damage = self._dbs[schema.DB_DAMAGE]
-        self.blocks = BlockStore(path, writable=not readonly)
+        with self.env.begin() as txn:
+            self.blocks_on_volume = txn.get(schema.META_BLOCKS, db=self.meta) == schema.BLOCKS_ON_VOLUME
+        self.blocks = self._block_store(backing_fd)
+
+    def _block_store(self, backing_fd: int | None) -> BlockStore:
+        """The block file: beside the environment, or `<backing>/.shadowfs/blocks.dat` (through a
+        duplicate of `backing_fd`, never a path: the live mount may cover the backing directory)."""
+        if not self.blocks_on_volume:
+            return BlockStore(self.path, writable=not self.readonly)
+        hidden = schema.HIDDEN_DIR.decode()
+        if backing_fd is None:
+            if not self.readonly:
+                raise DiffAreaError(f"{self.path}: its block file is on the volume; writing needs the "
+                                    "backing directory's descriptor")
+            return BlockStore(hidden, writable=False, unreachable="the diff area's block file is on the "
+                              "volume and this reader has no descriptor of the backing directory")
+        dir_fd = os.dup(backing_fd)
+        if self._created:  # nothing refers to bytes a removed volume of this tree may have left
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(hidden, FILE_NAME), dir_fd=dir_fd)
+        try:
+            return BlockStore(hidden, writable=not self.readonly, dir_fd=dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+
+    def attach_backing(self, backing_fd: int) -> None:
+        """Reach a block file on the volume through `backing_fd` (not kept), for a reader opened without."""
+        if self.blocks_on_volume and self.readonly:
+            self.blocks.close()
+            self.blocks = self._block_store(backing_fd)
 
     # ---- opening ---------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str, *, readonly: bool = False, volume: str | None = None) -> DiffArea:
-        """Open (and, writable and given `volume`, create) the diff area at `path`."""
+    def open(cls, path: str, *, readonly: bool = False, volume: str | None = None,
+             backing_fd: int | None = None, blocks_on_volume: bool = False) -> DiffArea:
+        """Open (and, writable and given `volume`, create) the diff area at `path` (see `__init__`)."""
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             raise DiffAreaError(f"no diff area at {path}")
         if not readonly:
@@ -99,14 +137,14 @@ class DiffArea:
             raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
         try:
             env.reader_check()  # clears reader slots of processes that died (kill -9)
-            return cls(env, path, readonly, volume)
+            return cls(env, path, readonly, volume, backing_fd=backing_fd, blocks_on_volume=blocks_on_volume)
         except (lmdb.Error, DiffAreaError) as exc:
             env.close()
             if isinstance(exc, DiffAreaError):
                 raise
             raise DiffAreaError(f"cannot open diff area {path}: {exc}") from exc
 
-    def _open_databases(self, volume: str | None) -> dict[bytes, _Db]:
+    def _open_databases(self, volume: str | None, blocks_on_volume: bool) -> dict[bytes, _Db]:
         """Every named database, once the format is known to be this one.
 
         Writable, a new diff area gets its format, first sequence number and volume name, and
@@ -128,9 +166,12 @@ class DiffArea:
             version = txn.get(schema.META_FORMAT, db=meta)
             found = None if version is None else schema.read_u32(version)
             if found is None:
+                self._created = True
                 txn.put(schema.META_NEXT_SEQ, schema.u64(1), db=meta)
                 if volume is not None:
                     txn.put(schema.META_VOLUME, volume.encode(), db=meta)
+                if blocks_on_volume:
+                    txn.put(schema.META_BLOCKS, schema.BLOCKS_ON_VOLUME, db=meta)
             elif found not in schema.UPGRADABLE_VERSIONS:
                 self._check_version(found)
             if found != schema.FORMAT_VERSION:  # new, or upgraded: the new databases are created below

@@ -1,9 +1,13 @@
 """The data file of a diff area: captured block bytes, outside LMDB.
 
-One job: hold the bytes of data-block pre-images in ``blocks.dat`` beside the
-LMDB environment, so that reading a captured block is a ``pread`` (page cache)
-rather than a touch of LMDB's memory map, which would count in the reading
-process's resident memory. LMDB keeps only ``(offset, length)`` references.
+One job: hold the bytes of data-block pre-images in ``blocks.dat``, so that
+reading a captured block is a ``pread`` (page cache) rather than a touch of
+LMDB's memory map, which would count in the reading process's resident memory.
+LMDB keeps only ``(offset, length)`` references. The file is beside the LMDB
+environment, or in ``<backing>/.shadowfs/`` on the volume's own filesystem
+(reached through a descriptor of that directory, ``dir_fd``: a path would go
+through the live mount), where copying a run from the backing file into it
+can be a reflink (XFS, btrfs); `DiffArea` decides which (``META_BLOCKS``).
 
 Invariants:
 - Only the volume's committer thread appends; extents start on 4 KiB
@@ -58,9 +62,14 @@ def aligned_end(offset: int, length: int) -> int:
 class BlockStore:
     """Append-only extents in one file; readers pread, the committer appends and punches."""
 
-    def __init__(self, directory: str, *, writable: bool) -> None:
+    def __init__(self, directory: str, *, writable: bool, dir_fd: int | None = None,
+                 unreachable: str | None = None) -> None:
+        """`directory` holds the file; relative to `dir_fd` when given (the store then owns `dir_fd`).
+        `unreachable`: why the file cannot be opened here (every read then fails with that reason)."""
         self.path = os.path.join(directory, FILE_NAME)
         self.writable = writable
+        self._dir_fd = dir_fd
+        self._unreachable = unreachable
         self._fd: int | None = None
         self._open_lock = threading.Lock()
         self._tail = 0
@@ -75,8 +84,10 @@ class BlockStore:
             return fd
         with self._open_lock:  # readers of the browser open it lazily from several threads
             if self._fd is None:
+                if self._unreachable is not None:
+                    raise OSError(errno.ENOENT, f"{self.path}: {self._unreachable}")
                 flags = os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY
-                fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+                fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600, dir_fd=self._dir_fd)
                 self._tail = _aligned(os.fstat(fd).st_size)
                 self._fd = fd
             return self._fd
@@ -85,6 +96,9 @@ class BlockStore:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def append(self, data: bytes) -> int:
         """Write `data` at the end; returns its offset (durable after `sync`)."""
@@ -173,6 +187,8 @@ class BlockStore:
 
     def disk_bytes(self) -> int:
         try:
-            return os.stat(self.path).st_blocks * 512
+            if self._unreachable is None:
+                return os.stat(self.path, dir_fd=self._dir_fd).st_blocks * 512
         except FileNotFoundError:
-            return 0
+            pass
+        return 0

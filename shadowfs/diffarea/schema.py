@@ -88,6 +88,9 @@ ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYAR
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
 META_VOLUME = b"volume"
+# b"volume": blocks.dat is <backing>/.shadowfs/blocks.dat; absent: beside the environment
+META_BLOCKS = b"blocks"
+BLOCKS_ON_VOLUME = b"volume"
 
 # kind name -> S_IFMT bits, and back: the seven file types an object can have
 KINDS: dict[str, int] = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,

@@ -218,8 +218,9 @@ class BrowserStatusReply(TypedDict):
 class VolumeAddRequest(TypedDict):
     """`mount` absent or null: in place over the backing directory; `max_diff_area_bytes` a number
     of bytes or a size such as "10G", absent or null: the default; `force` true: add even when
-    processes hold something in the backing directory (else refused, kind "busy"; default false).
-    Reply: `VolumeAddReply`."""
+    processes hold something in the backing directory (else refused, kind "busy"; default false);
+    `blocks` "volume" or "state", absent or null: "volume" when the state directory is on another
+    filesystem (`statedir.VolumeTable.new_volume`). Reply: `VolumeAddReply`."""
 
     op: Literal["volume_add"]
     protocol: NotRequired[str]
@@ -228,6 +229,7 @@ class VolumeAddRequest(TypedDict):
     mount: NotRequired[str | None]
     max_diff_area_bytes: NotRequired[int | str | None]
     force: NotRequired[bool]
+    blocks: NotRequired[Literal["volume", "state"] | None]
 
 
 class VolumeConfig(TypedDict):
@@ -239,6 +241,7 @@ class VolumeConfig(TypedDict):
     mount: str
     max_diff_area_bytes: int
     created: str
+    blocks: str
 
 
 class VolumeAddReply(TypedDict):

@@ -35,9 +35,12 @@ Invariants:
   process (`from_fd`): the marks and the queue belong to the group. Lost
   events (FAN_Q_OVERFLOW) raise `WatchOverflow` once what was queued has
   been read: the caller must then scan the tree (`linux.ctimescan`).
-- `Change.ino` is exact (from the file handle: the first u32 of an ext4
-  handle, else the opened handle's fstat), or 0 when it cannot be known (an
-  entry event without FAN_REPORT_TARGET_FID whose name is gone).
+- `Change.ino` is exact (from the file handle: ext4 and XFS handles carry
+  the inode number first, a btrfs handle its objectid and subvolume, which
+  counts only for the backing tree's subvolume; else the opened handle's
+  fstat), or 0 when it cannot be known (an entry event without
+  FAN_REPORT_TARGET_FID whose name is gone, or an object of another btrfs
+  subvolume).
   `Change.path` is where the object is (or was last seen) at the read, a
   hint for messages; None when unknown.
 - Needs CAP_SYS_ADMIN (FAN_MARK_FILESYSTEM, FAN_UNLIMITED_QUEUE) and
@@ -59,7 +62,7 @@ from typing import NamedTuple
 
 from shadowfs.errors import WatchOverflow as WatchOverflow
 from shadowfs.errors import WatchUnavailable as WatchUnavailable
-from shadowfs.linux import syscalls
+from shadowfs.linux import fshandles, syscalls
 
 # ---- <linux/fanotify.h> -----------------------------------------------------------------------------
 
@@ -203,12 +206,20 @@ def _handle(buf: bytes, start: int, end: int) -> tuple[Handle, bytes]:
             bytes(buf[data_start + handle_bytes:end]))
 
 
-def inode_in_handle(handle: Handle) -> int | None:
-    """The inode number a handle carries in the clear (ext4's FILEID_INO32_GEN[_PARENT]), else None."""
-    if handle.type in (syscalls.FILEID_INO32_GEN, syscalls.FILEID_INO32_GEN_PARENT) and len(handle.data) >= 4:
-        ino: int = _U32.unpack_from(handle.data)[0]
-        return ino
-    return None
+def inode_in_handle(handle: Handle, btrfs_root: int | None = None) -> int | None:
+    """The inode number a handle carries in the clear, else None.
+
+    ext4 and XFS handles carry it first (a u32, or a u64 in XFS's 0x81/0x82 handles); a btrfs handle
+    carries (objectid, subvolume root id, ...), and its objectid is the inode number only within that
+    subvolume: it counts when the root is `btrfs_root` (the backing tree's subvolume).
+    """
+    found = fshandles.generation_in_handle(handle.type, handle.data)
+    if found is None:
+        return None
+    root = fshandles.btrfs_root_in_handle(handle.type, handle.data)
+    if root is not None and root != btrfs_root:
+        return None
+    return found[0]
 
 
 # ---- the watch -----------------------------------------------------------------------------------------
@@ -245,6 +256,11 @@ class ChangeWatch:
         self.fd = fd
         self.flags = flags
         self.root_fd = backing_root_fd
+        self._root_dev = os.fstat(backing_root_fd).st_dev
+        try:
+            self._btrfs_root = fshandles.btrfs_root_in_handle(*fshandles.name_to_handle(backing_root_fd))
+        except OSError:
+            self._btrfs_root = None
         self.root_path = root_path
         self.unplaced = 0  # events dropped because the directory they name could not be placed
         self._paths: OrderedDict[Handle, bytes] = OrderedDict()  # directory handle -> absolute path
@@ -345,16 +361,17 @@ class ChangeWatch:
 
     def inode_of(self, handle: Handle) -> int:
         """The inode number `handle` names (0 if it is not in the handle and the object is gone)."""
-        ino = inode_in_handle(handle)
+        ino = inode_in_handle(handle, self._btrfs_root)
         if ino is not None:
             return ino
         fd = self.open_handle(handle)
         if fd is None:
             return 0
         try:
-            return os.fstat(fd).st_ino
+            st = os.fstat(fd)
         finally:
             os.close(fd)
+        return st.st_ino if st.st_dev == self._root_dev else 0  # another btrfs subvolume: not ours
 
     def locate(self, handle: Handle) -> bytes | None:
         """The absolute path of the live object behind `handle` (opened by handle, its /proc link

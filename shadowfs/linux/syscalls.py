@@ -7,39 +7,36 @@ symlink-safe xattr calls on descriptors and the data regions of a sparse file
 raising `OSError` with the right errno like the os module does.
 
 Invariants:
-- Handles are built from an inode number alone (handle type FILEID_INO32_GEN
-  with generation 0), which ext4 accepts without a generation check. shadowfs
-  keeps every inode that a snapshot still refers to alive on the backing
-  filesystem (graveyard), so an inode number always names the right object
-  for as long as a snapshot needs it. `check_backing_fs` refuses filesystems
-  whose handles do not have that shape.
+- `open_by_ino` builds a handle from an inode number alone: on ext4
+  FILEID_INO32_GEN with generation 0 (ext4 skips the generation check), on
+  XFS and btrfs the filesystem's own handle with the inode's generation
+  (`fshandles`). shadowfs keeps every inode that a snapshot still refers to
+  alive on the backing filesystem (graveyard), so an inode number always
+  names the right object for as long as a snapshot needs it.
+  `check_backing_fs` refuses any other filesystem, naming it.
 - Nothing here imports pyfuse3 or trio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import struct
 
+from shadowfs.linux import fshandles
+from shadowfs.linux.fshandles import FILEID_INO32_GEN as FILEID_INO32_GEN
+from shadowfs.linux.fshandles import FILEID_INO32_GEN_PARENT as FILEID_INO32_GEN_PARENT
+from shadowfs.linux.fshandles import MAX_HANDLE_SZ as MAX_HANDLE_SZ
+from shadowfs.linux.fshandles import _FileHandle
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
-FILEID_INO32_GEN = 1
-FILEID_INO32_GEN_PARENT = 2  # <linux/exportfs.h>: the same, followed by the parent's inode and generation
-MAX_HANDLE_SZ = 128
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 MAX_INO = 2**32 - 1
-
-
-class _FileHandle(ctypes.Structure):
-    _fields_ = [
-        ("handle_bytes", ctypes.c_uint),
-        ("handle_type", ctypes.c_int),
-        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
-    ]
 
 
 def _raise_errno(what: str) -> None:
@@ -49,58 +46,116 @@ def _raise_errno(what: str) -> None:
 
 def handle_type_of(path: str) -> int:
     """The file-handle type the filesystem holding `path` hands out."""
-    handle = _FileHandle()
-    handle.handle_bytes = 128
-    mount_id = ctypes.c_int()
-    if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(handle),
-                               ctypes.byref(mount_id), 0) != 0:
-        _raise_errno(f"name_to_handle_at({path})")
-    kind: int = handle.handle_type  # a c_int field (ctypes leaves it untyped)
-    return kind
+    return fshandles.name_to_handle(AT_FDCWD, os.fsencode(path))[0]
 
 
 def check_backing_fs(path: str) -> None:
-    """Raise ValueError unless `path` is on a filesystem shadowfs can protect."""
-    try:
-        kind = handle_type_of(path)
-    except OSError as exc:
-        raise ValueError(f"{path}: filesystem does not support file handles ({exc.strerror})") from exc
-    if kind != FILEID_INO32_GEN:
-        raise ValueError(f"{path}: filesystem hands out file handles of type {kind}; "
-                         "shadowfs needs inode-number handles (ext4)")
-    # tmpfs hands out the same handle type but does not accept generation 0
+    """Raise ValueError unless `path` is on a filesystem shadowfs can protect (ext4, XFS, btrfs)
+    and its root opens again by inode number; the message names the filesystem and the path."""
     root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        try:
+            fs = fshandles.filesystem_of(root)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
         expected = os.fstat(root).st_ino
         try:
             fd = open_by_ino(root, expected, os.O_PATH)
         except OSError as exc:
-            raise ValueError(f"{path}: filesystem does not open objects by inode number "
-                             f"({exc.strerror}); shadowfs needs ext4") from exc
+            raise ValueError(f"{path}: {fs.kind.value} does not open objects by inode number here "
+                             f"({exc.strerror})") from exc
         try:
             if os.fstat(fd).st_ino != expected:
                 raise ValueError(f"{path}: opening by inode number reached another object")
         finally:
             os.close(fd)
+        if fs.kind is fshandles.FsKind.BTRFS:
+            _check_one_subvolume(path, root, fs)
     finally:
         os.close(root)
+
+
+def _check_one_subvolume(path: str, root: int, fs: fshandles.Filesystem) -> None:
+    """Raise ValueError if the btrfs tree at `path` holds another subvolume or a mount: inode numbers
+    restart in every subvolume, so a volume must be one."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            point = os.fsdecode(line.split()[4].replace(b"\\040", b" ").replace(b"\\011", b"\t")
+                                .replace(b"\\012", b"\n").replace(b"\\134", b"\\"))
+            if point.startswith(real.rstrip("/") + "/"):
+                raise ValueError(f"{path}: {point} is a mount inside the tree; a btrfs volume must be "
+                                 "one subvolume with no mounts inside")
+    try:
+        children = fshandles.btrfs_child_subvolumes(root, fs.root_id)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot list the btrfs subvolumes inside it ({exc.strerror})") from exc
+    for dirid, name in children:
+        try:
+            fd = open_by_ino(root, dirid, os.O_PATH)
+        except OSError:
+            continue  # its directory is gone (a subvolume deleted but not yet cleaned)
+        try:
+            where = os.path.join(os.readlink(proc_path(fd)), os.fsdecode(name))
+        finally:
+            os.close(fd)
+        if where == real or where.startswith(real.rstrip("/") + "/"):
+            raise ValueError(f"{path}: {where} is another btrfs subvolume; a btrfs volume must be one "
+                             "subvolume (inode numbers restart in each): protect each subvolume "
+                             "as a volume of its own")
 
 
 def open_by_ino(mount_fd: int, ino: int, flags: int) -> int:
     """Open the object with inode number `ino` on the filesystem of `mount_fd`.
 
-    Raises OSError(ESTALE) when no such inode exists any more.
+    On ext4 the handle carries generation 0 (no lookup); on XFS and btrfs the
+    generation comes from `fshandles` (cache, else the filesystem). Raises
+    OSError(ESTALE) when no such inode exists any more, ValueError for a
+    filesystem shadowfs does not protect.
     """
     if not 0 < ino <= MAX_INO:
         raise OSError(errno.EOVERFLOW, f"inode number {ino} out of range")
-    handle = _FileHandle()
-    handle.handle_bytes = 8
-    handle.handle_type = FILEID_INO32_GEN
-    struct.pack_into("<II", handle.f_handle, 0, ino, 0)
-    fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)  # untyped C int
-    if fd < 0:
-        _raise_errno(f"open_by_handle_at(inode {ino})")
-    return fd
+    fs = fshandles.filesystem_of(mount_fd)
+    try:
+        return _open_on(fs, mount_fd, ino, flags)
+    except OSError:
+        fresh = fshandles.redetect(mount_fd, fs)  # its device number may now hold another filesystem
+        if fresh is fs:
+            raise
+    return _open_on(fresh, mount_fd, ino, flags)
+
+
+def _open_on(fs: fshandles.Filesystem, mount_fd: int, ino: int, flags: int) -> int:
+    if not fs.needs_generation:
+        handle = _FileHandle()
+        handle.handle_bytes = 8
+        handle.handle_type = FILEID_INO32_GEN
+        struct.pack_into("<II", handle.f_handle, 0, ino, 0)
+        fd: int = _libc.open_by_handle_at(mount_fd, ctypes.byref(handle), flags | os.O_CLOEXEC)  # C int
+        if fd < 0:
+            _raise_errno(f"open_by_handle_at(inode {ino})")
+        return fd
+    gen = fs.cached(ino)
+    if gen is not None:
+        try:
+            return open_by_handle(mount_fd, fs.handle_type, fs.handle(ino, gen), flags)
+        except OSError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
+            fs.forget(ino)  # the number was reused since: look it up again
+    gen = fs.lookup(mount_fd, ino)
+    try:
+        return open_by_handle(mount_fd, fs.handle_type, fs.handle(ino, gen), flags)
+    except OSError:
+        fs.forget(ino)
+        raise
+
+
+def remember_generation(mount_fd: int, fd: int) -> None:
+    """Note the generation of the object behind `fd` (O_PATH allowed) for `open_by_ino` on the
+    filesystem of `mount_fd`; nothing on ext4, which needs none."""
+    with contextlib.suppress(OSError, ValueError):
+        fshandles.filesystem_of(mount_fd).remember(fd)
 
 
 def open_by_handle(mount_fd: int, handle_type: int, f_handle: bytes, flags: int) -> int:

@@ -119,10 +119,12 @@ class MountService:
 
     @classmethod
     def open(cls, volume: str, mount: str, max_bytes: int, control: socket.socket | None, root_fd: int,
-             graveyard_fd: int, diff_area: str) -> MountService:
-        """Open the volume's diff area and everything on top of it; StartupError if it cannot be."""
+             graveyard_fd: int, diff_area: str, *, blocks_on_volume: bool = False) -> MountService:
+        """Open the volume's diff area and everything on top of it; StartupError if it cannot be.
+        `blocks_on_volume`: a diff area created now keeps its block file on the volume."""
         try:
-            area = DiffArea.open(diff_area, volume=volume)
+            area = DiffArea.open(diff_area, volume=volume, backing_fd=root_fd,
+                                 blocks_on_volume=blocks_on_volume)
         except DiffAreaError as exc:
             raise StartupError(str(exc)) from exc
         try:

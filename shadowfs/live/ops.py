@@ -27,9 +27,8 @@ Invariants:
   run on one thread, so the plan-and-change of one handler is atomic with
   respect to every other handler (s3ql's rule: a new `await` between two
   adjacent steps breaks this).
-- A descriptor evicted from the cache while a change is in flight (a handler
-  may hold one across the await of its capture) is retired, not closed, and
-  closed once no change is in flight.
+- An evicted descriptor leaves its generation behind (XFS, btrfs); while a change
+  is in flight (a handler may hold it across an await) it is retired, not closed.
 - `<backing>/.shadowfs` does not exist in the mount: lookups fail with
   ENOENT, listings omit it, the root's link count leaves it out, nothing can
   be created or renamed onto it.
@@ -72,6 +71,7 @@ from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner
 from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
 from shadowfs.fuse_adapter import fuse_handler
+from shadowfs.linux import syscalls
 from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, open_by_ino, proc_path
 from shadowfs.live import handles
@@ -187,6 +187,7 @@ class LiveOperations(pyfuse3.Operations):
 
     def _retire(self, fd: int) -> None:
         """Dispose of an evicted descriptor: a handler may hold it across an await until idle."""
+        syscalls.remember_generation(self.root_fd, fd)  # XFS, btrfs: to reopen it by number
         if self.gate.in_flight > 0:
             self._retired.append(fd)
         else:

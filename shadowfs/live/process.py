@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mount", required=True, help="mount point (the backing directory: in place)")
     parser.add_argument("--diff-area", required=True, help="diff area directory (LMDB environment)")
     parser.add_argument("--protection", required=True, help="the volume's protection record file")
+    parser.add_argument("--blocks-on-volume", action="store_true",
+                        help="a diff area created now keeps blocks.dat in <backing>/.shadowfs/")
     parser.add_argument("--max-diff-area", type=int, default=0,
                         help="bytes the diff area may hold before the oldest snapshot goes (0: no limit)")
     takeover = parser.add_argument_group("taking over from a dead mount process (live.handoff)")
@@ -104,19 +106,20 @@ def _open_backing(backing: str, mount: str) -> int:
 
 
 def _check_open_by_ino(root_fd: int, backing: str) -> None:
-    """Raise ValueError unless an inode number alone reaches the object (tmpfs, e.g., does not)."""
+    """Raise ValueError unless an inode number alone reaches the backing root (through the descriptor
+    the mount process keeps, as every later reopen does)."""
     root = os.fstat(root_fd)
     try:
         fd = syscalls.open_by_ino(root_fd, root.st_ino, os.O_PATH)
     except OSError as exc:
         raise ValueError(f"{backing}: objects cannot be opened by inode number on this filesystem "
-                         f"({exc.strerror}); shadowfs needs ext4") from exc
+                         f"({exc.strerror}); shadowfs protects trees on ext4, XFS and btrfs") from exc
     try:
         found = os.fstat(fd)
     finally:
         os.close(fd)
     if (found.st_dev, found.st_ino) != (root.st_dev, root.st_ino):
-        raise ValueError(f"{backing}: opening by inode number reached another object; shadowfs needs ext4")
+        raise ValueError(f"{backing}: opening by inode number reached another object")
 
 
 def _control_socket(fd: int) -> socket.socket:
@@ -202,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     watch = _open_watch(root_fd, backing, args.watch_fd if taking_over else None)
     try:
         service = MountService.open(args.volume, mount, args.max_diff_area, control, root_fd,
-                                    graveyard_fd, args.diff_area)
+                                    graveyard_fd, args.diff_area, blocks_on_volume=args.blocks_on_volume)
         try:
             service.listener = listener
             service.reconcile_graveyard()

@@ -949,7 +949,8 @@ def test_startup_errors_are_clear(tmp_path: Any) -> None:
     if shm is not None:
         try:
             result = start(shm, shm)
-            assert result.returncode == 1 and "needs ext4" in result.stderr, result.stderr
+            assert result.returncode == 1 and "is on tmpfs" in result.stderr, result.stderr
+            assert "ext4, XFS and btrfs" in result.stderr, result.stderr
         finally:
             os.rmdir(shm)
     assert not mounts.is_fuse_mount(str(backing))

@@ -111,7 +111,13 @@ def test_add_volume_defaults_and_persistence(layout: dict[str, Path]) -> None:
     assert stored["next_index"] == 2 and stored["version"] == 1
     assert stored["volumes"][0] == {"name": "data", "index": 1, "backing": str(layout["data"]),
                                     "mount": str(layout["data"]), "max_diff_area_bytes":
-                                    volume.max_diff_area_bytes, "created": volume.created}
+                                    volume.max_diff_area_bytes, "created": volume.created,
+                                    "blocks": "state"}  # the state directory is on the same filesystem
+    del stored["volumes"][0]["blocks"]  # a record written before the option: blocks beside the diff area
+    assert statedir.Volume.from_json(stored["volumes"][0]).blocks == "state"
+    assert table.new_volume("x", str(layout["other"]), None, None, "volume").blocks == "volume"
+    with pytest.raises(ValueError, match="blocks must be 'state' or 'volume'"):
+        table.new_volume("x", str(layout["other"]), None, None, "elsewhere")
 
 
 def test_indexes_are_never_reused(layout: dict[str, Path]) -> None:
@@ -149,7 +155,7 @@ def test_placement_errors(layout: dict[str, Path], tmp_path: Path) -> None:
         (("x", str(layout["other"]), str(layout["mnt"] / "snapshots" / "v"), None), "snapshot browser"),
         (("x", str(layout["other"]), "/", None), "cannot mount a volume over /"),
         (("x", str(layout["other"]), None, 1000), "too small"),
-        (("x", "/proc/sys", None, None), "does not support file handles"),
+        (("x", "/proc/sys", None, None), "is on proc; shadowfs protects trees on ext4, XFS and btrfs"),
         (("a/b", str(layout["other"]), None, None), "must not contain '/'"),
     ]
     for args, message in cases:

@@ -69,10 +69,16 @@ def test_a_long_handle_and_a_name_that_is_not_utf8() -> None:
     assert fan.parse(buf) == [Event(fan.FAN_MOVED_TO, 5, -1, odd, b"\xff\xfe name", None)]
 
 
-def test_the_inode_is_read_from_ext4_handles_only() -> None:
+def test_the_inode_is_read_from_ext4_xfs_and_btrfs_handles() -> None:
     assert fan.inode_in_handle(ext4(123456)) == 123456
     assert fan.inode_in_handle(Handle(2, struct.pack("=IIII", 77, 1, 2, 3))) == 77  # FILEID_INO32_GEN_PARENT
-    assert fan.inode_in_handle(Handle(0x4D, struct.pack("=QQ", 5, 6))) is None  # btrfs: opened instead
+    assert fan.inode_in_handle(Handle(0x81, struct.pack("=QI", 2**33 + 5, 9))) == 2**33 + 5  # XFS, 64-bit
+    assert fan.inode_in_handle(Handle(0x82, struct.pack("=QIQI", 70, 1, 2, 3))) == 70
+    btrfs = Handle(0x4D, struct.pack("=QQI", 300, 5, 8))  # objectid 300 in subvolume 5
+    assert fan.inode_in_handle(btrfs, btrfs_root=5) == 300
+    assert fan.inode_in_handle(btrfs, btrfs_root=256) is None  # another subvolume: opened instead
+    assert fan.inode_in_handle(btrfs) is None
+    assert fan.inode_in_handle(Handle(0x4D, struct.pack("=QQ", 5, 6))) is None  # too short
     assert fan.inode_in_handle(Handle(1, b"\x01\x02")) is None
 
 
