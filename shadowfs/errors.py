@@ -28,6 +28,7 @@ ShadowfsError                                    kind                exit
 │   ├── RequestError                              refused               2
 │   │   ├── AccessDenied                          denied                2
 │   │   ├── TreeBusy                              busy                  2
+│   │   ├── SnapshotHeld                          held                  2
 │   │   └── SetAborted                            set_aborted           1
 │   └── PeerUnreachable                           unreachable           3
 │       ├── DaemonNotRunning                      not_running           3
@@ -263,6 +264,12 @@ class TreeBusy(RequestError):
     anyway)."""
 
     kind = "busy"
+
+
+class SnapshotHeld(RequestError):
+    """A held snapshot (`snapshot hold`) was to be deleted without force; nothing was deleted."""
+
+    kind = "held"
 
 
 class SetAborted(RequestError):

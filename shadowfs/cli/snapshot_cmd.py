@@ -1,7 +1,9 @@
-"""`shadowfs snapshot create | list | delete | damage`: snapshot sets taken through the daemon.
+"""`shadowfs snapshot create | list | delete | damage | hold | release | prune`: snapshot sets
+taken, kept and deleted through the daemon.
 
 One job: turn the command line into `snapshot_create`, `snapshot_list`,
-`snapshot_delete` and `snapshot_damage` requests. Auto-release contexts are
+`snapshot_delete`, `snapshot_damage`, `snapshot_hold`, `snapshot_release` and
+`snapshot_prune` requests. Auto-release contexts are
 refused here (their set would be deleted as soon as this command exits): a
 `CliError`, exit 2. A set the daemon aborts (a writer vetoed, a volume did not
 hold) is `SetAborted`, exit 1.
@@ -18,7 +20,13 @@ from shadowfs.cli.common import add_command, add_group, full_id, resolve_id, sta
 from shadowfs.cli.output import print_json, print_table, size
 from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
-from shadowfs.ipc.messages import SnapshotCreateRequest, SnapshotDamageRequest
+from shadowfs.ipc.messages import (
+    KeepCounts,
+    SnapshotCreateRequest,
+    SnapshotDamageRequest,
+    SnapshotHoldRequest,
+    SnapshotPruneRequest,
+)
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
@@ -99,9 +107,49 @@ def cmd_snapshot_damage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot_hold(args: argparse.Namespace) -> int:
+    """`snapshot hold ID` / `snapshot release ID` (the handler of both)."""
+    state = state_of(args)
+    wanted = known_id(state, args.id)
+    hold: SnapshotHoldRequest = {"op": "snapshot_hold", "snapshot": wanted}
+    if args.snapshot_command == "release":
+        hold = {"op": "snapshot_release", "snapshot": wanted}
+    reply = request(state, hold)
+    if args.json:
+        print_json(reply["snapshots"])
+        return 0
+    for item in reply["snapshots"]:
+        state_text = f"held since {item['held']}" if item["held"] else "released"
+        print(f"snapshot {item['id']} of volume {item['volume']} (set {item['set_id']}): {state_text}")
+    return 0
+
+
+def cmd_snapshot_prune(args: argparse.Namespace) -> int:
+    keep: KeepCounts = {"last": args.keep_last, "hourly": args.keep_hourly, "daily": args.keep_daily,
+                        "weekly": args.keep_weekly, "monthly": args.keep_monthly, "yearly": args.keep_yearly}
+    if not any(keep.values()):
+        raise CliError("give at least one --keep-* rule (e.g. --keep-daily 7): without one nothing "
+                       "would be kept, so nothing is pruned")
+    volume = None if args.volume is None else statedir.validate_volume_name(args.volume)
+    prune: SnapshotPruneRequest = {"op": "snapshot_prune", "keep": keep, "volume": volume,
+                                   "dry_run": args.dry_run}
+    reply = request(state_of(args), prune)
+    if args.json:
+        print_json(reply)
+        return 0
+    rows = [[s["volume"], s["id"][:8], s["set_id"][:8], s["created"], ", ".join(s["reasons"]) or "-",
+             "keep" if s["reasons"] else ("would remove" if args.dry_run else "removed")]
+            for s in sorted(reply["keep"] + reply["remove"], key=lambda s: (s["volume"], s["created"]))]
+    print_table(["VOLUME", "SNAPSHOT", "SET", "CREATED", "KEPT BY", "ACTION"], rows)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(reply['remove'])} snapshot(s), kept {len(reply['keep'])}"
+          + ("" if args.dry_run else f", freed {size(reply['freed'])}"))
+    return 0
+
+
 def cmd_snapshot_delete(args: argparse.Namespace) -> int:
     wanted = known_id(state_of(args), args.id)
-    reply = request(state_of(args), {"op": "snapshot_delete", "snapshot": wanted})
+    reply = request(state_of(args), {"op": "snapshot_delete", "snapshot": wanted, "force": args.force})
     if args.json:
         print_json(reply)
     else:
@@ -110,7 +158,8 @@ def cmd_snapshot_delete(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: Subcommands) -> None:
-    snapshots = add_group(commands, "snapshot", "create, list or delete snapshots, or list their damage",
+    snapshots = add_group(commands, "snapshot", "create, list, hold, prune or delete snapshots, or list "
+                          "their damage",
                           "snapshot_command")
     screate = add_command(snapshots, "create", cmd_snapshot_create,
                           "take one snapshot set: every named volume at the same instant")
@@ -130,6 +179,23 @@ def add_parser(commands: Subcommands) -> None:
                           "delete a snapshot, or every snapshot of a set")
     sdelete.add_argument("id", metavar="ID",
                          help="a snapshot id or a snapshot set id (or its first characters, if unique)")
+    sdelete.add_argument("--force", action="store_true", help="delete held snapshots too")
+    for name, what in (("hold", "keep a snapshot (or every snapshot of a set) from delete, prune and the "
+                                "diff area's limit until released"),
+                       ("release", "release a held snapshot (or every snapshot of a set)")):
+        shold = add_command(snapshots, name, cmd_snapshot_hold, what)
+        shold.add_argument("id", metavar="ID", help="a snapshot id or set id (or a unique prefix)")
+    sprune = add_command(snapshots, "prune", cmd_snapshot_prune,
+                         "delete the snapshots no --keep-* rule keeps (restic forget's rules, per volume; "
+                         "held snapshots stay)")
+    for rule, period in (("last", "newest snapshots"), ("hourly", "newest hours"), ("daily", "newest days"),
+                         ("weekly", "newest ISO weeks"), ("monthly", "newest months"),
+                         ("yearly", "newest years")):
+        sprune.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N",
+                            help=f"keep the {period}" if rule == "last" else
+                            f"keep the newest snapshot of each of the N {period} that have one (local time)")
+    sprune.add_argument("--volume", metavar="NAME", help="prune only this volume's snapshots")
+    sprune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     sdamage = add_command(snapshots, "damage", cmd_snapshot_damage,
                           "list the objects damaged in a snapshot: changed while protection had lapsed, "
                           "so reading them there fails")

@@ -17,6 +17,7 @@ from shadowfs import statedir
 from shadowfs.cli.common import add_command, add_group, state_of
 from shadowfs.cli.output import print_json, print_table, size
 from shadowfs.ipc.client import request
+from shadowfs.ipc.messages import VolumeSetRequest
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
@@ -37,6 +38,19 @@ def cmd_volume_add(args: argparse.Namespace) -> int:
         print(f"added volume {volume['name']}: {volume['backing']} mounted at {volume['mount']} "
               f"(max diff area {size(volume['max_diff_area_bytes'])}, "
               f"block file {'on the volume' if volume['blocks'] == 'volume' else 'in the state directory'})")
+    return 0
+
+
+def cmd_volume_set(args: argparse.Namespace) -> int:
+    name = statedir.validate_volume_name(args.name)
+    max_bytes = statedir.parse_size(args.max_diff_area)
+    volume_set: VolumeSetRequest = {"op": "volume_set", "name": name, "max_diff_area_bytes": max_bytes}
+    volume = request(state_of(args), volume_set)["volume"]
+    if args.json:
+        print_json(volume)
+    else:
+        print(f"volume {volume['name']}: max diff area {size(volume['max_diff_area_bytes'])} "
+              "(the oldest unheld snapshots are deleted now if it holds more)")
     return 0
 
 
@@ -73,7 +87,8 @@ def add_parser(commands: Subcommands) -> None:
                            "(default: over BACKING_DIR itself, protecting it in place)")
     vadd.add_argument("--max-diff-area", metavar="SIZE",
                       help="maximum diff area size, e.g. 512M, 10G, 1.5T (default: 10%% of the backing "
-                           "filesystem's size, at least 1G); when full, the oldest snapshot is deleted")
+                           "filesystem's size, at least 1G); when full, the oldest unheld snapshot "
+                           "is deleted")
     place = vadd.add_mutually_exclusive_group()
     place.add_argument("--blocks-on-volume", dest="blocks", action="store_const", const="volume",
                        help="keep the diff area's captured block bytes in BACKING_DIR/.shadowfs/ on the "
@@ -86,6 +101,10 @@ def add_parser(commands: Subcommands) -> None:
                       help="add even when processes have files, working directories or mappings open "
                            "in BACKING_DIR (refused otherwise, naming them; the daemon logs them)")
     add_command(volumes, "list", cmd_volume_list, "list volumes")
+    vset = add_command(volumes, "set", cmd_volume_set, "change a volume's settings")
+    vset.add_argument("name", metavar="NAME")
+    vset.add_argument("--max-diff-area", metavar="SIZE", required=True,
+                      help="the diff area's new maximum, e.g. 512M, 10G (vssadmin resize shadowstorage)")
     vremove = add_command(volumes, "remove", cmd_volume_remove,
                           "stop protecting a volume and delete its diff area")
     vremove.add_argument("name", metavar="NAME")

@@ -80,7 +80,8 @@ class DiffAreaReader:
                 damaged = area.damage_counts(txn, [r.seq for r in snapshots])
                 records: list[SnapshotRow] = [
                     {"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id, "created": r.created,
-                     "bytes": area.snapshot_bytes(txn, r.seq), "damaged": damaged[r.seq]} for r in snapshots]
+                     "bytes": area.snapshot_bytes(txn, r.seq), "damaged": damaged[r.seq], "held": r.held}
+                    for r in snapshots]
                 return records, area.used_bytes(txn)
 
     def read_damage(self, name: str, seq: Seq) -> tuple[list[DamagedObject], int] | None:

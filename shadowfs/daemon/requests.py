@@ -11,13 +11,17 @@ from shadowfs import statedir
 from shadowfs.ipc import frames
 from shadowfs.ipc.frames import Frame
 from shadowfs.ipc.messages import (
+    KeepCounts,
     ShutdownRequest,
     SnapshotDamageRequest,
     SnapshotDeleteRequest,
+    SnapshotHoldRequest,
+    SnapshotPruneRequest,
     VolumeAddRequest,
     VolumeBackingRequest,
     VolumeConfig,
     VolumeRemoveRequest,
+    VolumeSetRequest,
 )
 from shadowfs.statedir import Volume
 
@@ -62,8 +66,47 @@ def volume_backing_request(request: Frame) -> VolumeBackingRequest:
     return {"op": "volume_backing", "name": text(request, "name")}
 
 
+def flag(request: Frame, name: str) -> bool:
+    value = request.get(name, False)
+    if not isinstance(value, bool):
+        raise frames.RequestError(f"request field {name!r} is not a bool")
+    return value
+
+
 def snapshot_delete_request(request: Frame) -> SnapshotDeleteRequest:
-    return {"op": "snapshot_delete", "snapshot": text(request, "snapshot")}
+    return {"op": "snapshot_delete", "snapshot": text(request, "snapshot"), "force": flag(request, "force")}
+
+
+def snapshot_hold_request(request: Frame) -> SnapshotHoldRequest:
+    if request.get("op") == "snapshot_release":
+        return {"op": "snapshot_release", "snapshot": text(request, "snapshot")}
+    return {"op": "snapshot_hold", "snapshot": text(request, "snapshot")}
+
+
+KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def snapshot_prune_request(request: Frame) -> SnapshotPruneRequest:
+    keep = request.get("keep")
+    if not isinstance(keep, dict) or set(keep) - set(KEEP_RULES):
+        raise frames.RequestError(f"request field 'keep' must map some of {', '.join(KEEP_RULES)} to counts")
+    counts = {rule: keep.get(rule, 0) for rule in KEEP_RULES}
+    for rule, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise frames.RequestError(f"keep {rule} must be a count >= 0, not {count!r}")
+    checked: KeepCounts = {"last": counts["last"], "hourly": counts["hourly"],
+                           "daily": counts["daily"], "weekly": counts["weekly"],
+                           "monthly": counts["monthly"], "yearly": counts["yearly"]}
+    return {"op": "snapshot_prune", "keep": checked, "volume": optional_text(request, "volume"),
+            "dry_run": flag(request, "dry_run")}
+
+
+def volume_set_request(request: Frame) -> VolumeSetRequest:
+    size = request.get("max_diff_area_bytes")
+    if size is None:
+        raise frames.RequestError("request field 'max_diff_area_bytes' is missing: nothing to set")
+    return {"op": "volume_set", "name": text(request, "name"),
+            "max_diff_area_bytes": statedir.parse_size(size)}
 
 
 def snapshot_damage_request(request: Frame) -> SnapshotDamageRequest:

@@ -76,6 +76,7 @@ refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -91,6 +92,7 @@ from shadowfs.daemon import notify, requests
 from shadowfs.daemon.areas import DiffAreaReader
 from shadowfs.daemon.children import CALL_TIMEOUT, Child, wait_any
 from shadowfs.daemon.mounts import VolumeMounts
+from shadowfs.daemon.retention import Retention
 from shadowfs.daemon.sets import SetCoordinator
 from shadowfs.diffarea.schema import Seq
 from shadowfs.errors import (
@@ -109,17 +111,21 @@ from shadowfs.ipc.messages import (
     BrowserEntry,
     BrowserVolume,
     DeleteRequest,
+    SetMaxRequest,
     ShutdownReply,
     SnapshotDamageReply,
     SnapshotDeleteReply,
     SnapshotEntry,
+    SnapshotHoldReply,
     SnapshotListReply,
+    SnapshotPruneReply,
     StatusReply,
     VolumeAddReply,
     VolumeBackingReply,
     VolumeEntry,
     VolumeListReply,
     VolumeRemoveReply,
+    VolumeSetReply,
     VolumesRequest,
     VolumeStatus,
 )
@@ -160,6 +166,7 @@ class Daemon:
         self.ready = False  # every volume protected and the browser serving them (design §9.4)
         self.mutation = trio.Lock()
         self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
+        self.retention = Retention(self._ready_channel, self._all_snapshots)
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
         self._ops: dict[str, Op] = {
@@ -167,7 +174,9 @@ class Daemon:
             "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
             "snapshot_damage": self.op_snapshot_damage, "status": self.op_status,
-            "shutdown": self.op_shutdown,
+            "shutdown": self.op_shutdown, "snapshot_hold": self.op_snapshot_hold,
+            "snapshot_release": self.op_snapshot_hold, "snapshot_prune": self.op_snapshot_prune,
+            "volume_set": self.op_volume_set,
         }
 
     # ---- life ----------------------------------------------------------------------------------
@@ -386,7 +395,7 @@ class Daemon:
                 "created": record["created"], "seq": record["seq"],
                 "path": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "diff_area_bytes": record["bytes"], "damaged_objects": record["damaged"],
-                **self.service.snapshot_extra(record["set_id"])}
+                "held": record["held"], **self.service.snapshot_extra(record["set_id"])}
 
     async def op_snapshot_list(self, _request: Frame) -> SnapshotListReply:
         entries = [self._snapshot_entry(v, r) for v, r in await self._all_snapshots()]
@@ -539,7 +548,7 @@ class Daemon:
         """With --force: delete through the mount process so its graveyard entries go too."""
         try:
             channel = self._ready_channel(name)
-            delete: DeleteRequest = {"op": "delete", "seq": record["seq"]}
+            delete: DeleteRequest = {"op": "delete", "seq": record["seq"], "force": True}
             await channel.call(delete, timeout=CALL_TIMEOUT)
         except (frames.RequestError, frames.RemoteError, frames.CallTimeout, frames.ChannelClosed,
                 DaemonStarting) as exc:
@@ -582,11 +591,42 @@ class Daemon:
         return await self._all_snapshots()
 
     async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
-        wanted = requests.snapshot_delete_request(request)["snapshot"]
+        checked = requests.snapshot_delete_request(request)
         async with self.mutation:
-            deleted, freed = await self.snapshot_sets.delete(wanted)
+            deleted, freed = await self.snapshot_sets.delete(checked["snapshot"], checked.get("force", False))
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
+
+    async def op_snapshot_hold(self, request: Frame) -> SnapshotHoldReply:
+        checked = requests.snapshot_hold_request(request)
+        async with self.mutation:
+            return await self.retention.hold(checked["snapshot"], checked["op"] == "snapshot_hold")
+
+    async def op_snapshot_prune(self, request: Frame) -> SnapshotPruneReply:
+        checked = requests.snapshot_prune_request(request)
+        if checked["volume"] is not None:
+            self.table.get(checked["volume"])  # an unknown volume is refused, not pruned as empty
+        async with self.mutation:
+            reply = await self.retention.prune(checked)
+            if reply["remove"] and not reply["dry_run"]:
+                await self.service.prune()
+        return reply
+
+    async def op_volume_set(self, request: Frame) -> VolumeSetReply:
+        """`volume set NAME --max-diff-area SIZE`: the mount process applies it at once (the
+        oldest unheld snapshots go if the diff area is over it), then the table keeps it."""
+        checked = requests.volume_set_request(request)
+        size = checked["max_diff_area_bytes"]
+        assert isinstance(size, int)  # parsed by `volume_set_request`
+        async with self.mutation:
+            volume = self.table.get(checked["name"])
+            set_max: SetMaxRequest = {"op": "set_max", "bytes": size}
+            await self._ready_channel(volume.name).call(set_max, timeout=CALL_TIMEOUT)
+            volume = dataclasses.replace(volume, max_diff_area_bytes=size)
+            self.table.volumes[volume.name] = volume
+            await trio.to_thread.run_sync(self.table.save)
+        log.info("volume %s: diff area limit set to %d bytes", volume.name, size)
+        return {"volume": requests.volume_config(volume)}
 
 
 # --- entry point ------------------------------------------------------------------------------------------

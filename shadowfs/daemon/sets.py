@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from shadowfs.daemon.children import CALL_TIMEOUT
-from shadowfs.errors import SetAborted
+from shadowfs.errors import SetAborted, SnapshotHeld
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.messages import DeletedSnapshot, DeleteRequest, MountRequest
@@ -64,16 +64,23 @@ class SetCoordinator:
             log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
         return len(records)
 
-    async def delete(self, wanted: str) -> tuple[list[DeletedSnapshot], int]:
-        """Delete snapshot or snapshot set `wanted`: (the snapshots deleted, bytes freed)."""
+    async def delete(self, wanted: str, force: bool = False) -> tuple[list[DeletedSnapshot], int]:
+        """Delete snapshot or snapshot set `wanted`: (the snapshots deleted, bytes freed). One
+        held snapshot among them refuses the whole request, unless `force`."""
         matches = [(v, r) for v, r in await self._all_snapshots()
                    if wanted in (r["snapshot_id"], r["set_id"])]
         if not matches:
             raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
+        held = [(v, r) for v, r in matches if r["held"] is not None]
+        if held and not force:
+            volume, record = held[0]
+            raise SnapshotHeld(f"snapshot {record['snapshot_id']} of volume {volume} is held (since "
+                          f"{record['held']}): release it (shadowfs snapshot release) or delete with --force")
         freed = 0
         deleted: list[DeletedSnapshot] = []
         for volume, record in matches:
-            reply = await self._ready_channel(volume).call(_delete(record["seq"]), timeout=CALL_TIMEOUT)
+            reply = await self._ready_channel(volume).call(_delete(record["seq"], force),
+                                                           timeout=CALL_TIMEOUT)
             freed += int(reply.get("freed", 0))
             deleted.append({"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume})
             log.info("deleted snapshot %s of volume %s", record["snapshot_id"], volume)
@@ -152,8 +159,8 @@ class SetCoordinator:
                 log.error("volume %s: could not delete snapshot seq %d of an aborted set: %s", name, seq, exc)
 
 
-def _delete(seq: int) -> DeleteRequest:
-    return {"op": "delete", "seq": seq}
+def _delete(seq: int, force: bool = False) -> DeleteRequest:
+    return {"op": "delete", "seq": seq, "force": force}
 
 
 __all__ = ["HOLD_TIMEOUT", "RELEASE_TIMEOUT", "SetCoordinator"]

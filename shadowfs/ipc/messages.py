@@ -248,6 +248,10 @@ class VolumeAddReply(TypedDict):
     volume: VolumeConfig
 
 
+class VolumeSetReply(TypedDict):
+    volume: VolumeConfig
+
+
 class VolumeListRequest(TypedDict):
     op: Literal["volume_list"]
     protocol: NotRequired[str]
@@ -316,6 +320,7 @@ class SnapshotEntry(TypedDict):
     damaged_objects: int  # objects that changed while protection had lapsed: reading them fails (EIO)
     context: str
     attributes: int  # VSS_VOLSNAP_ATTR_* bits
+    held: str | None  # held since (UTC; `snapshot hold`), else None
 
 
 class SnapshotListReply(TypedDict):
@@ -349,11 +354,81 @@ class SnapshotDamageReply(TypedDict):
 
 
 class SnapshotDeleteRequest(TypedDict):
-    """`snapshot`: a snapshot id or a snapshot set id. Reply: `SnapshotDeleteReply`."""
+    """`snapshot`: a snapshot id or a snapshot set id; `force` true: held snapshots too (else a
+    set or snapshot with a held snapshot is refused and nothing is deleted). Reply:
+    `SnapshotDeleteReply`."""
 
     op: Literal["snapshot_delete"]
     protocol: NotRequired[str]
     snapshot: str
+    force: NotRequired[bool]
+
+
+class SnapshotHoldRequest(TypedDict):
+    """Hold (`op` snapshot_hold) or release (snapshot_release) a snapshot, or every snapshot of
+    a set. Reply: `SnapshotHoldReply`."""
+
+    op: Literal["snapshot_hold", "snapshot_release"]
+    protocol: NotRequired[str]
+    snapshot: str
+
+
+class HeldSnapshot(TypedDict):
+    id: str
+    set_id: str
+    volume: str
+    held: str | None  # since when (UTC); None: released
+
+
+class SnapshotHoldReply(TypedDict):
+    snapshots: list[HeldSnapshot]
+
+
+class KeepCounts(TypedDict):
+    """restic forget's rules: how many of each to keep (0: the rule is not used)."""
+
+    last: int
+    hourly: int
+    daily: int
+    weekly: int
+    monthly: int
+    yearly: int
+
+
+class SnapshotPruneRequest(TypedDict):
+    """Delete the snapshots `keep` does not keep, per volume (only `volume` when given); held
+    snapshots are never deleted; `dry_run`: only say what would go. Reply: `SnapshotPruneReply`."""
+
+    op: Literal["snapshot_prune"]
+    protocol: NotRequired[str]
+    keep: KeepCounts
+    volume: str | None
+    dry_run: bool
+
+
+class PrunedSnapshot(TypedDict):
+    id: str
+    set_id: str
+    volume: str
+    created: str
+    reasons: list[str]  # the rules that keep it ("last", "daily", ..., "held"); empty: removed
+
+
+class SnapshotPruneReply(TypedDict):
+    keep: list[PrunedSnapshot]
+    remove: list[PrunedSnapshot]  # deleted (or, with dry_run, to be deleted)
+    dry_run: bool
+    freed: int
+
+
+class VolumeSetRequest(TypedDict):
+    """Change a volume's settings: `max_diff_area_bytes` (bytes or a size such as "10G"; the
+    oldest unheld snapshots go at once if the diff area is now over it). Reply: `VolumeSetReply`."""
+
+    op: Literal["volume_set"]
+    protocol: NotRequired[str]
+    name: str
+    max_diff_area_bytes: int | str
 
 
 class DeletedSnapshot(TypedDict):

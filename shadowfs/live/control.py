@@ -48,7 +48,7 @@ from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner
 from shadowfs.diffarea.area import DiffArea, DiffAreaError, Txn
 from shadowfs.diffarea.schema import Seq, SnapshotRecord
-from shadowfs.errors import StartupError
+from shadowfs.errors import SnapshotHeld, StartupError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.messages import (
@@ -407,8 +407,8 @@ class MountService:
         def job(txn: Txn) -> int:
             record = self.area.snapshot(txn, seq)
             if record is not None and record.held is not None and not request.get("force", False):
-                raise DiffAreaError(f"snapshot {record.snapshot_id} is held (since {record.held}): "
-                                    "release it first, or delete with force")
+                raise SnapshotHeld(f"snapshot {record.snapshot_id} is held (since {record.held}): "
+                                   "release it first, or delete with force")
             return self.area.delete_snapshot(txn, seq)
 
         try:

@@ -72,6 +72,7 @@ class SnapshotRow(TypedDict):
     created: str
     bytes: int  # what the diff area holds for this snapshot alone
     damaged: int  # objects marked damaged in it (design §9.3)
+    held: str | None  # held since (UTC), else None
 
 
 @dataclass

@@ -16,8 +16,9 @@ The rules, as restic documents them for `forget` (newest snapshot first):
   restic refuses to forget without one.
 
 Invariants: pure (no I/O); the result covers every snapshot given exactly
-once; ties in time are broken by id, so the result does not depend on the
-order given.
+once; snapshots of the same time (creation times have one-second steps) are
+ordered by `order` (the daemon gives each volume's sequence numbers), then by
+id, so the result does not depend on the order given.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Stamped:
 
     id: str
     created: datetime  # aware (UTC as recorded); periods are taken in local time
+    order: int = 0  # among snapshots of the same time, the higher is the newer
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Decision:
 def decide(snapshots: Sequence[Stamped], policy: Policy) -> Decision:
     """Apply `policy` to `snapshots` (any order)."""
     policy.check()
-    newest_first = sorted(snapshots, key=lambda s: (s.created, s.id), reverse=True)
+    newest_first = sorted(snapshots, key=lambda s: (s.created, s.order, s.id), reverse=True)
     reasons: dict[str, list[str]] = {s.id: [] for s in newest_first}
     counts = policy.counts()
     for snapshot in newest_first[:counts["last"]]:

@@ -1,0 +1,110 @@
+"""Holds and pruning: which snapshots stay, asked of the daemon.
+
+One job: `snapshot hold` / `snapshot release` (zfs hold: a held snapshot is
+deleted neither by `snapshot delete` without force, nor by `snapshot prune`,
+nor by the diff area's limit) and `snapshot prune` (restic forget's rules,
+`snapshot.retention`, applied to each volume's snapshots on their own).
+
+Invariants:
+- A hold is recorded by the volume's mount process in the snapshot's record
+  in the diff area (`set_held`), so the limit, which runs in that process,
+  sees it, and it survives restarts of the daemon and the mount.
+- Prune decides from one listing, then deletes one snapshot at a time through
+  the mount processes (`delete`, never with force): a snapshot held after the
+  listing is refused by its mount process and reported as kept ("held").
+- A dry run deletes nothing and answers what a real run would do now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from shadowfs import statedir
+from shadowfs.daemon.children import CALL_TIMEOUT
+from shadowfs.errors import SnapshotHeld
+from shadowfs.ipc import frames
+from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.messages import (
+    DeleteRequest,
+    HeldSnapshot,
+    PrunedSnapshot,
+    SetHeldRequest,
+    SnapshotHoldReply,
+    SnapshotPruneReply,
+    SnapshotPruneRequest,
+)
+from shadowfs.service.broker import SnapshotRow
+from shadowfs.snapshot.retention import Policy, Stamped, decide, parse_created
+
+log = logging.getLogger(__name__)
+
+
+class Retention:
+    """Holds and prune over the mount processes' control channels."""
+
+    def __init__(self, ready_channel: Callable[[str], Channel],
+                 all_snapshots: Callable[[], Awaitable[list[tuple[str, SnapshotRow]]]]) -> None:
+        self._ready_channel = ready_channel
+        self._all_snapshots = all_snapshots
+
+    async def hold(self, wanted: str, hold: bool) -> SnapshotHoldReply:
+        """Hold (or release) snapshot `wanted`, or every snapshot of set `wanted`."""
+        matches = [(v, r) for v, r in await self._all_snapshots()
+                   if wanted in (r["snapshot_id"], r["set_id"])]
+        if not matches:
+            raise frames.RequestError(f"unknown snapshot or snapshot set {wanted}")
+        since = statedir.utc_now() if hold else None
+        changed: list[HeldSnapshot] = []
+        for volume, record in matches:
+            held = record["held"] if hold and record["held"] is not None else since  # keep the first time
+            request: SetHeldRequest = {"op": "set_held", "seq": record["seq"], "held": held}
+            await self._ready_channel(volume).call(request, timeout=CALL_TIMEOUT)
+            changed.append({"id": record["snapshot_id"], "set_id": record["set_id"], "volume": volume,
+                            "held": held})
+            log.info("snapshot %s of volume %s %s", record["snapshot_id"], volume,
+                     "held" if hold else "released")
+        return {"snapshots": changed}
+
+    async def prune(self, request: SnapshotPruneRequest) -> SnapshotPruneReply:
+        policy = Policy(**request["keep"])
+        try:
+            policy.check()
+        except ValueError as exc:
+            raise frames.RequestError(str(exc)) from None
+        everything = await self._all_snapshots()
+        wanted_volume = request["volume"]  # known to the daemon (checked by the caller)
+        by_volume: dict[str, list[SnapshotRow]] = {}
+        for volume, record in everything:
+            if wanted_volume is None or volume == wanted_volume:
+                by_volume.setdefault(volume, []).append(record)
+        reply: SnapshotPruneReply = {"keep": [], "remove": [], "dry_run": request["dry_run"], "freed": 0}
+        for volume, records in sorted(by_volume.items()):
+            stamped = [Stamped(r["snapshot_id"], parse_created(r["created"]), r["seq"]) for r in records]
+            decision = decide(stamped, policy)
+            for record in sorted(records, key=lambda r: r["seq"], reverse=True):
+                reasons = list(decision.keep.get(record["snapshot_id"], []))
+                if record["held"] is not None:
+                    reasons.append("held")
+                if not reasons and not request["dry_run"]:
+                    freed = await self._delete(volume, record)
+                    if freed is None:
+                        reasons.append("held")
+                    else:
+                        reply["freed"] += freed
+                entry: PrunedSnapshot = {"id": record["snapshot_id"], "set_id": record["set_id"],
+                                         "volume": volume, "created": record["created"], "reasons": reasons}
+                reply["keep" if reasons else "remove"].append(entry)
+        return reply
+
+    async def _delete(self, volume: str, record: SnapshotRow) -> int | None:
+        """Delete one snapshot without force: bytes freed, or None when it is held by now."""
+        request: DeleteRequest = {"op": "delete", "seq": record["seq"], "force": False}
+        try:
+            reply = await self._ready_channel(volume).call(request, timeout=CALL_TIMEOUT)
+        except frames.RemoteError as exc:
+            if exc.kind == SnapshotHeld.kind:
+                return None
+            raise
+        log.info("prune: deleted snapshot %s of volume %s", record["snapshot_id"], volume)
+        return int(reply.get("freed", 0))
