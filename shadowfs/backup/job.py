@@ -72,7 +72,10 @@ from shadowfs.documents import (
 from shadowfs.errors import BackupRefused, ShadowfsError
 from shadowfs.ipc.client import request_fds
 from shadowfs.ipc.frames import close_fds
-from shadowfs.ipc.messages import CreatedSnapshot, WriterResult
+from shadowfs.ipc.vss_messages import (
+    CreatedSnapshot,
+    WriterResult,
+)
 from shadowfs.media import Image, find_base, open_image
 from shadowfs.snapshot import changes
 from shadowfs.snapshot.readers import ViewReader

@@ -22,11 +22,11 @@ from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
 from shadowfs.ipc.messages import (
     KeepCounts,
-    SnapshotCreateRequest,
     SnapshotDamageRequest,
     SnapshotHoldRequest,
     SnapshotPruneRequest,
 )
+from shadowfs.ipc.vss_messages import SnapshotCreateRequest
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands

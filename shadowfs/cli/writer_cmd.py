@@ -16,7 +16,7 @@ from shadowfs.cli.common import add_command, add_group, state_of
 from shadowfs.cli.output import print_json, print_table
 from shadowfs.errors import CliError
 from shadowfs.ipc.client import request
-from shadowfs.ipc.messages import WriterDescription
+from shadowfs.ipc.vss_messages import WriterDescription
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands

@@ -48,7 +48,7 @@ from shadowfs.errors import (
     ProtocolError,
     from_wire,
 )
-from shadowfs.ipc import frames, messages
+from shadowfs.ipc import frames, messages, vss_messages
 from shadowfs.ipc.frames import Frame, Message
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ def request(state_dir: str, obj: messages.VolumeListRequest,
 def request(state_dir: str, obj: messages.VolumeRemoveRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.VolumeRemoveReply: ...
 @overload
-def request(state_dir: str, obj: messages.SnapshotCreateRequest,
-            timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotCreateReply: ...
+def request(state_dir: str, obj: vss_messages.SnapshotCreateRequest,
+            timeout: float = REQUEST_TIMEOUT) -> vss_messages.SnapshotCreateReply: ...
 @overload
 def request(state_dir: str, obj: messages.SnapshotListRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotListReply: ...
@@ -177,8 +177,8 @@ def request(state_dir: str, obj: messages.StatusRequest,
 def request(state_dir: str, obj: messages.ShutdownRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.ShutdownReply: ...
 @overload
-def request(state_dir: str, obj: messages.WritersRequest,
-            timeout: float = REQUEST_TIMEOUT) -> messages.WritersReply: ...
+def request(state_dir: str, obj: vss_messages.WritersRequest,
+            timeout: float = REQUEST_TIMEOUT) -> vss_messages.WritersReply: ...
 
 
 def request(state_dir: str, obj: Message, timeout: float = REQUEST_TIMEOUT) -> Message:

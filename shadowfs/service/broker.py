@@ -48,7 +48,7 @@ from shadowfs.documents.enums import BackupType, SnapshotContext, WriterFailure
 from shadowfs.errors import SetAborted
 from shadowfs.ipc import frames
 from shadowfs.ipc.frames import Frame, Message
-from shadowfs.ipc.messages import (
+from shadowfs.ipc.vss_messages import (
     EventPayload,
     MetadataReply,
     SessionEndReply,

@@ -19,7 +19,7 @@ from shadowfs.errors import ConfigError, DaemonStarting
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
-from shadowfs.ipc.messages import (
+from shadowfs.ipc.vss_messages import (
     HelloReply,
     PropertiesReply,
     SessionEndReply,

@@ -30,7 +30,7 @@ from shadowfs import statedir
 from shadowfs.documents.enums import UsageType, WriterFailure, WriterState
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
-from shadowfs.ipc.messages import (
+from shadowfs.ipc.vss_messages import (
     EventPayload,
     LastFailure,
     WriterDescription,

@@ -61,12 +61,14 @@ from shadowfs.errors import (
 from shadowfs.ipc import client, frames
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
-    BackupShutdownRequest,
     DeletedSnapshot,
+    VolumeEntry,
+)
+from shadowfs.ipc.vss_messages import (
+    BackupShutdownRequest,
     HelloRequest,
     SessionEndReply,
     SnapshotCreateReply,
-    VolumeEntry,
     WriterResult,
 )
 from shadowfs.service import protocol

@@ -69,8 +69,17 @@ from shadowfs.errors import (
 from shadowfs.ipc import frames
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
-    BackupShutdownRequest,
     DeletedSnapshot,
+    SnapshotDeleteReply,
+    SnapshotDeleteRequest,
+    SnapshotListReply,
+    SnapshotListRequest,
+    VolumeEntry,
+    VolumeListReply,
+    VolumeListRequest,
+)
+from shadowfs.ipc.vss_messages import (
+    BackupShutdownRequest,
     LastFailure,
     MetadataReply,
     PropertiesReply,
@@ -79,15 +88,8 @@ from shadowfs.ipc.messages import (
     SessionEndReply,
     SnapshotCreateReply,
     SnapshotCreateRequest,
-    SnapshotDeleteReply,
-    SnapshotDeleteRequest,
-    SnapshotListReply,
-    SnapshotListRequest,
     SnapshotPropertiesEntry,
     SnapshotPropertiesRequest,
-    VolumeEntry,
-    VolumeListReply,
-    VolumeListRequest,
     WriterDescription,
     WriterResult,
     WriterResultsReply,
@@ -368,7 +370,7 @@ class RequesterSession:
 
     async def _sequence_call(self, op: SequenceOp, writers: list[str],
                              timeout: float | None) -> list[WriterResult]:
-        doc = self.document  # what the writers learn of the backup: `messages.SequenceFields`
+        doc = self.document  # what the writers learn of the backup: `vss_messages.SequenceFields`
         request: SequenceRequest = {
             "op": op, "context": doc.context.value, "backup_type": doc.backup_type.value,
             "partial_file_support": doc.partial_file_support, "bcd": doc.to_xml(), "writers": writers}

@@ -57,7 +57,10 @@ from shadowfs.documents import (
 from shadowfs.errors import WriterError as WriterError
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
-from shadowfs.ipc.messages import WriterEventReply, WriterRegisterRequest
+from shadowfs.ipc.vss_messages import (
+    WriterEventReply,
+    WriterRegisterRequest,
+)
 from shadowfs.service import protocol
 from shadowfs.service.protocol import Event
 
@@ -305,7 +308,8 @@ class Writer:
     # ---- events ------------------------------------------------------------------------------------
 
     async def _on_request(self, frame: frames.Frame, fds: list[int]) -> WriterEventReply:
-        """Serve one `messages.WriterEventRequest`; its other fields are read leniently (`EventContext`)."""
+        """Serve one `vss_messages.WriterEventRequest`; its other fields are read leniently
+        (`EventContext`)."""
         frames.close_fds(fds)
         if frame.get("op") != "writer_event":
             raise frames.RequestError(f"unknown operation {frame.get('op')!r}")
