@@ -106,6 +106,7 @@ from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
     BrowserEntry,
+    BrowserRefreshRequest,
     BrowserVolume,
     DeleteRequest,
     ShutdownReply,
@@ -568,10 +569,16 @@ class Daemon:
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
-        return await self.snapshot_sets.take(names, set_id, ids, created)
+        try:
+            return await self.snapshot_sets.take(names, set_id, ids, created)
+        finally:
+            await self._refresh_browser()
 
     async def delete_set(self, set_id: str) -> int:
-        return await self.snapshot_sets.delete_set(set_id)
+        try:
+            return await self.snapshot_sets.delete_set(set_id)
+        finally:
+            await self._refresh_browser()
 
     async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         return await self._all_snapshots()
@@ -579,9 +586,24 @@ class Daemon:
     async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
         wanted = requests.snapshot_delete_request(request)["snapshot"]
         async with self.mutation:
-            deleted, freed = await self.snapshot_sets.delete(wanted)
+            try:
+                deleted, freed = await self.snapshot_sets.delete(wanted)
+            finally:
+                await self._refresh_browser()
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
+
+    async def _refresh_browser(self) -> None:
+        """Sets came or went: wait until the browser has made the kernel forget what it cached of
+        them (a deleted set is then gone from every path at once; design §5.4)."""
+        browser = self.browser
+        if browser is None or browser.channel is None:
+            return
+        request: BrowserRefreshRequest = {"op": "refresh"}
+        try:
+            await browser.channel.call(request, timeout=CALL_TIMEOUT)
+        except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
+            log.error("snapshot browser did not refresh its sets: %s", exc)
 
 
 # --- entry point ------------------------------------------------------------------------------------------
