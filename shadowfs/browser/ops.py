@@ -27,6 +27,8 @@ Invariants:
   Negative virtual lookups are never cached, so a new set shows at once.
   Snapshot contents are immutable: long timeouts, negative entries cached,
   and ``keep_cache``.
+- A lookup in a snapshot directory where a lookup just missed reads the
+  directory whole (`browser.dircache`) and answers from memory from then on.
 - listxattr and getxattr of a snapshot object are answered from the xattrs
   read with its attributes by the last lookup, getattr or listing
   (`attrs.XattrCache`), with no transaction and no open; only a miss reads
@@ -86,6 +88,7 @@ from shadowfs.browser.attrs import (
     unreadable_attrs,
     virtual_attrs,
 )
+from shadowfs.browser.dircache import MAX_DIR_ENTRIES, DirCache, Listing
 from shadowfs.browser.kernelcache import KernelCache, virtual_entries
 from shadowfs.browser.nodes import (
     BY_TIME,
@@ -95,6 +98,7 @@ from shadowfs.browser.nodes import (
     NodeId,
     is_snapshot_node,
     snapshot_node,
+    split_snapshot_node,
 )
 from shadowfs.browser.readonly import ReadOnlyOperations
 from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet, by_time_names
@@ -176,6 +180,7 @@ class BrowserOperations(ReadOnlyOperations):
         self._mount_ns = time.time_ns()
         self._kcache = KernelCache()
         self._xattr_cache = XattrCache()
+        self._dir_cache = DirCache()
         self._checked_sets: dict[str, SnapshotSet] | None = None  # the sets `refresh` last acted on
         self._refreshing = trio.Lock()
         self._wake_watch = trio.Event()
@@ -205,6 +210,7 @@ class BrowserOperations(ReadOnlyOperations):
         self._files.clear()
         self._dirs.clear()
         self._xattr_cache.clear()
+        self._dir_cache.clear()
 
     def snapshot_sets(self) -> dict[str, SnapshotSet]:
         """Every set, read now from the diff areas (`ShownVolumes.snapshot_sets`); a change
@@ -233,6 +239,7 @@ class BrowserOperations(ReadOnlyOperations):
             alive = {(volume.index, record.seq) for entry in sets.values()
                      for volume, record in entry.members.values()}
             self._xattr_cache.forget_snapshots(lambda index, seq: (index, seq) in alive)
+            self._dir_cache.forget_snapshots(lambda index, seq: (index, seq) in alive)
             truth = virtual_entries(sets)
 
             def attrs_now(node: NodeId) -> pyfuse3.EntryAttributes | None:
@@ -380,6 +387,11 @@ class BrowserOperations(ReadOnlyOperations):
         if is_snapshot_node(parent):
             volume, seq, ino = self._resolve(parent)
             view = volume.view(seq)
+            listing = self._dir_cache.get(parent)
+            if listing is None and self._dir_cache.wants(parent):
+                listing = await self._read_dir(volume, view, parent)
+            if listing is not None:
+                return self._from_listing(listing, name)
             return self._known(await self._offload([volume], functools.partial(
                 self._snapshot_child, volume.index, view, seq, ino, name)))
         if parent == ROOT_NODE:
@@ -406,6 +418,34 @@ class BrowserOperations(ReadOnlyOperations):
         self._kcache.note_entry(parent, name, node)  # before the await: a refresh meanwhile sees it
         return self._known(await self._offload([volume], functools.partial(self._entry_of, view, node,
                                                                            root_ino)))
+
+    async def _read_dir(self, volume: BrowserVolume, view: SnapshotView, node: NodeId) -> Listing | None:
+        """Snapshot directory `node` read whole for `browser.dircache` (None: too big, or an
+        error that the one-by-one lookup reports)."""
+        _, seq, ino = split_snapshot_node(node)
+
+        def read() -> Listing | None:
+            entries = view.listdir_attrs(ino, MAX_DIR_ENTRIES)
+            return None if entries is None else {
+                name: (snapshot_node(volume.index, seq, child), attrs) for name, child, attrs in entries}
+
+        try:
+            listing = await self._offload([volume], read)
+        except OSError:
+            return None
+        if listing is not None:
+            self._dir_cache.put(node, listing)
+        return listing
+
+    def _from_listing(self, listing: Listing, name: bytes) -> pyfuse3.EntryAttributes:
+        """The entry `name` of a snapshot directory read whole: what `_snapshot_child` says."""
+        found = listing.get(name)
+        if found is None:
+            return negative_entry()
+        node, record = found
+        if isinstance(record, OSError):
+            raise OSError(record.errno, record.strerror)
+        return self._known((snapshot_attrs(node, record), record.xattrs))
 
     async def _listing(self, node: NodeId) -> list[tuple[bytes, NodeId]]:
         """(name, node id) of every entry of directory `node`, computed once per opendir."""

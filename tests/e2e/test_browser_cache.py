@@ -129,3 +129,47 @@ def test_snapshot_keeps_its_instant_attributes_and_xattrs(daemon: DaemonRun) -> 
     daemon.cli("snapshot", "delete", set_id)
     with pytest.raises(FileNotFoundError):
         os.lstat(seen)
+
+
+def _lstat_fields(path: Path) -> tuple[int, ...]:
+    st = os.lstat(path)
+    return (st.st_mode, st.st_size, st.st_uid, st.st_gid, st.st_nlink, st.st_mtime_ns)
+
+
+def test_path_walks_with_cold_dentries_see_the_instant(daemon: DaemonRun) -> None:
+    """stat by absolute path, one name after another (the browser then reads whole directories
+    and answers later lookups from them): every object as it was at the instant, names made
+    since absent, names removed or replaced since still there as they were."""
+    backing = daemon.add_volume("data")
+    daemon.wait_ready()
+    tree = backing / "tree"
+    for d in range(3):
+        (tree / f"d{d}").mkdir(parents=True)
+        for i in range(40):
+            (tree / f"d{d}" / f"f{i}").write_bytes(b"x" * (i + d))
+        os.symlink(f"f{d}", tree / f"d{d}" / "link")
+    os.link(tree / "d0" / "f1", tree / "d1" / "hard")
+    os.setxattr(tree / "d2" / "f3", "user.tag", b"at the instant")
+    paths = sorted(p.relative_to(tree) for p in tree.rglob("*"))
+    instant = {rel: _lstat_fields(tree / rel) for rel in paths}
+    set_id = daemon.snapshot("data")["set_id"]
+    snap = _browser(daemon) / set_id / "data" / "tree"
+
+    os.rename(tree / "d0" / "f5", tree / "d2" / "moved")
+    os.unlink(tree / "d1" / "f7")
+    (tree / "d1" / "f8").unlink()
+    (tree / "d1" / "f8").write_bytes(b"a new file under an old name")
+    (tree / "d0" / "new").write_bytes(b"made after the instant")
+    os.chmod(tree / "d2" / "f9", 0o600)
+    os.setxattr(tree / "d2" / "f3", "user.tag", b"changed")
+    with open(tree / "d0" / "f1", "ab") as f:
+        f.write(b"grown")
+
+    for rel in paths:
+        assert _lstat_fields(snap / rel) == instant[rel], rel
+    for rel in ("d2/moved", "d0/new"):
+        with pytest.raises(FileNotFoundError):
+            os.lstat(snap / rel)
+    assert os.lstat(snap / "d0" / "f1").st_ino == os.lstat(snap / "d1" / "hard").st_ino
+    assert os.readlink(snap / "d1" / "link") == "f1"
+    assert os.getxattr(snap / "d2" / "f3", "user.tag") == b"at the instant"
