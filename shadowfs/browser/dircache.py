@@ -28,8 +28,8 @@ from collections.abc import Callable
 from shadowfs.browser.nodes import NodeId, split_snapshot_node
 from shadowfs.diffarea.schema import AttrRecord, Seq
 
-MAX_DIR_ENTRIES = 4096
-MAX_ENTRIES = 32768
+MAX_DIR_ENTRIES = 2048
+MAX_ENTRIES = 8192  # about 600 bytes each: some 5 MB
 MAX_MISSES = 4096
 MISSES_BEFORE_READING = 1  # lookups in a directory answered one by one before it is read whole
 
