@@ -44,6 +44,7 @@ class Sizes:
         self.rand_reads = 20000 if quick else 100000
         self.meta_files = 4000 if quick else 20000
         self.tree_files = 4000 if quick else 20000
+        self.stat_files = 4000 if quick else 20000
         self.tree_bytes = (128 if quick else 1024) * MiB
         self.snap_small = 1000
         self.snap_large = 20000 if quick else 100000
@@ -65,12 +66,14 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "live_metadata": ("ratio", 0.13, ">="),
     "browser_rsync": ("ratio", 0.6, ">="),  # issue #12's step; the longer-term goal stays 0.8
     "browser_rand_read_hot": ("ratio", 0.5, ">="),
+    "browser_stat": ("ratio", 0.5, ">="),
     "flat_in_snapshots": ("ratio", 0.9, ">="),
     "memory": ("peak_mib", 150.0, "<="),
     "diff_area_space": ("overhead", 0.10, "<="),
     "backup_incremental": ("full_ratio", 10.0, ">="),
 }
-SECTIONS = ("sequential", "random", "metadata", "rsync", "flat", "snapshot", "memory", "backup", "xfs")
+SECTIONS = ("sequential", "random", "metadata", "rsync", "stat", "flat", "snapshot", "memory", "backup",
+            "xfs")
 EXTRA_TARGETS: dict[str, list[tuple[str, float, str]]] = {
     "snapshot_create": [("ratio", 1.5, "<="), ("held_ms", 5.0, "<=")],
     "first_overwrite": [("second_vs_live", 0.9, ">=")],
@@ -361,6 +364,7 @@ class Bench:
             "random": lambda: self.random_io(native, live),
             "metadata": lambda: self.metadata(native, live),
             "rsync": lambda: self.rsync(native, live),
+            "stat": lambda: self.stat_paths(native, live),
             "flat": self.flat,
             "snapshot": self.snapshot_creation,
             "memory": self.memory,
@@ -486,6 +490,35 @@ class Bench:
         self.cli("snapshot", "delete", snap["set_id"])
         shutil.rmtree(native / "tree")
         shutil.rmtree(live / "tree")
+
+    def stat_paths(self, native: Path, live: Path) -> None:
+        """lstat of every path of a snapshot's tree by absolute path, dentries cold, vs native."""
+        n = self.sizes.stat_files
+        make_tree(native / "stat", n, n * 64)
+        make_tree(live / "stat", n, n * 64)
+        snap = self.snapshot("bench")
+        browser_tree = Path(snap["snapshots"][0]["path"]) / "stat"
+        relative = [os.path.relpath(os.path.join(top, name), native / "stat")
+                    for top, dirs, files in os.walk(native / "stat") for name in dirs + files]
+
+        def lstat_all(root: Path) -> Callable[[], None]:
+            paths = [os.path.join(root, path) for path in relative]  # absolute: every walk from /
+
+            def go() -> None:
+                for path in paths:
+                    os.lstat(path)
+            return go
+
+        t = paired_medians({"native": lstat_all(native / "stat"), "browser": lstat_all(browser_tree)},
+                           self.sizes.runs, drop_caches)
+        t_native, t_browser = t["native"], t["browser"]
+        count = len(relative)
+        self.record("browser_stat", f"lstat of every path ({count}) of a snapshot by absolute path, "
+                    "cold dentries", "paths/s", native=count / t_native, browser=count / t_browser,
+                    ratio=t_native / t_browser)
+        self.cli("snapshot", "delete", snap["set_id"])
+        shutil.rmtree(native / "stat")
+        shutil.rmtree(live / "stat")
 
     def flat(self) -> None:
         """Overwrite and snapshot-read throughput on a volume with 1 snapshot vs one with many,

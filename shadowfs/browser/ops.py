@@ -15,13 +15,24 @@ kernel requests into calls on those and on `SnapshotView`, and their results
 into pyfuse3 replies.
 
 Invariants:
-- Nothing is ever written: every mutating handler answers EROFS, open allows
+- Nothing is ever written: every mutating handler answers EROFS (`browser.readonly`), open allows
   O_RDONLY only, and the mount itself is "ro,nosuid,nodev".
 - The snapshot records are read from the diff areas on every lookup, getattr
-  and opendir of the virtual nodes (`ShownVolumes.snapshot_sets`; virtual
-  entries and attributes have timeout 0), so new and deleted sets show at
-  once without any message. Snapshot contents are immutable: long timeouts,
-  negative entries cached, and ``keep_cache``.
+  and opendir of the virtual nodes that reaches the browser
+  (`ShownVolumes.snapshot_sets`). Virtual entries and attributes are cached
+  by the kernel long (`attrs.VIRTUAL_TIMEOUT`) and taken back when sets come
+  and go (`refresh`, `browser.kernelcache`): at once when the daemon says so
+  (the control channel's ``refresh``), when a set change is seen by opendir
+  or getattr (they wait for it), and otherwise within WATCH_SECONDS (`watch`).
+  Negative virtual lookups are never cached, so a new set shows at once.
+  Snapshot contents are immutable: long timeouts, negative entries cached,
+  and ``keep_cache``.
+- A lookup in a snapshot directory where a lookup just missed reads the
+  directory whole (`browser.dircache`) and answers from memory from then on.
+- listxattr and getxattr of a snapshot object are answered from the xattrs
+  read with its attributes by the last lookup, getattr or listing
+  (`attrs.XattrCache`), with no transaction and no open; only a miss reads
+  them again.
 - Blocking work (backing-file I/O, LMDB lookups) goes through `_offload`:
   on the trio thread by default, or in up to ``worker_threads`` worker
   threads. Worker threads only get objects prepared on the trio thread (a
@@ -60,7 +71,6 @@ import functools
 import itertools
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +79,17 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
+from shadowfs.browser.attrs import (
+    LINK_MODE,
+    VIRTUAL_DIR_MODE,
+    XattrCache,
+    negative_entry,
+    snapshot_attrs,
+    unreadable_attrs,
+    virtual_attrs,
+)
+from shadowfs.browser.dircache import MAX_DIR_ENTRIES, DirCache, Listing
+from shadowfs.browser.kernelcache import KernelCache, virtual_entries
 from shadowfs.browser.nodes import (
     BY_TIME,
     BY_TIME_NODE,
@@ -77,9 +98,11 @@ from shadowfs.browser.nodes import (
     NodeId,
     is_snapshot_node,
     snapshot_node,
+    split_snapshot_node,
 )
+from shadowfs.browser.readonly import ReadOnlyOperations
 from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet, by_time_names
-from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq
+from shadowfs.diffarea.schema import BackingIno, Seq
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.snapshot.view import SnapshotView
 
@@ -88,15 +111,12 @@ log = logging.getLogger(__name__)
 FSNAME = "shadowfs-snapshots"
 assert ROOT_NODE == pyfuse3.ROOT_INODE  # nodes.py does without pyfuse3; the numbers must agree
 
-SNAPSHOT_TIMEOUT = 3600.0
-VIRTUAL_TIMEOUT = 0.0
-BLKSIZE = 128 * 1024
-VIRTUAL_DIR_MODE = stat.S_IFDIR | 0o555
-LINK_MODE = stat.S_IFLNK | 0o777
+WATCH_SECONDS = 1.0  # how often `watch` looks for set changes nobody told the browser of
 MAX_WORKER_THREADS = 64
 READDIR_BATCH = 64  # entries whose attributes one worker call computes (a readdir takes ~25)
 
 R = TypeVar("R")
+Known = tuple[pyfuse3.EntryAttributes, dict[bytes, bytes]]  # a snapshot object's attributes and xattrs
 
 
 @dataclass
@@ -127,6 +147,7 @@ class DirHandle:
     call (the kernel takes a few dozen per readdir; the window bounds memory)."""
 
     entries: list[tuple[bytes, NodeId]]
+    node: NodeId | None = None  # the directory (its virtual entries are noted as they are replied)
     window_start: int = 0
     window: list[pyfuse3.EntryAttributes | None] = field(default_factory=list)
 
@@ -134,7 +155,7 @@ class DirHandle:
 # ---- the filesystem -----------------------------------------------------------------------------
 
 
-class BrowserOperations(pyfuse3.Operations):
+class BrowserOperations(ReadOnlyOperations):
     """pyfuse3 handlers of the snapshot browser; `set_volumes` says which volumes to show."""
 
     supports_dot_lookup = False
@@ -157,6 +178,12 @@ class BrowserOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._limiter: trio.CapacityLimiter | None = None
         self._mount_ns = time.time_ns()
+        self._kcache = KernelCache()
+        self._xattr_cache = XattrCache()
+        self._dir_cache = DirCache()
+        self._checked_sets: dict[str, SnapshotSet] | None = None  # the sets `refresh` last acted on
+        self._refreshing = trio.Lock()
+        self._wake_watch = trio.Event()
 
     # ---- volumes -------------------------------------------------------------------------------
 
@@ -182,66 +209,62 @@ class BrowserOperations(pyfuse3.Operations):
             handle.close_when_idle()
         self._files.clear()
         self._dirs.clear()
+        self._xattr_cache.clear()
+        self._dir_cache.clear()
 
     def snapshot_sets(self) -> dict[str, SnapshotSet]:
-        """Every set, read now from the diff areas (`ShownVolumes.snapshot_sets`)."""
-        return self._shown.snapshot_sets()
+        """Every set, read now from the diff areas (`ShownVolumes.snapshot_sets`); a change
+        since the last `refresh` wakes `watch`."""
+        sets = self._shown.snapshot_sets()
+        if sets is not self._checked_sets:
+            self._wake_watch.set()
+        return sets
+
+    # ---- the kernel's cache of the virtual tree ------------------------------------------------
+
+    def invalidations(self) -> int:
+        """How many entries and inodes the kernel was told to forget so far (status and tests)."""
+        return self._kcache.invalidations
+
+    async def refresh(self) -> None:
+        """Take back from the kernel whatever it caches of the virtual tree that the sets read
+        now make untrue, and forget the xattrs of deleted snapshots; returns once the kernel
+        has done so. Never call it from a handler the kernel runs under a directory lock
+        (lookup, readdir): see `browser.kernelcache`."""
+        async with self._refreshing:
+            sets = self.snapshot_sets()
+            if sets is self._checked_sets:
+                return
+            self._checked_sets = sets
+            alive = {(volume.index, record.seq) for entry in sets.values()
+                     for volume, record in entry.members.values()}
+            self._xattr_cache.forget_snapshots(lambda index, seq: (index, seq) in alive)
+            self._dir_cache.forget_snapshots(lambda index, seq: (index, seq) in alive)
+            truth = virtual_entries(sets)
+
+            def attrs_now(node: NodeId) -> pyfuse3.EntryAttributes | None:
+                try:
+                    return self._virtual_attrs(node, sets)
+                except OSError:
+                    return None
+
+            entries, inodes = self._kcache.stale(lambda parent, name: truth.get((parent, name)), attrs_now)
+            await self._kcache.invalidate(entries, inodes)
+
+    async def _refresh_if_changed(self) -> None:
+        if self.snapshot_sets() is not self._checked_sets:
+            await self.refresh()
+
+    async def watch(self, interval: float = WATCH_SECONDS) -> None:
+        """Forever: `refresh` every `interval` seconds, or at once when a handler saw the sets
+        change (a snapshot deleted or made without the daemon telling the browser)."""
+        while True:
+            with trio.move_on_after(interval):
+                await self._wake_watch.wait()
+            self._wake_watch = trio.Event()
+            await self.refresh()
 
     # ---- attributes ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _virtual(node: NodeId, mode: int, nlink: int, time_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node
-        attrs.generation = 0
-        attrs.entry_timeout = VIRTUAL_TIMEOUT
-        attrs.attr_timeout = VIRTUAL_TIMEOUT
-        attrs.st_mode = mode
-        attrs.st_nlink = nlink
-        attrs.st_uid = 0
-        attrs.st_gid = 0
-        attrs.st_rdev = 0
-        attrs.st_size = size
-        attrs.st_blksize = BLKSIZE
-        attrs.st_blocks = 0
-        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = time_ns
-        return attrs
-
-    @staticmethod
-    def _snapshot_attrs(node: NodeId, record: AttrRecord) -> pyfuse3.EntryAttributes:
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node
-        attrs.generation = 0
-        attrs.entry_timeout = SNAPSHOT_TIMEOUT
-        attrs.attr_timeout = SNAPSHOT_TIMEOUT
-        attrs.st_mode = record.mode
-        attrs.st_nlink = record.nlink
-        attrs.st_uid = record.uid
-        attrs.st_gid = record.gid
-        attrs.st_rdev = record.rdev
-        attrs.st_size = record.size
-        attrs.st_blksize = BLKSIZE
-        attrs.st_blocks = record.blocks
-        attrs.st_atime_ns = record.atime_ns
-        attrs.st_mtime_ns = record.mtime_ns
-        attrs.st_ctime_ns = record.ctime_ns
-        return attrs
-
-    @staticmethod
-    def _unreadable(node: NodeId) -> pyfuse3.EntryAttributes:
-        """What a listing says of an object whose attributes cannot be read (EIO: damaged in the
-        snapshot, design §9.3): its name stays in the listing, so nothing silently goes missing,
-        and with no caching its lookup and getattr come back here and fail with EIO. The kernel
-        needs a valid file type: a regular file's, mode 0, size 0."""
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node
-        attrs.generation = 0
-        attrs.entry_timeout = 0.0
-        attrs.attr_timeout = 0.0
-        attrs.st_mode = stat.S_IFREG
-        attrs.st_nlink = 1
-        attrs.st_blksize = BLKSIZE
-        return attrs
 
     def _resolve(self, node: NodeId) -> tuple[BrowserVolume, Seq, BackingIno]:
         return self._shown.resolve(node)
@@ -253,10 +276,10 @@ class BrowserOperations(pyfuse3.Operations):
         return volume, volume.view(seq), ino
 
     def _set_attrs(self, entry: SnapshotSet) -> pyfuse3.EntryAttributes:
-        return self._virtual(entry.node, VIRTUAL_DIR_MODE, 2 + len(entry.members), entry.created_ns)
+        return virtual_attrs(entry.node, VIRTUAL_DIR_MODE, 2 + len(entry.members), entry.created_ns)
 
     def _link_attrs(self, entry: SnapshotSet) -> pyfuse3.EntryAttributes:
-        return self._virtual(entry.link_node, LINK_MODE, 1, entry.created_ns,
+        return virtual_attrs(entry.link_node, LINK_MODE, 1, entry.created_ns,
                              len(self._link_target(entry)))
 
     @staticmethod
@@ -270,24 +293,45 @@ class BrowserOperations(pyfuse3.Operations):
         `sets` saves re-reading the snapshot records when many virtual nodes are asked at once.
         """
         if node == ROOT_NODE:
-            return self._virtual(node, VIRTUAL_DIR_MODE, 3 + len(self.snapshot_sets()), self._mount_ns)
+            count = len(self.snapshot_sets() if sets is None else sets)
+            return virtual_attrs(node, VIRTUAL_DIR_MODE, 3 + count, self._mount_ns)
         if node == BY_TIME_NODE:
-            return self._virtual(node, VIRTUAL_DIR_MODE, 2, self._mount_ns)
+            return virtual_attrs(node, VIRTUAL_DIR_MODE, 2, self._mount_ns)
         if node & LINK_FLAG:
             return self._link_attrs(self._shown.set_of_link(node, sets))
         return self._set_attrs(self._shown.set_of_node(node, sets))
 
-    @classmethod
-    def _entry_of(cls, view: SnapshotView, node: NodeId, ino: BackingIno) -> pyfuse3.EntryAttributes:
-        """Attributes of snapshot object `ino` under node id `node` (blocking: `_offload`)."""
-        return cls._snapshot_attrs(node, view.attr(ino))
+    @staticmethod
+    def _entry_of(view: SnapshotView, node: NodeId, ino: BackingIno) -> Known:
+        """Attributes and xattrs of snapshot object `ino` under node id `node` (blocking: `_offload`)."""
+        record = view.attr(ino, with_xattrs=True)
+        return snapshot_attrs(node, record), record.xattrs
+
+    def _known(self, known: Known) -> pyfuse3.EntryAttributes:
+        """The attributes of a snapshot object just read; its xattrs kept for listxattr/getxattr."""
+        attrs, xattrs = known
+        if attrs.st_ino:
+            self._xattr_cache.put(NodeId(attrs.st_ino), xattrs)
+        return attrs
+
+    def _noted(self, attrs: pyfuse3.EntryAttributes, parent: NodeId | None = None,
+               name: bytes = b"") -> pyfuse3.EntryAttributes:
+        """`attrs` about to be replied: noted for `refresh` where the kernel caches a virtual
+        entry (`parent` virtual) or virtual attributes."""
+        node = NodeId(attrs.st_ino)
+        if parent is not None and not is_snapshot_node(parent):
+            self._kcache.note_entry(parent, name, node)
+        if node and not is_snapshot_node(node):
+            self._kcache.note_attrs(attrs)
+        return attrs
 
     async def _attrs(self, node: NodeId) -> pyfuse3.EntryAttributes:
         """Attributes of any node (ENOENT/ESTALE when it no longer exists)."""
         if not is_snapshot_node(node):
-            return self._virtual_attrs(node)
+            await self._refresh_if_changed()
+            return self._noted(self._virtual_attrs(node))
         volume, view, ino = self._prepare(node)
-        return await self._offload([volume], functools.partial(self._entry_of, view, node, ino))
+        return self._known(await self._offload([volume], functools.partial(self._entry_of, view, node, ino)))
 
     def _counted(self, attrs: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         node = attrs.st_ino
@@ -329,38 +373,39 @@ class BrowserOperations(pyfuse3.Operations):
 
     @staticmethod
     def _snapshot_child(index: int, view: SnapshotView, seq: Seq, dir_ino: BackingIno,
-                        name: bytes) -> pyfuse3.EntryAttributes:
+                        name: bytes) -> Known:
         """The entry `name` of a snapshot directory, negative if none (blocking: `_offload`)."""
         try:
             child = view.lookup(dir_ino, name).ino
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            negative = pyfuse3.EntryAttributes()  # cached: the snapshot never changes
-            negative.st_ino = 0
-            negative.entry_timeout = SNAPSHOT_TIMEOUT
-            return negative
-        node = snapshot_node(index, seq, child)
-        return BrowserOperations._snapshot_attrs(node, view.attr(child))
+            return negative_entry(), {}
+        return BrowserOperations._entry_of(view, snapshot_node(index, seq, child), child)
 
     async def _child(self, parent: NodeId, name: bytes) -> pyfuse3.EntryAttributes:
         if is_snapshot_node(parent):
             volume, seq, ino = self._resolve(parent)
             view = volume.view(seq)
-            return await self._offload([volume], functools.partial(
-                self._snapshot_child, volume.index, view, seq, ino, name))
+            listing = self._dir_cache.get(parent)
+            if listing is None and self._dir_cache.wants(parent):
+                listing = await self._read_dir(volume, view, parent)
+            if listing is not None:
+                return self._from_listing(listing, name)
+            return self._known(await self._offload([volume], functools.partial(
+                self._snapshot_child, volume.index, view, seq, ino, name)))
         if parent == ROOT_NODE:
             if name == BY_TIME:
-                return self._virtual_attrs(BY_TIME_NODE)
+                return self._noted(self._virtual_attrs(BY_TIME_NODE), parent, name)
             entry = self.snapshot_sets().get(name.decode("utf-8", "surrogateescape"))
             if entry is None:
-                raise OSError(errno.ENOENT, "no such snapshot set")
-            return self._set_attrs(entry)
+                raise OSError(errno.ENOENT, "no such snapshot set")  # not cached by the kernel
+            return self._noted(self._set_attrs(entry), parent, name)
         if parent == BY_TIME_NODE:
             entry = by_time_names(self.snapshot_sets()).get(name)
             if entry is None:
                 raise OSError(errno.ENOENT, "no such snapshot time")
-            return self._link_attrs(entry)
+            return self._noted(self._link_attrs(entry), parent, name)
         if parent & LINK_FLAG:
             raise OSError(errno.ENOTDIR, "not a directory")
         member = self._shown.set_of_node(parent).members.get(name.decode("utf-8", "surrogateescape"))
@@ -370,7 +415,37 @@ class BrowserOperations(pyfuse3.Operations):
         root_ino = volume.live.root_ino
         node = snapshot_node(volume.index, record.seq, root_ino)
         view = volume.view(record.seq)
-        return await self._offload([volume], functools.partial(self._entry_of, view, node, root_ino))
+        self._kcache.note_entry(parent, name, node)  # before the await: a refresh meanwhile sees it
+        return self._known(await self._offload([volume], functools.partial(self._entry_of, view, node,
+                                                                           root_ino)))
+
+    async def _read_dir(self, volume: BrowserVolume, view: SnapshotView, node: NodeId) -> Listing | None:
+        """Snapshot directory `node` read whole for `browser.dircache` (None: too big, or an
+        error that the one-by-one lookup reports)."""
+        _, seq, ino = split_snapshot_node(node)
+
+        def read() -> Listing | None:
+            entries = view.listdir_attrs(ino, MAX_DIR_ENTRIES)
+            return None if entries is None else {
+                name: (snapshot_node(volume.index, seq, child), attrs) for name, child, attrs in entries}
+
+        try:
+            listing = await self._offload([volume], read)
+        except OSError:
+            return None
+        if listing is not None:
+            self._dir_cache.put(node, listing)
+        return listing
+
+    def _from_listing(self, listing: Listing, name: bytes) -> pyfuse3.EntryAttributes:
+        """The entry `name` of a snapshot directory read whole: what `_snapshot_child` says."""
+        found = listing.get(name)
+        if found is None:
+            return negative_entry()
+        node, record = found
+        if isinstance(record, OSError):
+            raise OSError(record.errno, record.strerror)
+        return self._known((snapshot_attrs(node, record), record.xattrs))
 
     async def _listing(self, node: NodeId) -> list[tuple[bytes, NodeId]]:
         """(name, node id) of every entry of directory `node`, computed once per opendir."""
@@ -406,6 +481,7 @@ class BrowserOperations(pyfuse3.Operations):
         for one that vanished since opendir (a deleted set: skipped, offsets never shift)."""
         batch = handle.entries[start:start + READDIR_BATCH]
         window: list[pyfuse3.EntryAttributes | None] = [None] * len(batch)
+        xattrs: list[dict[bytes, bytes] | None] = [None] * len(batch)
         sets = None
         todo: list[tuple[int, SnapshotView, NodeId, BackingIno]] = []
         volumes: dict[int, BrowserVolume] = {}
@@ -426,15 +502,18 @@ class BrowserOperations(pyfuse3.Operations):
         def snapshot_entries() -> None:
             for position, view, node, ino in todo:
                 try:
-                    window[position] = self._entry_of(view, node, ino)
+                    window[position], xattrs[position] = self._entry_of(view, node, ino)
                 except OSError as exc:
                     if exc.errno == errno.EIO:  # damaged (design §9.3): listed, every look at it fails
-                        window[position] = self._unreadable(node)
+                        window[position] = unreadable_attrs(node)
                     elif exc.errno != errno.ENOENT:
                         raise
 
         if todo:
             await self._offload(list(volumes.values()), snapshot_entries)
+            for attrs, known in zip(window, xattrs, strict=True):
+                if attrs is not None and known is not None:
+                    self._xattr_cache.put(NodeId(attrs.st_ino), known)
         handle.window_start, handle.window = start, window
 
     # ---- handlers: lookups and attributes ------------------------------------------------------
@@ -467,8 +546,15 @@ class BrowserOperations(pyfuse3.Operations):
         raise OSError(errno.EINVAL, "not a symlink")
 
     async def _xattrs(self, node: NodeId) -> dict[bytes, bytes]:
+        """The snapshot object's xattrs: as read with its attributes, or read now."""
+        self._resolve(node)  # ESTALE once its volume is gone
+        known = self._xattr_cache.get(node)
+        if known is not None:
+            return known
         volume, view, ino = self._prepare(node)
-        return await self._offload([volume], functools.partial(view.xattrs, ino))
+        known = await self._offload([volume], functools.partial(view.xattrs, ino))
+        self._xattr_cache.put(node, known)
+        return known
 
     @fuse_handler
     async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -572,9 +658,12 @@ class BrowserOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
-        entries = await self._listing(NodeId(inode))
+        node = NodeId(inode)
+        if not is_snapshot_node(node):
+            await self._refresh_if_changed()
+        entries = await self._listing(node)
         fh = next(self._handles)
-        self._dirs[fh] = DirHandle(entries)
+        self._dirs[fh] = DirHandle(entries, node)
         return fh
 
     @fuse_handler
@@ -590,73 +679,11 @@ class BrowserOperations(pyfuse3.Operations):
             attrs = handle.window[offset]
             if attrs is None:
                 continue  # vanished since opendir (a deleted set): skip, never shift offsets
-            if not pyfuse3.readdir_reply(token, handle.entries[position][0], attrs, position + 1):
+            name = handle.entries[position][0]
+            if not pyfuse3.readdir_reply(token, name, self._noted(attrs, handle.node, name), position + 1):
                 break
             self._counted(attrs)
 
     @fuse_handler
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._dirs.pop(fh, None)
-
-    # ---- handlers: every change is refused -----------------------------------------------------
-
-    @fuse_handler
-    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
-                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: pyfuse3.FlagT,
-                     ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
-                     flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
-                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes,
-                       ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    @fuse_handler
-    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-

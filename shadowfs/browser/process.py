@@ -12,7 +12,11 @@ daemon's control channel (``--control-fd N``, `ipc` frames)::
   shadowfs-snapshots), then sends ``{"event": "ready"}``;
 - ``{"id", "op": "volumes", "volumes": [{"name", "index", "diff_area"}]}``
   with one backing-root descriptor per volume (same order) replaces the
-  volumes shown; reply ``{"id", "ok": true}``;
+  volumes shown; reply ``{"id", "ok": true}`` once the kernel has forgotten
+  what it cached of sets no longer shown;
+- ``{"id", "op": "refresh"}`` (the daemon, after sets came or went): reply
+  once the browser has re-read the sets and the kernel has forgotten what it
+  cached of them that is no longer true (`BrowserOperations.refresh`);
 - ``{"id", "op": "status"}`` replies with the mount path, the volumes, the
   number of snapshot sets and how many node ids the kernel holds.
 
@@ -62,8 +66,13 @@ class ControlServer:
     async def handle(self, request: frames.Frame, fds: list[int]) -> EmptyReply | BrowserStatusReply:
         op = request.get("op")
         if op == "volumes":
-            return self._volumes(request, fds)
+            reply = self._volumes(request, fds)
+            await self.ops.refresh()
+            return reply
         frames.close_fds(fds)
+        if op == "refresh":
+            await self.ops.refresh()
+            return {}
         if op == "status":
             return self._status()
         raise frames.RequestError(f"unknown op {op!r}")
@@ -169,6 +178,7 @@ async def run(control_fd: int, mount: str, threads: int = 0) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_serve_fuse, nursery.cancel_scope)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
+            nursery.start_soon(ops.watch)
             server = ControlServer(ops, mount)
             try:
                 ready: ReadyEvent = {"event": "ready"}

@@ -1,9 +1,10 @@
-"""Holds and pruning: which snapshots stay, asked of the daemon.
+"""Holds, pruning and the diff area's limit: which snapshots stay, asked of the daemon.
 
 One job: `snapshot hold` / `snapshot release` (zfs hold: a held snapshot is
 deleted neither by `snapshot delete` without force, nor by `snapshot prune`,
-nor by the diff area's limit) and `snapshot prune` (restic forget's rules,
-`snapshot.retention`, applied to each volume's snapshots on their own).
+nor by the diff area's limit), `snapshot prune` (restic forget's rules,
+`snapshot.retention`, applied to each volume's snapshots on their own) and
+`volume set --max-diff-area` (the limit, applied by the mount process).
 
 Invariants:
 - A hold is recorded by the volume's mount process in the snapshot's record
@@ -17,36 +18,100 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
 
 from shadowfs import statedir
+from shadowfs.daemon import requests
 from shadowfs.daemon.children import CALL_TIMEOUT
 from shadowfs.errors import SnapshotHeld
 from shadowfs.ipc import frames
 from shadowfs.ipc.channel import Channel
+from shadowfs.ipc.frames import Frame
 from shadowfs.ipc.messages import (
     DeleteRequest,
     HeldSnapshot,
     PrunedSnapshot,
     SetHeldRequest,
+    SetMaxRequest,
     SnapshotHoldReply,
     SnapshotPruneReply,
     SnapshotPruneRequest,
+    VolumeSetReply,
 )
 from shadowfs.service.broker import SnapshotRow
+from shadowfs.service.core import Service
 from shadowfs.snapshot.retention import Policy, Stamped, decide, parse_created
+from shadowfs.statedir import VolumeTable
 
 log = logging.getLogger(__name__)
+
+
+class DaemonSide(Protocol):
+    """What the retention requests need of the daemon."""
+
+    mutation: trio.Lock  # snapshot sets change one request at a time
+    table: VolumeTable
+
+    async def refresh_browser(self) -> None: ...  # sets went: the browser forgets them
+
+    @property
+    def service(self) -> Service: ...
 
 
 class Retention:
     """Holds and prune over the mount processes' control channels."""
 
     def __init__(self, ready_channel: Callable[[str], Channel],
-                 all_snapshots: Callable[[], Awaitable[list[tuple[str, SnapshotRow]]]]) -> None:
+                 all_snapshots: Callable[[], Awaitable[list[tuple[str, SnapshotRow]]]],
+                 daemon: DaemonSide) -> None:
         self._ready_channel = ready_channel
         self._all_snapshots = all_snapshots
+        self._daemon = daemon
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    async def op_hold(self, request: Frame) -> SnapshotHoldReply:
+        """`snapshot_hold` and `snapshot_release`."""
+        checked = requests.snapshot_hold_request(request)
+        async with self._daemon.mutation:
+            return await self.hold(checked["snapshot"], checked["op"] == "snapshot_hold")
+
+    async def op_prune(self, request: Frame) -> SnapshotPruneReply:
+        checked = requests.snapshot_prune_request(request)
+        if checked["volume"] is not None:
+            self._daemon.table.get(checked["volume"])  # an unknown volume is refused, not pruned as empty
+        async with self._daemon.mutation:
+            try:
+                reply = await self.prune(checked)
+            finally:
+                if not checked["dry_run"]:
+                    await self._daemon.refresh_browser()
+            if reply["remove"] and not reply["dry_run"]:
+                await self._daemon.service.prune()
+        return reply
+
+    async def op_volume_set(self, request: Frame) -> VolumeSetReply:
+        """`volume set NAME --max-diff-area SIZE` (the diff area's limit, which decides when the
+        oldest unheld snapshot goes): the mount process applies it at once, then the table keeps it."""
+        checked = requests.volume_set_request(request)
+        size = checked["max_diff_area_bytes"]
+        assert isinstance(size, int)  # parsed by `volume_set_request`
+        async with self._daemon.mutation:
+            volume = self._daemon.table.get(checked["name"])
+            set_max: SetMaxRequest = {"op": "set_max", "bytes": size}
+            await self._ready_channel(volume.name).call(set_max, timeout=CALL_TIMEOUT)
+            volume = dataclasses.replace(volume, max_diff_area_bytes=size)
+            self._daemon.table.volumes[volume.name] = volume
+            await trio.to_thread.run_sync(self._daemon.table.save)
+        log.info("volume %s: diff area limit set to %d bytes", volume.name, size)
+        return {"volume": requests.volume_config(volume)}
+
+    # ---- the work ------------------------------------------------------------------------------
 
     async def hold(self, wanted: str, hold: bool) -> SnapshotHoldReply:
         """Hold (or release) snapshot `wanted`, or every snapshot of set `wanted`."""

@@ -76,7 +76,6 @@ refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -109,23 +108,20 @@ from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
     BrowserEntry,
+    BrowserRefreshRequest,
     BrowserVolume,
     DeleteRequest,
-    SetMaxRequest,
     ShutdownReply,
     SnapshotDamageReply,
     SnapshotDeleteReply,
     SnapshotEntry,
-    SnapshotHoldReply,
     SnapshotListReply,
-    SnapshotPruneReply,
     StatusReply,
     VolumeAddReply,
     VolumeBackingReply,
     VolumeEntry,
     VolumeListReply,
     VolumeRemoveReply,
-    VolumeSetReply,
     VolumesRequest,
     VolumeStatus,
 )
@@ -166,7 +162,7 @@ class Daemon:
         self.ready = False  # every volume protected and the browser serving them (design §9.4)
         self.mutation = trio.Lock()
         self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
-        self.retention = Retention(self._ready_channel, self._all_snapshots)
+        self.retention = Retention(self._ready_channel, self._all_snapshots, self)
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
         self._ops: dict[str, Op] = {
@@ -174,9 +170,9 @@ class Daemon:
             "volume_remove": self.op_volume_remove, "volume_backing": self.op_volume_backing,
             "snapshot_list": self.op_snapshot_list, "snapshot_delete": self.op_snapshot_delete,
             "snapshot_damage": self.op_snapshot_damage, "status": self.op_status,
-            "shutdown": self.op_shutdown, "snapshot_hold": self.op_snapshot_hold,
-            "snapshot_release": self.op_snapshot_hold, "snapshot_prune": self.op_snapshot_prune,
-            "volume_set": self.op_volume_set,
+            "shutdown": self.op_shutdown, "snapshot_hold": self.retention.op_hold,
+            "snapshot_release": self.retention.op_hold, "snapshot_prune": self.retention.op_prune,
+            "volume_set": self.retention.op_volume_set,
         }
 
     # ---- life ----------------------------------------------------------------------------------
@@ -582,10 +578,16 @@ class Daemon:
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
-        return await self.snapshot_sets.take(names, set_id, ids, created)
+        try:
+            return await self.snapshot_sets.take(names, set_id, ids, created)
+        finally:
+            await self.refresh_browser()
 
     async def delete_set(self, set_id: str) -> int:
-        return await self.snapshot_sets.delete_set(set_id)
+        try:
+            return await self.snapshot_sets.delete_set(set_id)
+        finally:
+            await self.refresh_browser()
 
     async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         return await self._all_snapshots()
@@ -593,40 +595,25 @@ class Daemon:
     async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
         checked = requests.snapshot_delete_request(request)
         async with self.mutation:
-            deleted, freed = await self.snapshot_sets.delete(checked["snapshot"], checked.get("force", False))
+            try:
+                deleted, freed = await self.snapshot_sets.delete(checked["snapshot"],
+                                                                 checked.get("force", False))
+            finally:
+                await self.refresh_browser()
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
 
-    async def op_snapshot_hold(self, request: Frame) -> SnapshotHoldReply:
-        checked = requests.snapshot_hold_request(request)
-        async with self.mutation:
-            return await self.retention.hold(checked["snapshot"], checked["op"] == "snapshot_hold")
-
-    async def op_snapshot_prune(self, request: Frame) -> SnapshotPruneReply:
-        checked = requests.snapshot_prune_request(request)
-        if checked["volume"] is not None:
-            self.table.get(checked["volume"])  # an unknown volume is refused, not pruned as empty
-        async with self.mutation:
-            reply = await self.retention.prune(checked)
-            if reply["remove"] and not reply["dry_run"]:
-                await self.service.prune()
-        return reply
-
-    async def op_volume_set(self, request: Frame) -> VolumeSetReply:
-        """`volume set NAME --max-diff-area SIZE`: the mount process applies it at once (the
-        oldest unheld snapshots go if the diff area is over it), then the table keeps it."""
-        checked = requests.volume_set_request(request)
-        size = checked["max_diff_area_bytes"]
-        assert isinstance(size, int)  # parsed by `volume_set_request`
-        async with self.mutation:
-            volume = self.table.get(checked["name"])
-            set_max: SetMaxRequest = {"op": "set_max", "bytes": size}
-            await self._ready_channel(volume.name).call(set_max, timeout=CALL_TIMEOUT)
-            volume = dataclasses.replace(volume, max_diff_area_bytes=size)
-            self.table.volumes[volume.name] = volume
-            await trio.to_thread.run_sync(self.table.save)
-        log.info("volume %s: diff area limit set to %d bytes", volume.name, size)
-        return {"volume": requests.volume_config(volume)}
+    async def refresh_browser(self) -> None:
+        """Sets came or went: wait until the browser has made the kernel forget what it cached of
+        them (a deleted set is then gone from every path at once; design §5.4)."""
+        browser = self.browser
+        if browser is None or browser.channel is None:
+            return
+        request: BrowserRefreshRequest = {"op": "refresh"}
+        try:
+            await browser.channel.call(request, timeout=CALL_TIMEOUT)
+        except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
+            log.error("snapshot browser did not refresh its sets: %s", exc)
 
 
 # --- entry point ------------------------------------------------------------------------------------------

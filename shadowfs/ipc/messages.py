@@ -9,7 +9,8 @@ mypy checks each sender against the same shape its receiver checks::
     daemon ──HoldRequest, CommitRequest, ReleaseRequest, DeleteRequest, StopRequest──▶ mount process
            ◀──MountReadyEvent (+ its FUSE, watcher and backing-root descriptors),
               SnapshotDeletedEvent, DamageEvent───────────────────────────
-    daemon ──VolumesRequest (+ one backing-root descriptor per volume)──▶ snapshot browser
+    daemon ──VolumesRequest (+ one backing-root descriptor per volume),
+           BrowserRefreshRequest──────────────────────────────────────▶ snapshot browser
 
 The frame format and the envelope are `ipc.frames`: the channel adds the
 request's ``"id"`` and the reply's ``"id"`` and ``"ok"``, so none of them
@@ -197,6 +198,13 @@ class VolumesRequest(TypedDict):
 
     op: Literal["volumes"]
     volumes: list[BrowserVolume]
+
+
+class BrowserRefreshRequest(TypedDict):
+    """Snapshot sets came or went: the browser re-reads them and takes back from the kernel's
+    cache what is no longer true before it replies (`EmptyReply`)."""
+
+    op: Literal["refresh"]
 
 
 class BrowserStatusRequest(TypedDict):

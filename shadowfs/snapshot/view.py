@@ -231,6 +231,77 @@ class SnapshotView:
             entries.pop(schema.HIDDEN_DIR, None)
         return sorted(entries.items())
 
+    def listdir_attrs(self, dir_ino: BackingIno, limit: int
+                      ) -> list[tuple[bytes, BackingIno, AttrRecord | OSError]] | None:
+        """Every entry of `dir_ino` at the snapshot with its attributes and xattrs at the
+        snapshot (or the error its `attr` would raise: EIO when damaged), sorted by name; None
+        when there are more than `limit` entries.
+
+        Costs one listing, one openat per entry that is still under its name live, and one
+        transaction for all: the live values are read first, so the transaction sees the
+        pre-image of any change they may have seen (the read rule, as in `attr`).
+        """
+        entries = self.listdir(dir_ino)
+        if len(entries) > limit:
+            return None
+        live: dict[bytes, AttrRecord] = {}
+        try:
+            with self.live.borrow(dir_ino) as dir_fd:
+                for name, record in entries:
+                    found = self._live_child(dir_fd, name, record.ino)
+                    if found is not None:
+                        live[name] = found
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+        result: list[tuple[bytes, BackingIno, AttrRecord | OSError]] = []
+        missing: list[int] = []
+        txn = self._txn_checked(dir_ino)
+        try:
+            for name, record in entries:
+                attrs: AttrRecord | OSError | None
+                try:
+                    self._check_damage(txn, record.ino)
+                    attrs = self.area.attr_at(txn, record.ino, self.seq) or live.get(name)
+                    if attrs is not None and not attrs.exists:
+                        attrs = OSError(errno.ENOENT, f"inode {record.ino} not in snapshot")
+                except OSError as exc:
+                    attrs = exc
+                if attrs is None:  # not under this name live any more: reached by inode below
+                    missing.append(len(result))
+                    attrs = OSError(errno.ENOENT, "not read yet")
+                result.append((name, record.ino, attrs))
+        finally:
+            txn.abort()
+        for position in missing:
+            name, ino, _ = result[position]
+            try:
+                result[position] = (name, ino, self.attr(ino, with_xattrs=True))
+            except OSError as exc:
+                result[position] = (name, ino, exc)
+        return result
+
+    @staticmethod
+    def _live_child(dir_fd: int, name: bytes, ino: BackingIno) -> AttrRecord | None:
+        """The live attributes and xattrs of entry `name` of the directory `dir_fd` if it is
+        still inode `ino`, else None."""
+        try:
+            fd = os.open(name, _PATH_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in _GONE or exc.errno == errno.ELOOP:
+                return None
+            raise
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != ino:
+                return None
+            target = b""
+            if (st.st_mode & 0o170000) == 0o120000:
+                target = os.fsencode(os.readlink("", dir_fd=fd))
+            return attr_from_stat(st, target, list_xattrs(fd))
+        finally:
+            os.close(fd)
+
     # ---- data ------------------------------------------------------------
 
     def read(self, ino: BackingIno, offset: int, size: int, file_size: int) -> bytes:

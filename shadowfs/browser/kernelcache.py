@@ -1,0 +1,129 @@
+"""What the kernel may cache of the browser's virtual tree, and taking it back.
+
+One job: the virtual entries (a set's name in the root, a name in ``by-time``,
+a volume's name in a set directory) and the attributes of virtual nodes are
+handed to the kernel with long timeouts (`attrs.VIRTUAL_TIMEOUT`), so a path
+walk does not ask the browser again for every component. `KernelCache`
+notes each of them as it is replied, and when the sets change finds those no
+longer true and tells the kernel to forget them (`pyfuse3.invalidate_entry`,
+`pyfuse3.invalidate_inode`).
+
+Invariants:
+- Every positive virtual entry and every virtual attribute reply is noted
+  before it is sent (`note_entry`, `note_attrs`); a note stays until it is
+  found stale, and is then dropped at once, so each stale one is invalidated
+  once. Negative virtual lookups answer ENOENT, which the kernel does not
+  cache, so a new set or name shows at once without an invalidation.
+- `stale` is computed on the trio thread (where the handlers note), from the
+  sets read at that moment: a reply noted after it was computed from sets at
+  least as new, so nothing is missed.
+- The kernel calls run in a worker thread (`invalidate`): invalidating an
+  entry waits until the kernel has finished any request on its directory,
+  and those requests need the trio thread to be answered. So `invalidate` is
+  awaited only where the caller holds no directory lock of the kernel's (the
+  control channel, the watch task, opendir and getattr); a handler that does
+  (lookup, readdir) never waits for it. An entry or inode the kernel has
+  already forgotten (ENOENT) is not an error; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from shadowfs.browser.attrs import attrs_signature
+from shadowfs.browser.nodes import BY_TIME, BY_TIME_NODE, ROOT_NODE, NodeId, snapshot_node
+from shadowfs.browser.volumes import SnapshotSet, by_time_names
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[NodeId, bytes]
+
+
+class KernelCache:
+    """The virtual entries and attributes handed to the kernel and not yet taken back."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Entry, NodeId] = {}
+        self._attrs: dict[NodeId, tuple[int, ...]] = {}
+        self.invalidations = 0  # entries and inodes the kernel was told to forget (status, tests)
+
+    def note_entry(self, parent: NodeId, name: bytes, child: NodeId) -> None:
+        self._entries[(parent, name)] = child
+
+    def note_attrs(self, attrs: pyfuse3.EntryAttributes) -> None:
+        self._attrs[NodeId(attrs.st_ino)] = attrs_signature(attrs)
+
+    def stale(self, child_now: Callable[[NodeId, bytes], NodeId | None],
+              attrs_now: Callable[[NodeId], pyfuse3.EntryAttributes | None]
+              ) -> tuple[list[Entry], list[NodeId]]:
+        """(entries, inodes) noted but no longer true, dropped from the notes.
+
+        `child_now(parent, name)`: the node the entry names now, None if none;
+        `attrs_now(node)`: the node's attributes now, None if it is gone (a gone
+        node's attributes need no invalidation: nothing reaches it by name).
+        """
+        entries = [entry for entry, child in self._entries.items() if child_now(*entry) != child]
+        for entry in entries:
+            del self._entries[entry]
+        inodes: list[NodeId] = []
+        for node, signature in list(self._attrs.items()):
+            attrs = attrs_now(node)
+            if attrs is None or attrs_signature(attrs) != signature:
+                del self._attrs[node]
+                if attrs is not None:
+                    inodes.append(node)
+        return entries, inodes
+
+    async def invalidate(self, entries: list[Entry], inodes: list[NodeId]) -> None:
+        """Tell the kernel to forget `entries` and the attributes of `inodes`, from a worker
+        thread; returns when the kernel has done so (see the module's invariants for who may
+        wait for this)."""
+        if not entries and not inodes:
+            return
+        self.invalidations += len(entries) + len(inodes)
+        # abandoned on cancellation: at unmount nobody answers the request it may wait for
+        await trio.to_thread.run_sync(_invalidate, entries, inodes, abandon_on_cancel=True)
+
+
+def virtual_entries(sets: dict[str, SnapshotSet]) -> dict[Entry, NodeId]:
+    """Every virtual entry and the node it names, as `sets` make them: set names in the
+    root, ``by-time`` and its names, and each set's volume names (the snapshot roots)."""
+    entries: dict[Entry, NodeId] = {(ROOT_NODE, BY_TIME): BY_TIME_NODE}
+    for entry in sets.values():
+        entries[(ROOT_NODE, os.fsencode(entry.set_id))] = entry.node
+        for volume_name, (volume, record) in entry.members.items():
+            try:
+                root = snapshot_node(volume.index, record.seq, volume.live.root_ino)
+            except OSError:  # no node id (EOVERFLOW): never handed out
+                continue
+            entries[(entry.node, os.fsencode(volume_name))] = root
+    for name, entry in by_time_names(sets).items():
+        entries[(BY_TIME_NODE, name)] = entry.link_node
+    return entries
+
+
+def _invalidate(entries: list[Entry], inodes: list[NodeId]) -> None:
+    for parent, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError as exc:
+            _log_failure(exc, f"entry {name!r} of node {parent:#x}")
+    for node in inodes:
+        try:
+            pyfuse3.invalidate_inode(node, attr_only=True)
+        except OSError as exc:
+            _log_failure(exc, f"attributes of node {node:#x}")
+
+
+def _log_failure(exc: OSError, what: str) -> None:
+    if exc.errno != errno.ENOENT:  # ENOENT: the kernel had forgotten it already
+        log.warning("cannot invalidate %s: %s", what, exc)
+
+
+__all__ = ["Entry", "KernelCache", "virtual_entries"]
