@@ -63,6 +63,8 @@ class VolumeMounts:
         self.children: dict[str, Child] = {}
         self.kept: dict[str, KeptConnection] = {}
         self._adoptable: dict[str, tuple[int, socket.socket]] = {}
+        # called after a mount process deleted a snapshot by itself (its diff area was full)
+        self.on_snapshot_deleted: Callable[[], Awaitable[None]] | None = None
 
     # ---- start ---------------------------------------------------------------------------------
 
@@ -193,12 +195,13 @@ class VolumeMounts:
 
     # ---- events --------------------------------------------------------------------------------
 
-    @staticmethod
-    async def _event(child: Child, event: Frame, fds: list[int]) -> None:
+    async def _event(self, child: Child, event: Frame, fds: list[int]) -> None:
         frames.close_fds(fds)
         if event.get("event") == "snapshot_deleted":
             log.warning("%s: snapshot %s (seq %s) was deleted: %s", child.label, event.get("snapshot_id"),
                         event.get("seq"), event.get("reason", "no reason given"))
+            if self.on_snapshot_deleted is not None:
+                await self.on_snapshot_deleted()
         elif event.get("event") == "damage":
             paths = event.get("paths")
             named = ", ".join(str(p) for p in paths) if isinstance(paths, list) else ""

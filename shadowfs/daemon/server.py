@@ -155,6 +155,7 @@ class Daemon:
         self.browser: Child | None = None
         self.readers = DiffAreaReader(state_dir)
         self.volume_mounts = VolumeMounts(state_dir, self.table, self.backing_fds)
+        self.volume_mounts.on_snapshot_deleted = self.refresh_browser
         self.mounts = self.volume_mounts.children
         self._shutdown = trio.Event()
         self._unprotect = False
