@@ -277,18 +277,26 @@ _filesystems: dict[int, Filesystem] = {}
 _filesystems_lock = threading.Lock()
 
 
-def filesystem_of(fd: int) -> Filesystem:
-    """The `Filesystem` of descriptor `fd` (detected once per st_dev).
+def filesystem_of(fd: int, *, fresh: bool = False) -> Filesystem:
+    """The `Filesystem` of descriptor `fd` (detected once per st_dev; again with `fresh`, which
+    replaces what was known of that st_dev: a device number can be reused by another
+    filesystem, for example a loop device set up again, and `volume add` must see what is
+    there now).
 
     Raises ValueError naming the filesystem when it is not ext4, XFS or btrfs.
     """
     dev = os.fstat(fd).st_dev
-    fs = _filesystems.get(dev)
+    fs = None if fresh else _filesystems.get(dev)
     if fs is not None:
         return fs
     fs = _detect(fd, dev)
     with _filesystems_lock:
-        return _filesystems.setdefault(dev, fs)
+        known = _filesystems.get(dev)
+        if fresh or known is None:
+            if known is None or (known.kind, known.handle_type, known.root_id) != (
+                    fs.kind, fs.handle_type, fs.root_id):
+                _filesystems[dev] = fs
+        return _filesystems[dev]
 
 
 def redetect(fd: int, known: Filesystem) -> Filesystem:

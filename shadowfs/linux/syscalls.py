@@ -55,7 +55,7 @@ def check_backing_fs(path: str) -> None:
     root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
-            fs = fshandles.filesystem_of(root)
+            fs = fshandles.filesystem_of(root, fresh=True)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
         expected = os.fstat(root).st_ino

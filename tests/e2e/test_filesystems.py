@@ -59,7 +59,7 @@ def test_snapshots_on_each_filesystem(volume_fs: tuple[str, Path], daemon: Daemo
     daemon.wait_ready()
     fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert fshandles.filesystem_of(fd).kind.value == kind
+        assert fshandles.filesystem_of(fd, fresh=True).kind.value == kind
     finally:
         os.close(fd)
 
