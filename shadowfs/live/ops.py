@@ -74,7 +74,7 @@ from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, open_by_ino, proc_path
-from shadowfs.live import handles
+from shadowfs.live import handles, modes
 from shadowfs.live.commit import settle, store
 from shadowfs.live.gate import HoldGate
 
@@ -312,7 +312,7 @@ class LiveOperations(pyfuse3.Operations):
     @fuse_handler
     async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext) -> bool:
         """Only called without default_permissions; the classic owner/group/other check."""
-        return _permits(os.fstat(self._fd(self._ino(FuseInode(inode)))), mode, ctx)
+        return modes.permits(os.fstat(self._fd(self._ino(FuseInode(inode)))), mode, ctx)
 
     @fuse_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -576,17 +576,6 @@ def _file_info(fh: int, flags: int, fd: int, st: os.stat_result | None = None) -
     return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
 
 
-def _set_id_cleared(mode: int) -> int:
-    """The set-id bits that a write, truncate or chown by a caller without CAP_FSETID clears.
-
-    S_ISUID, and S_ISGID when the group may execute (without group execute it marks
-    mandatory locking); the kernel's FUSE side computes the same (`fuse_setattr`).
-    """
-    cleared = mode & stat.S_ISUID
-    if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
-        cleared |= stat.S_ISGID
-    return cleared if stat.S_ISREG(mode) else 0
-
 
 def _truncated_by(fd: int, ctx: pyfuse3.RequestContext) -> os.stat_result:
     """After an open with O_TRUNC (`fd`): clear the set-id bits the caller's truncation clears.
@@ -598,7 +587,7 @@ def _truncated_by(fd: int, ctx: pyfuse3.RequestContext) -> os.stat_result:
     returns (`handle_truncate` asks GETATTR), so it keeps nothing stale. The stat after.
     """
     st = os.fstat(fd)
-    cleared = _set_id_cleared(st.st_mode)
+    cleared = modes.set_id_cleared(st.st_mode)
     if cleared and ctx.uid != 0:
         os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~cleared)
         st = os.fstat(fd)
@@ -627,9 +616,9 @@ def _create_file(parent_fd: int, name: bytes, mode: int, flags: int,
     fd = os.open(name, (flags & ~_OPEN_DROP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode,
                  dir_fd=parent_fd)
     try:
-        uid, gid = _owner(ctx, parent_fd)
+        uid, gid = modes.owner(ctx, parent_fd)
         os.fchown(fd, uid, gid)
-        keep = _special_bits(ctx, mode, gid)
+        keep = modes.special_bits(ctx, mode, gid)
         if keep:
             os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | keep)
         return fd, os.fstat(fd)
@@ -647,32 +636,19 @@ def _give_to_caller(parent_fd: int, name: bytes, mode: int, ctx: pyfuse3.Request
     A half-made object is removed again when this fails.
     """
     try:
-        uid, gid = _owner(ctx, parent_fd)
+        uid, gid = modes.owner(ctx, parent_fd)
         os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
         fd, st = open_entry(parent_fd, name)
     except BaseException:
         _discard(parent_fd, name, mode)
         raise
-    keep = 0 if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) else _special_bits(ctx, mode, gid)
+    keep = 0 if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) else modes.special_bits(ctx, mode, gid)
     if keep:
         os.chmod(proc_path(fd), stat.S_IMODE(st.st_mode) | keep)
         st = os.fstat(fd)
     return fd, st
 
 
-def _owner(ctx: pyfuse3.RequestContext, parent_fd: int) -> tuple[int, int]:
-    """(uid, gid) of a new object made by the caller of `ctx` (setgid parents give their group)."""
-    parent = os.fstat(parent_fd)
-    return ctx.uid, parent.st_gid if parent.st_mode & stat.S_ISGID else ctx.gid
-
-
-def _special_bits(ctx: pyfuse3.RequestContext, mode: int, gid: int) -> int:
-    """The set-id bits a new non-directory keeps (chown by root clears them)."""
-    bits = mode & (stat.S_ISUID | stat.S_ISGID)
-    if bits & stat.S_ISGID and ctx.uid != 0 and gid != ctx.gid:
-        if gid not in pyfuse3.get_sup_groups(ctx.pid):
-            bits &= ~stat.S_ISGID
-    return bits
 
 
 def _discard(parent_fd: int, name: bytes, mode: int) -> None:
@@ -683,16 +659,3 @@ def _discard(parent_fd: int, name: bytes, mode: int) -> None:
             os.unlink(name, dir_fd=parent_fd)
     except OSError:
         log.exception("could not remove half-made %r", name)
-
-
-def _permits(st: os.stat_result, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-    """The classic owner/group/other permission check of `mode` for the caller of `ctx`."""
-    if ctx.uid == 0:
-        return not mode & os.X_OK or bool(st.st_mode & 0o111) or stat.S_ISDIR(st.st_mode)
-    if st.st_uid == ctx.uid:
-        granted = (st.st_mode >> 6) & 7
-    elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
-        granted = (st.st_mode >> 3) & 7
-    else:
-        granted = st.st_mode & 7
-    return mode & granted == mode
