@@ -53,6 +53,10 @@ Invariants:
   cache take (`_inode` the other way, for replies); an inode from a stat of
   the backing filesystem is typed where it is read. Open files keep their
   `BackingIno`, so a write converts nothing.
+- With our pyfuse3 patches (`fuse_adapter.binding`), `write` gets a view of
+  libfuse's request buffer, valid until it returns (also across the capture's
+  await), and `read` answers with a `FileRange` of the backing file, which
+  pyfuse3 reads (or splices) right after `read` returns; else bytes, as stock.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ import trio
 from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner, SequentialWrites
 from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
-from shadowfs.fuse_adapter import fuse_handler
+from shadowfs.fuse_adapter import binding, fuse_handler
 from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, open_by_ino, proc_path
 from shadowfs.live import handles, modes
@@ -123,10 +127,15 @@ class LiveOperations(pyfuse3.Operations):
     enable_acl = True
     enable_writeback_cache = False
     supports_dot_lookup = True
+    write_memoryview = False  # these two are read by pyfuse3 at init (patches 0002, 0003)
+    enable_splice_write = False
 
     def __init__(self, root_fd: int, planner: CapturePlanner, graveyard: Graveyard, gate: HoldGate, *,
                  cache_timeout: float = CACHE_TIMEOUT) -> None:
         super().__init__()
+        features = binding()
+        self.write_memoryview = features.write_memoryview  # valid across the capture's await
+        self.enable_splice_write = self._file_range = features.file_range
         self.cache_timeout = cache_timeout  # entry and attribute timeout of every reply
         self.root_fd = root_fd
         self.planner = planner
@@ -446,11 +455,12 @@ class LiveOperations(pyfuse3.Operations):
         return _file_info(fh, flags, fd, st)
 
     @fuse_handler
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        return os.pread(self._file(fh).fd, size, off)
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes | pyfuse3.FileRange:
+        fd = self._file(fh).fd  # a FileRange is read right after return, before any await: fd is open
+        return pyfuse3.FileRange(fd, off, size) if self._file_range else os.pread(fd, size, off)
 
     @fuse_handler
-    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes | memoryview) -> int:
         handle = self._file(fh)
         ahead = handle.writes.advance(off, len(buf))
         async with self.gate.change():
