@@ -14,8 +14,9 @@ One job: the state behind the browser's ``open``, ``read``, ``read_inode`` and
   no RELEASE per file; it keeps their page cache, which a snapshot never makes
   stale) and every READ comes with the inode and handle 0. The size at the
   snapshot and whether the last read found captured blocks are kept per node
-  in a bounded least-recently-used table; the live file is read through the
-  volume's shared descriptors (`LiveObjects.borrow`, pinned while borrowed).
+  in a bounded least-recently-used table. The first read of a node opens the
+  live file once for both its attributes and its data; later ones read
+  through the volume's shared descriptors (`LiveObjects.borrow`).
 
 Invariants:
 - An entry of `InodeFiles` belongs to one `BrowserVolume` object: a node id
@@ -123,9 +124,16 @@ def open_file(view: SnapshotView, ino: BackingIno) -> tuple[int, int | None]:
 
 def read_by_inode(view: SnapshotView, volume: BrowserVolume, ino: BackingIno, offset: int, size: int,
                   known: Known | None) -> tuple[bytes | bytearray, Known]:
-    """The bytes [offset, offset+size) of `ino` at the snapshot (`SnapshotView.read_hinted`, the
-    live file through the shared descriptors), and what to remember of it (blocking)."""
+    """The bytes [offset, offset+size) of `ino` at the snapshot (`SnapshotView.read_hinted`), and
+    what to remember of it (blocking). The first read of a node opens the live file once for its
+    attributes and data (as `open_file`); later ones borrow the volume's shared descriptors."""
+    fd = None
     if known is None:
-        known = Known(volume, _regular_size(view, ino))
-    data, captured = view.read_hinted(ino, offset, size, known.size, None, live_first=not known.captured)
+        size_then, fd = open_file(view, ino)
+        known = Known(volume, size_then)
+    try:
+        data, captured = view.read_hinted(ino, offset, size, known.size, fd, live_first=not known.captured)
+    finally:
+        if fd is not None:
+            os.close(fd)
     return data, known if captured == known.captured else Known(volume, known.size, captured)
