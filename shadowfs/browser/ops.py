@@ -45,8 +45,9 @@ Invariants:
   set directory disappears from the root at once.
 - An object damaged in a snapshot (design §9.3) answers EIO (from
   `SnapshotView`, through `fuse_handler`) to lookup, getattr, readlink,
-  xattrs, open, read and opendir; a listing of its directory still names it,
-  with placeholder attributes that the kernel may not cache.
+  xattrs, open (while the kernel still sends OPEN), read and opendir; a
+  listing of its directory still names it, with placeholder attributes that
+  the kernel may not cache.
 - Lookup counts are kept per node id (lookup and every accepted
   `readdir_reply` add one, `forget` subtracts); nothing is cached per node, so
   they serve as a consistency check only.
