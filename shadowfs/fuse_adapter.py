@@ -4,7 +4,10 @@ One job: the handler contract and mount plumbing. `fuse_handler` wraps every
 pyfuse3 handler so that only `FUSEError` ever escapes (an `OSError` becomes its
 errno, anything else is logged and becomes EIO), because any other exception
 kills the mount. `mount_options` and the readahead knob are the same for both
-mounts. Finding and removing mounts by path is `linux.mounts` (no pyfuse3).
+mounts. `binding` says which features of our pyfuse3 patches
+(`patches/pyfuse3/`) the pyfuse3 in use has: both mounts keep the stock
+pyfuse3 3.5 path for each one that is missing. Finding and removing mounts by
+path is `linux.mounts` (no pyfuse3).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -43,6 +47,28 @@ def fuse_handler(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corou
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Features of the pyfuse3 in use beyond stock 3.5 (patches/pyfuse3/README.md)."""
+
+    write_memoryview: bool  # 0002: Operations.write_memoryview
+    file_range: bool  # 0003: pyfuse3.FileRange, Operations.enable_splice_write
+    read_inode: bool  # 0004: Operations.read_inode
+
+
+STOCK_ENV = "SHADOWFS_STOCK_PYFUSE3"  # set (non-empty): act as on a stock pyfuse3 (tests)
+
+
+def binding() -> Binding:
+    """What the pyfuse3 in use offers, found by looking (every one False when $SHADOWFS_STOCK_PYFUSE3
+    is set, so that the tests can run the stock paths on a patched build)."""
+    if os.environ.get(STOCK_ENV):
+        return Binding(write_memoryview=False, file_range=False, read_inode=False)
+    return Binding(write_memoryview=hasattr(pyfuse3.Operations, "write_memoryview"),
+                   file_range=hasattr(pyfuse3, "FileRange"),
+                   read_inode=hasattr(pyfuse3.Operations, "read_inode"))
 
 
 def mount_options(fsname: str, *, read_only: bool) -> set[str]:

@@ -40,7 +40,10 @@ Invariants:
   use is pinned meanwhile (`BrowserVolume.pin`): `set_volumes` retires a
   volume's environment and descriptors at once but closes them when the last
   pin is gone. An open file has a live descriptor of its own (never one from
-  the shared LRU), closed at release once no read uses it.
+  the shared LRU), closed at release once no read uses it. With `no_open`
+  (pyfuse3's ``read_inode``), OPEN is checked and then answered ENOSYS: the
+  kernel stops sending OPEN and RELEASE, and reads come by inode through the
+  shared descriptors (`browser.files`).
 - No LMDB transaction is held across an await or shared between threads
   (each read-model call begins and ends its own). Once a handler has awaited,
   the volume it looked up may have been replaced: results it computed are
@@ -53,8 +56,9 @@ Invariants:
   set directory disappears from the root at once.
 - An object damaged in a snapshot (design §9.3) answers EIO (from
   `SnapshotView`, through `fuse_handler`) to lookup, getattr, readlink,
-  xattrs, open, read and opendir; a listing of its directory still names it,
-  with placeholder attributes that the kernel may not cache.
+  xattrs, open (while the kernel still sends OPEN), read and opendir; a
+  listing of its directory still names it, with placeholder attributes that
+  the kernel may not cache.
 - Lookup counts are kept per node id (lookup and every accepted
   `readdir_reply` add one, `forget` subtracts); nothing is cached per node, so
   they serve as a consistency check only.
@@ -79,6 +83,7 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
+from shadowfs.browser import files
 from shadowfs.browser.attrs import (
     LINK_MODE,
     VIRTUAL_DIR_MODE,
@@ -120,27 +125,6 @@ Known = tuple[pyfuse3.EntryAttributes, dict[bytes, bytes]]  # a snapshot object'
 
 
 @dataclass
-class OpenFile:
-    """An open regular file: its snapshot object, size at the snapshot, and a descriptor
-    of the live file of its own (None if the live inode is gone), so that reads in
-    worker threads never share a cached descriptor that an LRU could close."""
-
-    volume: BrowserVolume
-    seq: Seq
-    ino: BackingIno
-    size: int
-    fd: int | None
-    readers: int = 0
-    released: bool = False
-    captured: bool = False  # the last read found captured blocks: look them up before reading
-
-    def close_when_idle(self) -> None:
-        if self.released and self.readers == 0 and self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-@dataclass
 class DirHandle:
     """An open directory: its entries (name, node id), listed once at opendir, and the
     attributes of a window of them, computed READDIR_BATCH at a time by one `_offload`
@@ -162,9 +146,11 @@ class BrowserOperations(ReadOnlyOperations):
     enable_writeback_cache = False
     enable_acl = True
 
-    def __init__(self, worker_threads: int = 0) -> None:
+    def __init__(self, worker_threads: int = 0, *, no_open: bool = False) -> None:
         """`worker_threads`: how many blocking calls may run in worker threads at once
-        (0: every handler does its I/O on the trio thread; see `_offload`)."""
+        (0: every handler does its I/O on the trio thread; see `_offload`). `no_open`: answer
+        OPEN with ENOSYS after its checks, so that reads come by inode (needs `read_inode`,
+        pyfuse3 patch 0004: `fuse_adapter.binding().read_inode`)."""
         super().__init__()
         if not 0 <= worker_threads <= MAX_WORKER_THREADS:
             raise ValueError(f"worker_threads must be in 0..{MAX_WORKER_THREADS}")
@@ -174,7 +160,10 @@ class BrowserOperations(ReadOnlyOperations):
         # ids carry everything the browser needs, so per-node counts would only cost memory
         self._lookups = 0
         self._handles = itertools.count(1)
-        self._files: dict[int, OpenFile] = {}
+        self._files: dict[int, files.OpenFile] = {}
+        self._no_open = no_open  # answer OPEN with ENOSYS and serve reads by inode
+        self._by_inode = files.InodeFiles()
+        self._opens = 0  # OPEN requests answered
         self._dirs: dict[int, DirHandle] = {}
         self._limiter: trio.CapacityLimiter | None = None
         self._mount_ns = time.time_ns()
@@ -194,6 +183,11 @@ class BrowserOperations(ReadOnlyOperations):
         a bad list; the volumes shown then stay as they were); see `ShownVolumes.replace`.
         """
         self._shown.replace(volumes)
+
+    def opens(self) -> int:
+        """How many OPEN requests were answered (for status and tests: with `no_open`, the
+        kernel stops sending them after the first answered ENOSYS)."""
+        return self._opens
 
     def known_nodes(self) -> int:
         """How many lookups the kernel holds in all, not yet forgotten (for status and tests)."""
@@ -593,26 +587,6 @@ class BrowserOperations(ReadOnlyOperations):
 
     # ---- handlers: files -----------------------------------------------------------------------
 
-    @staticmethod
-    def _open_file(view: SnapshotView, ino: BackingIno) -> tuple[int, int | None]:
-        """(size at the snapshot, own descriptor of the live file or None) of a regular
-        file (blocking: `_offload`)."""
-        try:
-            fd: int | None = view.live.open(ino)
-        except OSError:  # gone (every block was captured), or not a file: the attributes say
-            fd = None
-        try:
-            record = view.attr(ino, fd=fd)
-            if record.is_dir:
-                raise OSError(errno.EISDIR, "is a directory")
-            if not record.is_reg:
-                raise OSError(errno.EINVAL, "not a regular file")
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            raise
-        return record.size, fd
-
     @fuse_handler
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -621,11 +595,17 @@ class BrowserOperations(ReadOnlyOperations):
         node = NodeId(inode)
         if not is_snapshot_node(node):
             raise OSError(errno.EISDIR, "virtual directory")
+        self._opens += 1
         volume, seq, ino = self._resolve(node)
         view = volume.view(seq)
-        size, fd = await self._offload([volume], functools.partial(self._open_file, view, ino))
+        size, fd = await self._offload([volume], functools.partial(files.open_file, view, ino))
+        if self._no_open:  # checked as any open; from now on the kernel reads by inode (`read_inode`)
+            if fd is not None:
+                os.close(fd)
+            self._by_inode.put(node, files.Known(volume, size))
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = next(self._handles)
-        self._files[fh] = OpenFile(volume, seq, ino, size, fd)
+        self._files[fh] = files.OpenFile(volume, seq, ino, size, fd)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     # pyfuse3's stub says read returns bytes, but pyfuse3 replies with any contiguous buffer
@@ -646,6 +626,19 @@ class BrowserOperations(ReadOnlyOperations):
         finally:
             handle.readers -= 1
             handle.close_when_idle()
+
+    @fuse_handler
+    async def read_inode(self, inode: pyfuse3.InodeT, fh: pyfuse3.FileHandleT,  # type: ignore[override]
+                         off: int, size: int) -> bytes | bytearray:
+        if fh:  # opened before the kernel stopped sending OPEN
+            return await self.read(fh, off, size)
+        node = NodeId(inode)
+        volume, seq, ino = self._resolve(node)
+        view = volume.view(seq)  # ESTALE once the volume is gone
+        data, known = await self._offload([volume], functools.partial(
+            files.read_by_inode, view, volume, ino, off, size, self._by_inode.get(node, volume)))
+        self._by_inode.put(node, known)
+        return data
 
     @fuse_handler
     async def release(self, fh: pyfuse3.FileHandleT) -> None:

@@ -97,6 +97,7 @@ class ControlServer:
                          "diff_area_open": v.area is not None} for v in self.ops.volumes()],
             "sets": len(self.ops.snapshot_sets()),
             "known_nodes": self.ops.known_nodes(),  # lookups held by the kernel, in all
+            "opens": self.ops.opens(),  # OPEN requests answered (few when reads go by inode)
         }
 
 
@@ -164,7 +165,9 @@ async def run(control_fd: int, mount: str, threads: int = 0) -> int:
     """Mount, announce ready, serve until told to stop; the exit status."""
     channel = Channel.from_fd(control_fd)
     _raise_fd_limit()
-    ops = BrowserOperations(threads)
+    features = fuse_adapter.binding()
+    log.info("pyfuse3 %s: %s", pyfuse3.__version__, features)
+    ops = BrowserOperations(threads, no_open=features.read_inode)
     try:
         prepare_mount_point(mount)
         fuse_adapter.raise_readahead_after_init(ops, mount)

@@ -220,6 +220,7 @@ class BrowserStatusReply(TypedDict):
     volumes: list[BrowserVolumeStatus]
     sets: int
     known_nodes: int  # node ids the kernel holds lookups of
+    opens: int  # OPEN requests answered
 
 
 # --- clients -> daemon: volumes, snapshots, status (`daemon.server`; `snapshot_create` is the service's) --

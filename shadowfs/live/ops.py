@@ -52,6 +52,10 @@ Invariants:
   cache take (`_inode` the other way, for replies); an inode from a stat of
   the backing filesystem is typed where it is read. Open files keep their
   `BackingIno`, so a write converts nothing.
+- With our pyfuse3 patches (`fuse_adapter.binding`), `write` gets a view of
+  libfuse's request buffer, valid until it returns (also across the capture's
+  await), and `read` answers with a `FileRange` of the backing file, which
+  pyfuse3 reads (or splices) right after `read` returns; else bytes, as stock.
 """
 
 from __future__ import annotations
@@ -70,11 +74,11 @@ import trio
 from shadowfs.capture.graveyard import Graveyard
 from shadowfs.capture.planner import CapturePlanner
 from shadowfs.diffarea.schema import HIDDEN_DIR, BackingIno
-from shadowfs.fuse_adapter import fuse_handler
+from shadowfs.fuse_adapter import binding, fuse_handler
 from shadowfs.linux import syscalls
 from shadowfs.linux.fdcache import DescriptorCache
 from shadowfs.linux.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, link_fd, open_by_ino, proc_path
-from shadowfs.live import handles
+from shadowfs.live import handles, modes
 from shadowfs.live.commit import settle, store
 from shadowfs.live.gate import HoldGate
 from shadowfs.live.writeahead import WriteAhead
@@ -124,10 +128,15 @@ class LiveOperations(pyfuse3.Operations):
     enable_acl = True
     enable_writeback_cache = False
     supports_dot_lookup = True
+    write_memoryview = False  # these two are read by pyfuse3 at init (patches 0002, 0003)
+    enable_splice_write = False
 
     def __init__(self, root_fd: int, planner: CapturePlanner, graveyard: Graveyard, gate: HoldGate, *,
                  cache_timeout: float = CACHE_TIMEOUT) -> None:
         super().__init__()
+        features = binding()
+        self.write_memoryview = features.write_memoryview  # valid across the capture's await
+        self.enable_splice_write = self._file_range = features.file_range
         self.cache_timeout = cache_timeout  # entry and attribute timeout of every reply
         self.root_fd = root_fd
         self.planner = planner
@@ -314,7 +323,7 @@ class LiveOperations(pyfuse3.Operations):
     @fuse_handler
     async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext) -> bool:
         """Only called without default_permissions; the classic owner/group/other check."""
-        return _permits(os.fstat(self._fd(self._ino(FuseInode(inode)))), mode, ctx)
+        return modes.permits(os.fstat(self._fd(self._ino(FuseInode(inode)))), mode, ctx)
 
     @fuse_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -448,11 +457,12 @@ class LiveOperations(pyfuse3.Operations):
         return _file_info(fh, flags, fd, st)
 
     @fuse_handler
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        return os.pread(self._file(fh).fd, size, off)
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes | pyfuse3.FileRange:
+        fd = self._file(fh).fd  # a FileRange is read right after return, before any await: fd is open
+        return pyfuse3.FileRange(fd, off, size) if self._file_range else os.pread(fd, size, off)
 
     @fuse_handler
-    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes | memoryview) -> int:
         handle = self._file(fh)
         async with self.gate.change():
             await handle.writes.before_write(self.planner, self.committer, handle.ino, handle.fd,
@@ -576,17 +586,6 @@ def _file_info(fh: int, flags: int, fd: int, st: os.stat_result | None = None) -
     return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
 
 
-def _set_id_cleared(mode: int) -> int:
-    """The set-id bits that a write, truncate or chown by a caller without CAP_FSETID clears.
-
-    S_ISUID, and S_ISGID when the group may execute (without group execute it marks
-    mandatory locking); the kernel's FUSE side computes the same (`fuse_setattr`).
-    """
-    cleared = mode & stat.S_ISUID
-    if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
-        cleared |= stat.S_ISGID
-    return cleared if stat.S_ISREG(mode) else 0
-
 
 def _truncated_by(fd: int, ctx: pyfuse3.RequestContext) -> os.stat_result:
     """After an open with O_TRUNC (`fd`): clear the set-id bits the caller's truncation clears.
@@ -598,7 +597,7 @@ def _truncated_by(fd: int, ctx: pyfuse3.RequestContext) -> os.stat_result:
     returns (`handle_truncate` asks GETATTR), so it keeps nothing stale. The stat after.
     """
     st = os.fstat(fd)
-    cleared = _set_id_cleared(st.st_mode)
+    cleared = modes.set_id_cleared(st.st_mode)
     if cleared and ctx.uid != 0:
         os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~cleared)
         st = os.fstat(fd)
@@ -627,9 +626,9 @@ def _create_file(parent_fd: int, name: bytes, mode: int, flags: int,
     fd = os.open(name, (flags & ~_OPEN_DROP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode,
                  dir_fd=parent_fd)
     try:
-        uid, gid = _owner(ctx, parent_fd)
+        uid, gid = modes.owner(ctx, parent_fd)
         os.fchown(fd, uid, gid)
-        keep = _special_bits(ctx, mode, gid)
+        keep = modes.special_bits(ctx, mode, gid)
         if keep:
             os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | keep)
         return fd, os.fstat(fd)
@@ -647,32 +646,19 @@ def _give_to_caller(parent_fd: int, name: bytes, mode: int, ctx: pyfuse3.Request
     A half-made object is removed again when this fails.
     """
     try:
-        uid, gid = _owner(ctx, parent_fd)
+        uid, gid = modes.owner(ctx, parent_fd)
         os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
         fd, st = open_entry(parent_fd, name)
     except BaseException:
         _discard(parent_fd, name, mode)
         raise
-    keep = 0 if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) else _special_bits(ctx, mode, gid)
+    keep = 0 if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) else modes.special_bits(ctx, mode, gid)
     if keep:
         os.chmod(proc_path(fd), stat.S_IMODE(st.st_mode) | keep)
         st = os.fstat(fd)
     return fd, st
 
 
-def _owner(ctx: pyfuse3.RequestContext, parent_fd: int) -> tuple[int, int]:
-    """(uid, gid) of a new object made by the caller of `ctx` (setgid parents give their group)."""
-    parent = os.fstat(parent_fd)
-    return ctx.uid, parent.st_gid if parent.st_mode & stat.S_ISGID else ctx.gid
-
-
-def _special_bits(ctx: pyfuse3.RequestContext, mode: int, gid: int) -> int:
-    """The set-id bits a new non-directory keeps (chown by root clears them)."""
-    bits = mode & (stat.S_ISUID | stat.S_ISGID)
-    if bits & stat.S_ISGID and ctx.uid != 0 and gid != ctx.gid:
-        if gid not in pyfuse3.get_sup_groups(ctx.pid):
-            bits &= ~stat.S_ISGID
-    return bits
 
 
 def _discard(parent_fd: int, name: bytes, mode: int) -> None:
@@ -683,16 +669,3 @@ def _discard(parent_fd: int, name: bytes, mode: int) -> None:
             os.unlink(name, dir_fd=parent_fd)
     except OSError:
         log.exception("could not remove half-made %r", name)
-
-
-def _permits(st: os.stat_result, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-    """The classic owner/group/other permission check of `mode` for the caller of `ctx`."""
-    if ctx.uid == 0:
-        return not mode & os.X_OK or bool(st.st_mode & 0o111) or stat.S_ISDIR(st.st_mode)
-    if st.st_uid == ctx.uid:
-        granted = (st.st_mode >> 6) & 7
-    elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
-        granted = (st.st_mode >> 3) & 7
-    else:
-        granted = st.st_mode & 7
-    return mode & granted == mode

@@ -233,6 +233,7 @@ def _serve(args: argparse.Namespace, service: MountService, root_fd: int, mount:
            taking_over: bool) -> int:
     timeout = IN_PLACE_CACHE_TIMEOUT if mount == backing else CACHE_TIMEOUT
     ops = LiveOperations(root_fd, service.planner, service.graveyard, service.gate, cache_timeout=timeout)
+    log.info("pyfuse3 %s: %s", pyfuse3.__version__, fuse_adapter.binding())
     options = fuse_adapter.mount_options(f"shadowfs-{args.volume}", read_only=False)
     try:
         if not taking_over:  # a taken-over mount keeps the readahead its first process set
