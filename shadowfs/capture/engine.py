@@ -18,6 +18,12 @@ Invariants:
   block store (a clone where the filesystem shares extents); blocks that are
   holes in the live file, or lie past its end, are stored as zero blocks
   without bytes. The store is synced before the commit that references it.
+- Capture ahead of a writer may copy first and commit after (`copy_ahead` on
+  the copier thread, then `for_write_copied` in a committer transaction). A
+  copied block is stored only if it still has no pre-image ``>= seq`` at
+  commit: any change applied to it before the copy committed its own
+  pre-image first, so a copy that is stored holds the value of `seq`; copies
+  not stored are freed (punched out later).
 - Attributes are captured before any block, because the size at ``seq`` comes
   from them.
 - Live values are read through ``open_by_ino`` on the backing root, never
@@ -31,6 +37,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass, field
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, Txn
@@ -59,6 +66,15 @@ def read_live_attr(root_fd: int, ino: BackingIno) -> AttrRecord:
         return attr_from_stat(st, target, list_xattrs(fd))
     finally:
         os.close(fd)
+
+
+@dataclass
+class CopiedRun:
+    """Blocks of one file copied into the block store ahead of their commit (`copy_ahead`)."""
+
+    ino: BackingIno
+    refs: dict[int, BlockRef] = field(default_factory=dict)  # block -> its bytes in the store
+    holes: set[int] = field(default_factory=set)  # blocks that were holes: zero blocks
 
 
 def _runs(blocks: list[int]) -> list[tuple[int, int]]:
@@ -180,6 +196,73 @@ class CaptureEngine:
             if block not in data:
                 keep = min(BLOCK_SIZE, size_at_seq - block * BLOCK_SIZE)
                 self.area.put_block_ref(txn, ino, block, seq, BlockRef(None, keep))
+
+    def copy_ahead(self, seq: Seq, ino: BackingIno, offset: int, length: int) -> CopiedRun:
+        """Copy the blocks of [offset, offset+length) that have no pre-image yet into the block
+        store, outside any write transaction (the copier thread); `for_write_copied` stores them."""
+        copied = CopiedRun(ino)
+        with self.area.read() as txn:
+            record = self.area.attr_at(txn, ino, seq)
+            if record is not None and not record.exists:
+                return copied
+            wanted = [block for block in block_span(offset, length)
+                      if self.area.preimage(txn, schema.block_object(ino, block), seq) is None]
+        if not wanted:
+            return copied
+        fd = open_by_ino(self.root_fd, ino, os.O_RDONLY)
+        try:
+            live_size = os.fstat(fd).st_size
+            size = live_size if record is None else min(record.size, live_size)
+            wanted = [block for block in wanted if block < blocks_below(size)]
+            for first, stop in _runs(wanted):
+                run = range(first, stop)
+                data = _data_blocks(fd, run, size)
+                copied.holes.update(block for block in run if block not in data)
+                for start_block, stop_block in _runs([block for block in run if block in data]):
+                    start = start_block * BLOCK_SIZE
+                    where = self.area.blocks.copy_from(fd, start, min(stop_block * BLOCK_SIZE, size) - start)
+                    for block in range(start_block, stop_block):
+                        copied.refs[block] = BlockRef(where + (block - start_block) * BLOCK_SIZE,
+                                                      min(BLOCK_SIZE, size - block * BLOCK_SIZE))
+        finally:
+            os.close(fd)
+        return copied
+
+    def for_write_copied(self, txn: Txn, seq: Seq, ino: BackingIno, offset: int, length: int,
+                         copied: CopiedRun) -> None:
+        """`for_write`, storing what `copy_ahead` copied where it is still wanted; a block it did
+        not copy (or copied shorter than the file was at `seq`) is captured here as usual."""
+        record = self.attrs(txn, seq, ino)
+        missing: list[int] = []
+        if record.exists:
+            limit = blocks_below(record.size)
+            for block in block_span(offset, length):
+                ref = copied.refs.pop(block, None)
+                captured = self.area.preimage(txn, schema.block_object(ino, block), seq) is not None
+                if block >= limit or captured:
+                    if ref is not None:
+                        self.area.free_extent(txn, ref)
+                    continue
+                keep = min(BLOCK_SIZE, record.size - block * BLOCK_SIZE)
+                if ref is not None and ref.length >= keep:
+                    self.area.put_block_ref(txn, ino, block, seq, BlockRef(ref.offset, keep))
+                elif ref is None and block in copied.holes:
+                    self.area.put_block_ref(txn, ino, block, seq, BlockRef(None, keep))
+                else:
+                    if ref is not None:
+                        self.area.free_extent(txn, ref)
+                    missing.append(block)
+        for ref in copied.refs.values():
+            self.area.free_extent(txn, ref)
+        copied.refs.clear()
+        for first, stop in _runs(missing):
+            self._blocks(txn, seq, ino, record.size, range(first, stop))
+
+    def discard(self, txn: Txn, copied: CopiedRun) -> None:
+        """What `copy_ahead` copied is not needed after all: free it."""
+        for ref in copied.refs.values():
+            self.area.free_extent(txn, ref)
+        copied.refs.clear()
 
     def for_entry_change(self, txn: Txn, seq: Seq, dir_ino: BackingIno,
                          name: bytes) -> DirentRecord | None:

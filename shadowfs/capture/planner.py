@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from shadowfs.capture.committer import Committer, Job
-from shadowfs.capture.engine import CaptureEngine
+from shadowfs.capture.engine import CaptureEngine, CopiedRun
 from shadowfs.diffarea.area import DiffArea, Txn
 from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq, block_span, blocks_below
 
@@ -50,6 +50,16 @@ class Capture:
 
     job: Job
     after: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class AheadCapture:
+    """A capture ahead of a writer: `copy` runs on the copier thread, then `job(copied)` in a
+    committer transaction, then `after` once that is durable."""
+
+    copy: Callable[[], CopiedRun]
+    job: Callable[[CopiedRun], Job]
+    after: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -167,21 +177,33 @@ class CapturePlanner:
         return Capture(self._objects_job(seq, attrs, entries))
 
     def write(self, seq: Seq | None, ino: BackingIno, fd: int, offset: int, length: int,
-              ahead: int = 0, *, background: bool = False) -> Capture | None:
+              ahead: int = 0) -> Capture | None:
         """The capture a write of [offset, offset+length) to `ino` (open as `fd`) needs, if any;
-        a needed capture covers `ahead` more bytes. A `background` capture (taken ahead of
-        a writer, nobody waits for it) stores nothing once a snapshot newer than `seq`
-        exists: the writer plans again for that one anyway."""
+        a needed capture covers `ahead` more bytes."""
         if seq is None or not self._write_needs_capture(seq, ino, fd, offset, length):
             return None
         span = length + ahead
+        return Capture(lambda txn: self.engine.for_write(txn, seq, ino, offset, span),
+                       lambda: self.cache.add_blocks(seq, ino, block_span(offset, span)))
 
-        def job(txn: Txn) -> None:
-            newest = self.area.newest_seq(txn) if background else None
-            if newest is None or newest <= seq:
-                self.engine.for_write(txn, seq, ino, offset, span)
+    def ahead(self, seq: Seq, ino: BackingIno, fd: int, offset: int, length: int) -> AheadCapture | None:
+        """The capture of [offset, offset+length) ahead of a writer, if any is needed: copied by
+        the copier thread first, then stored by a committer job (which stores nothing once a
+        snapshot newer than `seq` exists: the writer plans again for that one)."""
+        if not self._write_needs_capture(seq, ino, fd, offset, length):
+            return None
 
-        return Capture(job, lambda: self.cache.add_blocks(seq, ino, block_span(offset, span)))
+        def job(copied: CopiedRun) -> Job:
+            def store(txn: Txn) -> None:
+                newest = self.area.newest_seq(txn)
+                if newest is not None and newest > seq:
+                    self.engine.discard(txn, copied)
+                else:
+                    self.engine.for_write_copied(txn, seq, ino, offset, length, copied)
+            return store
+
+        return AheadCapture(lambda: self.engine.copy_ahead(seq, ino, offset, length), job,
+                            lambda: self.cache.add_blocks(seq, ino, block_span(offset, length)))
 
     def truncate(self, seq: Seq | None, ino: BackingIno, size: int) -> Capture | None:
         """The capture cutting `ino` to `size` bytes needs, if any."""

@@ -356,6 +356,11 @@ class DiffArea:
                                                                            len(data))
         return self.put_preimage(txn, obj, seq, schema.encode_block_ref(ref))
 
+    def free_extent(self, txn: Txn, ref: BlockRef) -> None:
+        """Bytes in the block store no pre-image refers to: punched out after this commit."""
+        if ref.offset is not None:
+            txn.put(schema.extent_key(ref.offset, ref.length), b"", db=self.freed)
+
     def put_block_ref(self, txn: Txn, ino: BackingIno, block: int, seq: Seq, ref: BlockRef) -> bool:
         """Store a data block's pre-image whose bytes are already in the block store (or a hole:
         `ref.offset` None); False when one exists at `seq` (its extent then goes unreferenced)."""

@@ -10,15 +10,21 @@ through the live mount), where copying a run from the backing file into it
 can be a reflink (XFS, btrfs); `DiffArea` decides which (``META_BLOCKS``).
 
 Invariants:
-- Only the volume's committer thread appends; extents start on 4 KiB
-  boundaries so a freed extent can be returned to the filesystem whole.
+- Writers are the volume's committer thread and its copier thread (capture
+  ahead of a writer, `capture.engine.CaptureEngine.copy_ahead`): each extent
+  is reserved at the tail under a lock, then written without it. Extents
+  start on 4 KiB boundaries so a freed extent can be returned to the
+  filesystem whole.
 - `copy_from` moves a run of a live file's bytes with ``copy_file_range``:
   no byte passes through Python, and on filesystems that share extents (XFS,
   btrfs, with ``blocks.dat`` on the volume's filesystem) the copy is a clone.
   Where the kernel cannot copy between the two files (another filesystem), it
   falls back to pread/pwrite once and remembers that.
 - ``sync`` runs before the LMDB commit that references new extents, so a
-  committed reference never points at bytes that are not durable.
+  committed reference never points at bytes that are not durable: every
+  write finished before `sync` began is durable when it returns (writes are
+  counted, and `sync` marks as synced only the count it saw before its
+  fdatasync, so a write finishing during it is synced by the next one).
 - Readers may pread from several threads at once; the descriptor is opened
   once (under a lock) and closed only when no reader uses it any more (the
   browser defers closing a diff area until its readers are done).
@@ -73,7 +79,9 @@ class BlockStore:
         self._fd: int | None = None
         self._open_lock = threading.Lock()
         self._tail = 0
-        self._dirty = False
+        self._tail_lock = threading.Lock()
+        self._written = 0  # writes finished (under _tail_lock)
+        self._synced = 0  # of those, how many a finished fdatasync covers
         self._kernel_copy = True
         if writable:
             self._open()
@@ -100,15 +108,23 @@ class BlockStore:
             os.close(self._dir_fd)
             self._dir_fd = None
 
+    def _reserve(self, length: int) -> int:
+        """The offset of a new extent of `length` bytes at the tail."""
+        with self._tail_lock:
+            offset = self._tail
+            self._tail = _aligned(offset + length)
+            return offset
+
+    def _written_one(self) -> None:
+        with self._tail_lock:
+            self._written += 1
+
     def append(self, data: bytes) -> int:
         """Write `data` at the end; returns its offset (durable after `sync`)."""
         fd = self._open()
-        offset = self._tail
-        written = os.pwrite(fd, data, offset)
-        if written != len(data):
-            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
-        self._tail = _aligned(offset + len(data))
-        self._dirty = True
+        offset = self._reserve(len(data))
+        self._write_all(fd, data, offset)
+        self._written_one()
         return offset
 
     def copy_from(self, src_fd: int, src_offset: int, length: int) -> int:
@@ -118,12 +134,11 @@ class BlockStore:
         the image being kept). Durable after `sync`, like `append`.
         """
         fd = self._open()
-        offset = self._tail
+        offset = self._reserve(length)
         copied = self._copy(src_fd, src_offset, fd, offset, length)
         if copied < length:
             self._write_all(fd, bytes(length - copied), offset + copied)
-        self._tail = _aligned(offset + length)
-        self._dirty = True
+        self._written_one()
         return offset
 
     def _copy(self, src_fd: int, src_offset: int, fd: int, offset: int, length: int) -> int:
@@ -156,9 +171,12 @@ class BlockStore:
             raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(data)} bytes")
 
     def sync(self) -> None:
-        if self._dirty and self._fd is not None:
+        with self._tail_lock:
+            written = self._written
+        if written > self._synced and self._fd is not None:
             os.fdatasync(self._fd)
-            self._dirty = False
+            with self._tail_lock:
+                self._synced = max(self._synced, written)
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self._open(), length, offset)

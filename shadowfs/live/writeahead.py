@@ -7,7 +7,10 @@ is about to overwrite captured ahead of it, in windows doubling up to
 `CAPTURE_AHEAD_MAX`; once a window is durable the next one is handed to the
 committer at once, without waiting, and up to `WINDOWS_IN_FLIGHT` windows
 are queued, so copying the old bytes (and syncing them) runs beside the
-writes instead of between them and the committer never waits for the writer. Any other write captures
+writes instead of between them and the committer never waits for the writer.
+A window's bytes are copied by the copier thread first, then referenced by a
+committer job (`CaptureEngine.copy_ahead`, `for_write_copied`), so the copy
+of one window runs beside the fdatasync and commit of the one before. Any other write captures
 just what it touches and waits for that commit, as every change does.
 
 Invariants:
@@ -28,12 +31,14 @@ Invariants:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from shadowfs.capture.committer import Committer
+from shadowfs.capture.engine import CopiedRun
 from shadowfs.capture.planner import CapturePlanner
 from shadowfs.diffarea.schema import BackingIno, Seq
 from shadowfs.live.commit import store
@@ -43,6 +48,10 @@ log = logging.getLogger(__name__)
 CAPTURE_AHEAD_MIN = 1 << 20
 CAPTURE_AHEAD_MAX = 16 << 20
 WINDOWS_IN_FLIGHT = 2
+# Copies the old bytes of windows into the block store outside the committer's transaction, so
+# that copying one window runs beside the fdatasync and commit of the one before (one thread:
+# copies are disk and memory bound; the mount process has one per volume anyway).
+COPIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowfs-copier")
 
 
 @dataclass
@@ -106,17 +115,15 @@ class WriteAhead:
             return False
         start, end = self.frontier, self.frontier + self.ahead
         self.frontier = end
-        capture = planner.write(seq, ino, fd, start, end - start, 0, background=True)
+        capture = planner.ahead(seq, ino, fd, start, end - start)
         if capture is None:  # already captured, or beyond the file's size at `seq`
             return False
         window = _Window(seq, start, end)
         self.windows.append(window)
         token = trio.lowlevel.current_trio_token()
-        after = capture.after
 
         def finish() -> None:
-            if after is not None:
-                after()
+            capture.after()
             window.finished.set()
 
         def done(_result: Any, error: BaseException | None) -> None:
@@ -127,5 +134,15 @@ class WriteAhead:
             except trio.RunFinishedError:  # the mount is ending: nobody waits for this window
                 pass
 
-        committer.submit(capture.job, done)
+        def copied(future: Future[CopiedRun]) -> None:
+            error = future.exception()
+            if error is not None:
+                done(None, error)
+                return
+            try:
+                committer.submit(capture.job(future.result()), done)
+            except RuntimeError as exc:  # the committer stopped: the mount is ending
+                done(None, exc)
+
+        COPIER.submit(capture.copy).add_done_callback(copied)
         return True
