@@ -234,24 +234,27 @@ class CaptureEngine:
         not copy (or copied shorter than the file was at `seq`) is captured here as usual."""
         record = self.attrs(txn, seq, ino)
         missing: list[int] = []
+        store: dict[int, BlockRef] = {}
         if record.exists:
             limit = blocks_below(record.size)
-            for block in block_span(offset, length):
+            span = block_span(offset, length)
+            captured = self.area.block_refs_range(txn, ino, span.start, min(span.stop, limit), seq)
+            for block in span:
                 ref = copied.refs.pop(block, None)
-                captured = self.area.preimage(txn, schema.block_object(ino, block), seq) is not None
-                if block >= limit or captured:
+                if block >= limit or block in captured:
                     if ref is not None:
                         self.area.free_extent(txn, ref)
                     continue
                 keep = min(BLOCK_SIZE, record.size - block * BLOCK_SIZE)
                 if ref is not None and ref.length >= keep:
-                    self.area.put_block_ref(txn, ino, block, seq, BlockRef(ref.offset, keep))
+                    store[block] = BlockRef(ref.offset, keep)
                 elif ref is None and block in copied.holes:
-                    self.area.put_block_ref(txn, ino, block, seq, BlockRef(None, keep))
+                    store[block] = BlockRef(None, keep)
                 else:
                     if ref is not None:
                         self.area.free_extent(txn, ref)
                     missing.append(block)
+        self.area.put_block_refs(txn, ino, seq, store)
         for ref in copied.refs.values():
             self.area.free_extent(txn, ref)
         copied.refs.clear()

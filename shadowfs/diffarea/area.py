@@ -356,6 +356,20 @@ class DiffArea:
                                                                            len(data))
         return self.put_preimage(txn, obj, seq, schema.encode_block_ref(ref))
 
+    def put_block_refs(self, txn: Txn, ino: BackingIno, seq: Seq, refs: dict[int, BlockRef]) -> None:
+        """`put_block_ref` for many blocks of one file that have no pre-image at `seq` yet (the
+        caller checked, in the same transaction), with one update of the accounting."""
+        added = 0
+        for block, ref in refs.items():
+            obj = schema.block_object(ino, block)
+            key = schema.preimage_key(obj, seq)
+            value = schema.encode_block_ref(ref)
+            if txn.put(key, value, overwrite=False, db=self.preimages):
+                txn.put(schema.bysnap_key(seq, obj), b"", db=self.bysnap)
+                added += self._stored_size(obj, key, value)
+        if added:
+            self._add_usage(txn, seq, added)
+
     def free_extent(self, txn: Txn, ref: BlockRef) -> None:
         """Bytes in the block store no pre-image refers to: punched out after this commit."""
         if ref.offset is not None:

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 CAPTURE_AHEAD_MIN = 1 << 20
 CAPTURE_AHEAD_MAX = 16 << 20
-WINDOWS_IN_FLIGHT = 2
+WINDOWS_IN_FLIGHT = 3
 # Copies the old bytes of windows into the block store outside the committer's transaction, so
 # that copying one window runs beside the fdatasync and commit of the one before (one thread:
 # copies are disk and memory bound; the mount process has one per volume anyway).
