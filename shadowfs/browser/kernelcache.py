@@ -39,6 +39,7 @@ import trio
 from shadowfs.browser.attrs import attrs_signature
 from shadowfs.browser.nodes import BY_TIME, BY_TIME_NODE, ROOT_NODE, NodeId, snapshot_node
 from shadowfs.browser.volumes import SnapshotSet, by_time_names
+from shadowfs.diffarea.schema import BackingIno
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,15 @@ class KernelCache:
                     inodes.append(node)
         return entries, inodes
 
-    async def invalidate(self, entries: list[Entry], inodes: list[NodeId]) -> None:
-        """Tell the kernel to forget `entries` and the attributes of `inodes`, from a worker
-        thread; returns when the kernel has done so (see the module's invariants for who may
-        wait for this)."""
+    async def invalidate(self, entries: list[Entry], inodes: list[NodeId], *, data: bool = False) -> None:
+        """Tell the kernel to forget `entries` and the attributes of `inodes` (with `data`, their
+        cached pages too), from a worker thread; returns when the kernel has done so (see the
+        module's invariants for who may wait for this)."""
         if not entries and not inodes:
             return
         self.invalidations += len(entries) + len(inodes)
         # abandoned on cancellation: at unmount nobody answers the request it may wait for
-        await trio.to_thread.run_sync(_invalidate, entries, inodes, abandon_on_cancel=True)
+        await trio.to_thread.run_sync(_invalidate, entries, inodes, data, abandon_on_cancel=True)
 
 
 def virtual_entries(sets: dict[str, SnapshotSet]) -> dict[Entry, NodeId]:
@@ -108,7 +109,23 @@ def virtual_entries(sets: dict[str, SnapshotSet]) -> dict[Entry, NodeId]:
     return entries
 
 
-def _invalidate(entries: list[Entry], inodes: list[NodeId]) -> None:
+def damaged_nodes(sets: dict[str, SnapshotSet], volume_name: str, inos: list[int]) -> list[NodeId]:
+    """The node ids of backing inodes `inos` of volume `volume_name` in every snapshot shown."""
+    nodes = []
+    for entry in sets.values():
+        member = entry.members.get(volume_name)
+        if member is None:
+            continue
+        volume, record = member
+        for ino in inos:
+            try:
+                nodes.append(snapshot_node(volume.index, record.seq, BackingIno(ino)))
+            except OSError:  # no node id: never handed out
+                continue
+    return nodes
+
+
+def _invalidate(entries: list[Entry], inodes: list[NodeId], data: bool = False) -> None:
     for parent, name in entries:
         try:
             pyfuse3.invalidate_entry(parent, name)
@@ -116,7 +133,7 @@ def _invalidate(entries: list[Entry], inodes: list[NodeId]) -> None:
             _log_failure(exc, f"entry {name!r} of node {parent:#x}")
     for node in inodes:
         try:
-            pyfuse3.invalidate_inode(node, attr_only=True)
+            pyfuse3.invalidate_inode(node, attr_only=not data)
         except OSError as exc:
             _log_failure(exc, f"attributes of node {node:#x}")
 
@@ -126,4 +143,4 @@ def _log_failure(exc: OSError, what: str) -> None:
         log.warning("cannot invalidate %s: %s", what, exc)
 
 
-__all__ = ["Entry", "KernelCache", "virtual_entries"]
+__all__ = ["Entry", "KernelCache", "damaged_nodes", "virtual_entries"]

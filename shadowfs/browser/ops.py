@@ -94,7 +94,7 @@ from shadowfs.browser.attrs import (
     virtual_attrs,
 )
 from shadowfs.browser.dircache import MAX_DIR_ENTRIES, DirCache, Listing
-from shadowfs.browser.kernelcache import KernelCache, virtual_entries
+from shadowfs.browser.kernelcache import KernelCache, damaged_nodes, virtual_entries
 from shadowfs.browser.nodes import (
     BY_TIME,
     BY_TIME_NODE,
@@ -244,6 +244,16 @@ class BrowserOperations(ReadOnlyOperations):
 
             entries, inodes = self._kcache.stale(lambda parent, name: truth.get((parent, name)), attrs_now)
             await self._kcache.invalidate(entries, inodes)
+
+    async def forget_damaged(self, volume: str, inos: list[int]) -> None:
+        """Objects of `volume` were marked damaged (design §9.3): drop what this process and the
+        kernel cache of them, so the next read asks and fails with EIO. Not from a handler."""
+        sets = self.snapshot_sets()
+        index = next((entry.members[volume][0].index for entry in sets.values()
+                      if volume in entry.members), 0)
+        self._xattr_cache.forget_snapshots(lambda i, _seq: i != index)
+        self._dir_cache.forget_snapshots(lambda i, _seq: i != index)
+        await self._kcache.invalidate([], damaged_nodes(sets, volume, inos), data=True)
 
     async def _refresh_if_changed(self) -> None:
         if self.snapshot_sets() is not self._checked_sets:

@@ -14,6 +14,9 @@ daemon's control channel (``--control-fd N``, `ipc` frames)::
   with one backing-root descriptor per volume (same order) replaces the
   volumes shown; reply ``{"id", "ok": true}`` once the kernel has forgotten
   what it cached of sets no longer shown;
+- ``{"id", "op": "forget", "volume", "inos"}`` (the daemon, after objects were
+  marked damaged): the kernel forgets their pages and attributes in every
+  snapshot (`BrowserOperations.forget_damaged`); reply ``{}``.
 - ``{"id", "op": "refresh"}`` (the daemon, after sets came or went): reply
   once the browser has re-read the sets and the kernel has forgotten what it
   cached of them that is no longer true (`BrowserOperations.refresh`);
@@ -72,6 +75,13 @@ class ControlServer:
         frames.close_fds(fds)
         if op == "refresh":
             await self.ops.refresh()
+            return {}
+        if op == "forget":
+            volume, inos = request.get("volume"), request.get("inos")
+            if not isinstance(volume, str) or not isinstance(inos, list) \
+                    or not all(isinstance(ino, int) and not isinstance(ino, bool) for ino in inos):
+                raise frames.RequestError("forget needs a volume name and a list of inode numbers")
+            await self.ops.forget_damaged(volume, inos)
             return {}
         if op == "status":
             return self._status()

@@ -65,6 +65,8 @@ class VolumeMounts:
         self._adoptable: dict[str, tuple[int, socket.socket]] = {}
         # called after a mount process deleted a snapshot by itself (its diff area was full)
         self.on_snapshot_deleted: Callable[[], Awaitable[None]] | None = None
+        # called with (volume, inodes) after a mount process marked objects damaged
+        self.on_damage: Callable[[str, list[int]], Awaitable[None]] | None = None
 
     # ---- start ---------------------------------------------------------------------------------
 
@@ -207,5 +209,9 @@ class VolumeMounts:
             named = ", ".join(str(p) for p in paths) if isinstance(paths, list) else ""
             log.warning("%s: %s object(s) %s; they read as damaged (EIO) in earlier snapshots: %s",
                         child.label, event.get("count"), event.get("cause"), named)
+            inos = event.get("inos")
+            volume = next((name for name, known in self.children.items() if known is child), None)
+            if self.on_damage is not None and volume is not None and isinstance(inos, list):
+                await self.on_damage(volume, [ino for ino in inos if isinstance(ino, int)])
         else:
             log.info("%s: event %s", child.label, event)

@@ -108,6 +108,7 @@ from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
     BrowserEntry,
+    BrowserForgetRequest,
     BrowserRefreshRequest,
     BrowserVolume,
     DeleteRequest,
@@ -156,6 +157,7 @@ class Daemon:
         self.readers = DiffAreaReader(state_dir)
         self.volume_mounts = VolumeMounts(state_dir, self.table, self.backing_fds)
         self.volume_mounts.on_snapshot_deleted = self.refresh_browser
+        self.volume_mounts.on_damage = self.forget_damaged
         self.mounts = self.volume_mounts.children
         self._shutdown = trio.Event()
         self._unprotect = False
@@ -604,17 +606,25 @@ class Daemon:
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
 
+    async def forget_damaged(self, volume: str, inos: list[int]) -> None:
+        """Objects were marked damaged: the browser drops what the kernel caches of them."""
+        request: BrowserForgetRequest = {"op": "forget", "volume": volume, "inos": inos}
+        await self._tell_browser(request)
+
     async def refresh_browser(self) -> None:
         """Sets came or went: wait until the browser has made the kernel forget what it cached of
         them (a deleted set is then gone from every path at once; design §5.4)."""
+        request: BrowserRefreshRequest = {"op": "refresh"}
+        await self._tell_browser(request)
+
+    async def _tell_browser(self, request: BrowserRefreshRequest | BrowserForgetRequest) -> None:
         browser = self.browser
         if browser is None or browser.channel is None:
             return
-        request: BrowserRefreshRequest = {"op": "refresh"}
         try:
             await browser.channel.call(request, timeout=CALL_TIMEOUT)
         except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
-            log.error("snapshot browser did not refresh its sets: %s", exc)
+            log.error("snapshot browser did not %s: %s", request["op"], exc)
 
 
 # --- entry point ------------------------------------------------------------------------------------------

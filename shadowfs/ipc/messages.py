@@ -169,6 +169,7 @@ class DamageEvent(TypedDict):
     count: int
     paths: list[str]  # the first few
     cause: str
+    inos: list[int]  # the backing inodes marked (up to `DAMAGE_INOS`): the browser forgets them
 
 
 class SnapshotDeletedEvent(TypedDict):
@@ -205,6 +206,16 @@ class BrowserRefreshRequest(TypedDict):
     cache what is no longer true before it replies (`EmptyReply`)."""
 
     op: Literal["refresh"]
+
+
+class BrowserForgetRequest(TypedDict):
+    """Objects of `volume` were marked damaged: the browser makes the kernel forget what it
+    caches of them in every snapshot (their pages and attributes), so that a read reaches
+    the browser and fails with EIO. Reply: `EmptyReply`."""
+
+    op: Literal["forget"]
+    volume: str
+    inos: list[int]
 
 
 class BrowserStatusRequest(TypedDict):

@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 MOUNT_PROBE_TIMEOUT = 30.0
 MOUNT_CHECK_INTERVAL = 1.0
 DAMAGE_PATHS = 20  # paths named in one damage event (the mount's log names each)
+DAMAGE_INOS = 4096  # inodes named in one damage event, for the browser to forget
 DEFAULT_HOLD_TIMEOUT = 10.0
 
 
@@ -538,7 +539,8 @@ class MountService:
             return
         event: DamageEvent = {"event": "damage", "count": count,
                               "paths": [d.path or f"inode {d.ino}" for d in found[:DAMAGE_PATHS]],
-                              "cause": found[0].cause if found else ""}
+                              "cause": found[0].cause if found else "",
+                              "inos": [int(d.ino) for d in found[:DAMAGE_INOS]]}
         self.nursery.start_soon(self.tell_daemon, event)
 
 
