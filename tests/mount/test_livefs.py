@@ -869,18 +869,8 @@ def test_concurrent_changes_and_snapshot_instants(volume: LiveVolume) -> None:
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
-    manifests = {}
     try:
-        for _ in range(6):
-            time.sleep(0.15)
-            client.call("hold", timeout=10.0)
-            try:
-                manifest = backing_manifest(volume.backing_fd)
-                seq = client.call("commit", snapshot_id="c", set_id="c",
-                                  created="2026-01-01T00:00:00Z")["seq"]
-            finally:
-                client.call("release")
-            manifests[seq] = manifest
+        manifests = snapshots_while_running(client, volume, rounds=6, pause=0.15, hold_timeout=10.0)
     finally:
         stop.set()
         for thread in threads:
@@ -888,6 +878,23 @@ def test_concurrent_changes_and_snapshot_instants(volume: LiveVolume) -> None:
     assert not failures, failures
     for seq, expected in manifests.items():
         assert snapshot_manifest(volume, seq) == expected, seq
+
+
+def snapshots_while_running(client: MountClient, volume: LiveVolume, rounds: int, pause: float,
+                            hold_timeout: float) -> dict[int, dict[str, tuple[Any, ...]]]:
+    """Take `rounds` snapshots `pause` seconds apart while writers run; each one's oracle is the
+    backing tree read while changes were held, before its commit."""
+    manifests = {}
+    for _ in range(rounds):
+        time.sleep(pause)
+        client.call("hold", timeout=hold_timeout)
+        try:
+            manifest = backing_manifest(volume.backing_fd)
+            seq = client.call("commit", snapshot_id="c", set_id="c", created="2026-01-01T00:00:00Z")["seq"]
+        finally:
+            client.call("release")
+        manifests[seq] = manifest
+    return manifests
 
 
 def test_shared_mmap_writes_are_flushed_at_the_instant(separate_volume: LiveVolume) -> None:

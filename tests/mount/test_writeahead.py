@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 from shadowfs.live import writeahead
 from tests.mount import livefs_fixtures
 from tests.mount.livefs_fixtures import LiveVolume
-from tests.mount.test_livefs import backing_manifest, read, snapshot_manifest, write
+from tests.mount.test_livefs import read, snapshot_manifest, snapshots_while_running, write
 
 volume = livefs_fixtures.volume
 MiB = 1 << 20
@@ -63,18 +62,8 @@ def test_snapshots_between_windows_under_sequential_writers(volume: LiveVolume) 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
-    manifests = {}
     try:
-        for _ in range(6):
-            time.sleep(0.2)
-            client.call("hold", timeout=20.0)
-            try:
-                manifest = backing_manifest(volume.backing_fd)
-                seq = client.call("commit", snapshot_id="c", set_id="c",
-                                  created="2026-01-01T00:00:00Z")["seq"]
-            finally:
-                client.call("release")
-            manifests[seq] = manifest
+        manifests = snapshots_while_running(client, volume, rounds=6, pause=0.2, hold_timeout=20.0)
     finally:
         stop.set()
         for thread in threads:
