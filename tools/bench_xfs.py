@@ -44,6 +44,8 @@ def first_overwrite_xfs(bench: BenchLike, write_file: Callable[[Path, int, bytes
         native.mkdir()
         live.mkdir()
         bench.add_volume("xfs", live)
+        # the default limit (10% of this small image) is less than one overwrite captures
+        bench.cli("volume", "set", "xfs", "--max-diff-area", str(4 * size))
         try:
             chunk, other = os.urandom(MiB), os.urandom(MiB)
             write_file(native / "big", size, chunk)
