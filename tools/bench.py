@@ -12,6 +12,7 @@ timed at the daemon socket, without the CLI's process start-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -729,6 +730,12 @@ def main() -> int:
     bench = Bench(work, Sizes(args.quick), only)
     try:
         bench.run()
+    except BaseException:
+        kept = Path(f"{work}-daemon.log")  # the daemon's side of a failed run
+        with contextlib.suppress(OSError):
+            shutil.copyfile(work / "daemon.log", kept)
+            print(f"bench: the daemon's log of this run is kept in {kept}", file=sys.stderr)
+        raise
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)

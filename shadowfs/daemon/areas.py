@@ -84,6 +84,19 @@ class DiffAreaReader:
                     for r in snapshots]
                 return records, area.used_bytes(txn)
 
+    def snapshot_ids(self, names: list[str]) -> list[tuple[str, str, str]]:
+        """(volume, set id, snapshot id) of every snapshot of volumes `names`: all a new set is
+        checked against, without the sizes and damage counts `read_volume` adds."""
+        found: list[tuple[str, str, str]] = []
+        with self._lock:
+            for name in names:
+                area = self._area(name)
+                if area is None:
+                    continue
+                with area.read() as txn:
+                    found.extend((name, r.set_id, r.snapshot_id) for r in area.snapshot_list(txn))
+        return found
+
     def read_damage(self, name: str, seq: Seq) -> tuple[list[DamagedObject], int] | None:
         """(the objects damaged in snapshot `seq` of volume `name`, as many as fit in a reply; how
         many there are), or None if the snapshot does not exist."""

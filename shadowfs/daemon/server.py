@@ -89,6 +89,7 @@ import shadowfs
 from shadowfs import statedir
 from shadowfs.daemon import notify, requests
 from shadowfs.daemon.areas import DiffAreaReader
+from shadowfs.daemon.browserlink import BrowserLink
 from shadowfs.daemon.children import CALL_TIMEOUT, Child, wait_any
 from shadowfs.daemon.mounts import VolumeMounts
 from shadowfs.daemon.retention import Retention
@@ -108,8 +109,6 @@ from shadowfs.ipc.channel import Channel
 from shadowfs.ipc.frames import Frame, Message
 from shadowfs.ipc.messages import (
     BrowserEntry,
-    BrowserForgetRequest,
-    BrowserRefreshRequest,
     BrowserVolume,
     DeleteRequest,
     ShutdownReply,
@@ -156,8 +155,9 @@ class Daemon:
         self.browser: Child | None = None
         self.readers = DiffAreaReader(state_dir)
         self.volume_mounts = VolumeMounts(state_dir, self.table, self.backing_fds)
-        self.volume_mounts.on_snapshot_deleted = self.refresh_browser
-        self.volume_mounts.on_damage = self.forget_damaged
+        self.browser_link = BrowserLink(lambda: self.browser)
+        self.volume_mounts.on_snapshot_deleted = self.browser_link.refresh
+        self.volume_mounts.on_damage = self.browser_link.forget_damaged
         self.mounts = self.volume_mounts.children
         self._shutdown = trio.Event()
         self._unprotect = False
@@ -581,10 +581,13 @@ class Daemon:
 
     async def take_set(self, names: list[str], set_id: str, ids: dict[str, str],
                        created: str) -> TakenSet:
+        # on success the service refreshes the browser itself, beside its own last write
         try:
             return await self.snapshot_sets.take(names, set_id, ids, created)
-        finally:
-            await self.refresh_browser()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.refresh_browser()
+            raise
 
     async def delete_set(self, set_id: str) -> int:
         try:
@@ -594,6 +597,9 @@ class Daemon:
 
     async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         return await self._all_snapshots()
+
+    async def snapshot_ids(self) -> list[tuple[str, str, str]]:
+        return await trio.to_thread.run_sync(self.readers.snapshot_ids, sorted(self.table.volumes))
 
     async def op_snapshot_delete(self, request: Frame) -> SnapshotDeleteReply:
         checked = requests.snapshot_delete_request(request)
@@ -606,25 +612,8 @@ class Daemon:
             await self.service.prune()
         return {"deleted": deleted, "freed": freed}
 
-    async def forget_damaged(self, volume: str, inos: list[int]) -> None:
-        """Objects were marked damaged: the browser drops what the kernel caches of them."""
-        request: BrowserForgetRequest = {"op": "forget", "volume": volume, "inos": inos}
-        await self._tell_browser(request)
-
     async def refresh_browser(self) -> None:
-        """Sets came or went: wait until the browser has made the kernel forget what it cached of
-        them (a deleted set is then gone from every path at once; design §5.4)."""
-        request: BrowserRefreshRequest = {"op": "refresh"}
-        await self._tell_browser(request)
-
-    async def _tell_browser(self, request: BrowserRefreshRequest | BrowserForgetRequest) -> None:
-        browser = self.browser
-        if browser is None or browser.channel is None:
-            return
-        try:
-            await browser.channel.call(request, timeout=CALL_TIMEOUT)
-        except (frames.RemoteError, frames.CallTimeout, frames.ChannelClosed, OSError) as exc:
-            log.error("snapshot browser did not %s: %s", request["op"], exc)
+        await self.browser_link.refresh()
 
 
 # --- entry point ------------------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Channel:
         self._ids = itertools.count(1)
         self._pending: dict[Any, _Pending] = {}
         self._running = False
+        self._ended = False  # `run` has returned: the peer is gone for good
         self._closed = False
         self._events_send, self.events = trio.open_memory_channel[tuple[Frame, list[int]]](math.inf)
 
@@ -151,6 +152,8 @@ class Channel:
     async def call_fds(self, request: Message, fds: Sequence[int] = (),
                        timeout: float = 10.0) -> tuple[Frame, list[int]]:
         if not self._running:
+            if self._ended:  # a call racing the peer's exit: as for a call pending when it left
+                raise ChannelClosed("peer closed the connection")
             raise RuntimeError("Channel.call needs Channel.run running in a nursery")
         request_id = next(self._ids)
         pending = _Pending()
@@ -196,6 +199,7 @@ class Channel:
                     await self._dispatch(nursery, obj, fds, on_event, on_request)
         finally:
             self._running = False
+            self._ended = True
             self._fail_pending(ChannelClosed("peer closed the connection"))
             self._events_send.close()
         if failure is not None:

@@ -352,7 +352,9 @@ class ChangeWatch:
         try:
             return syscalls.open_by_handle(self.root_fd, handle.type, handle.data, os.O_PATH)
         except OSError as exc:
-            if exc.errno in (errno.ESTALE, errno.ENOENT):
+            # ENOMEM: Linux's answer (besides ESTALE) when it cannot connect a handle's inode to a
+            # path any more, as for a file unlinked between the event and this read
+            if exc.errno in (errno.ESTALE, errno.ENOENT, errno.ENOMEM):
                 return None
             if exc.errno == errno.EPERM:
                 raise WatchUnavailable(errno.EPERM, "open_by_handle_at needs CAP_DAC_READ_SEARCH: "

@@ -128,10 +128,13 @@ class LapseGuard:
         read_at = time.time()
         try:
             found = self._read()
-        except WatchOverflow:
+        except (WatchOverflow, OSError) as exc:
+            # events lost, or a batch that could not be read to its end: either way the scan finds
+            # what they would have marked (the mount must not die of a watcher error)
             since = self.record.lapse_start()
-            log.warning("volume %s: the change watcher lost events; scanning for changes since %s",
-                        self.volume, _utc(since) if since is not None else "the start")
+            log.warning("volume %s: the change watcher %s; scanning for changes since %s", self.volume,
+                        "lost events" if isinstance(exc, WatchOverflow) else f"failed ({exc})",
+                        _utc(since) if since is not None else "the start")
             await trio.to_thread.run_sync(self.catch_up, since)
             found = []
         if found:

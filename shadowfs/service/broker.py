@@ -126,6 +126,12 @@ class VolumeOps(Protocol):
     async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         """(volume, snapshot record) for every snapshot."""
 
+    async def snapshot_ids(self) -> list[tuple[str, str, str]]:
+        """(volume, set id, snapshot id) for every snapshot (cheaper than `snapshots`)."""
+
+    async def refresh_browser(self) -> None:
+        """Return once the snapshot browser shows the sets as they are now."""
+
 
 class Session:
     """One requester connection's view of the writers: whom it involved and what it must clean up."""
@@ -282,7 +288,7 @@ class Broker:
                     if set_id in session.auto_release:
                         session.auto_release.remove(set_id)
                 raise
-            await trio.to_thread.run_sync(self.sets.finish, set_id, taken.held_ms)
+            await self._finish(set_id, taken)
             if not context.involves_writers or protocol.document(request, "bcd") is None:
                 session.release(involved)  # no backup document: nothing follows PostSnapshot
         log.info("created snapshot set %s (%s) of %s with %d writer(s)", set_id, context.value,
@@ -323,14 +329,31 @@ class Broker:
 
     async def _check_limits(self, names: list[str], set_id: str, ids: dict[str, str]) -> None:
         counts: dict[str, int] = {}
-        for volume, record in await self.volumes.snapshots():
-            if record["set_id"] == set_id or record["snapshot_id"] in ids.values():
+        for volume, known_set, known_snapshot in await self.volumes.snapshot_ids():
+            if known_set == set_id or known_snapshot in ids.values():
                 raise frames.RequestError(f"snapshot set {set_id} or one of its snapshot ids exists already")
             counts[volume] = counts.get(volume, 0) + 1
         for name in names:
             if counts.get(name, 0) >= self.max_snapshots:
                 raise frames.RequestError(f"volume {name} already has {counts[name]} snapshots, the most "
                                        f"allowed ({self.max_snapshots}); delete some first")
+
+    async def _finish(self, set_id: str, taken: TakenSet) -> None:
+        """Record the set as whole and have the browser show it, both before the reply: side by
+        side, as neither needs the other (each waits on a different disk or process)."""
+        failed: list[Exception] = []
+
+        async def finish() -> None:
+            try:
+                await trio.to_thread.run_sync(self.sets.finish, set_id, taken.held_ms)
+            except Exception as exc:  # noqa: BLE001 - raised below, unwrapped from the nursery's group
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.volumes.refresh_browser)  # logs its own failures, never raises
+            nursery.start_soon(finish)
+        if failed:
+            raise failed[0]
 
     async def _involved(self, session: Session, request: Frame, wanted: bool | list[Any],
                         roots: list[str], timeout: float) -> list[WriterRecord]:

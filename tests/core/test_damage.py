@@ -9,6 +9,7 @@ import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lmdb
@@ -22,6 +23,7 @@ from shadowfs.diffarea.area import DiffArea, DiffAreaError
 from shadowfs.diffarea.schema import BLOCK_SIZE, BackingIno, DamageRecord, Seq
 from shadowfs.errors import BackupJobError
 from shadowfs.ipc import frames
+from shadowfs.live.lapse import LapseGuard
 from shadowfs.snapshot import changes
 from shadowfs.snapshot.readers import ViewReader
 from shadowfs.snapshot.view import SnapshotView
@@ -60,6 +62,23 @@ def area(tmp_path: Path) -> Any:
 
 
 # ---- the marks --------------------------------------------------------------------------------------
+
+
+async def test_a_watcher_that_fails_mid_batch_is_answered_by_a_scan(area: DiffArea,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of the change watcher that fails (here as open_by_handle_at did once, ENOMEM) must not
+    end the mount process: what the batch held is found by a scan since the lapse's start."""
+    class FailingWatch:
+        def read(self, ignore_pids: object) -> list[object]:
+            raise OSError(errno.ENOMEM, "open_by_handle_at(handle type 1): Cannot allocate memory")
+
+    record = SimpleNamespace(lapse_start=lambda: 1234.5, heartbeat=lambda at: None)
+    guard = LapseGuard("v", area, committer=None, root_fd=-1, backing="/nowhere",  # type: ignore[arg-type]
+                       watch=FailingWatch(), record=record)  # type: ignore[arg-type]
+    scans: list[float | None] = []
+    monkeypatch.setattr(guard, "catch_up", lambda since: scans.append(since) or 0)
+    await guard.handle_pending()
+    assert scans == [1234.5]
 
 
 def test_no_snapshot_no_mark(area: DiffArea) -> None:

@@ -279,6 +279,9 @@ async def test_call_timeout_and_peer_close() -> None:
         nursery.start_soon(close_soon)
         with pytest.raises(frames.ChannelClosed):
             await client.call({"op": "commit"}, timeout=5)
+    # run has ended with the peer: a later call is told the same, not that run is missing
+    with pytest.raises(frames.ChannelClosed, match="peer closed"):
+        await client.call({"op": "release"})
     client.close()
 
 
