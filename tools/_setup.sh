@@ -9,7 +9,7 @@
 SHADOWFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHADOWFS_VENV="$SHADOWFS_ROOT/.venv"
 SHADOWFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-dev python3-venv gcc patch rsync attr acl
-                       xfsprogs btrfs-progs)
+                       xfsprogs btrfs-progs restic borgbackup)
 
 shadowfs_log() { echo "shadowfs setup: $*" >&2; }
 

@@ -353,5 +353,28 @@ class ShownVolumes:
         return self.set_of_node(set_node_of(node), sets)
 
 
+
+
+def open_one_snapshot(diff_area: str, seq: Seq, backing_fd: int) -> SnapshotView:
+    """A view of snapshot `seq` alone (`browser.exposed`): the diff area opened read-only, the
+    volume's backing root `backing_fd` (kept open by the caller). DiffAreaError if the diff area
+    cannot be opened or holds no such snapshot; `close_one_snapshot` undoes it."""
+    area = DiffArea.open(diff_area, readonly=True)
+    try:
+        with area.read() as txn:
+            if not area.has_snapshot(txn, seq):
+                raise DiffAreaError(f"no snapshot with sequence {seq} in {diff_area}")
+        area.attach_backing(backing_fd)  # a blocks.dat kept on the volume is reached through it
+        return SnapshotView(area, LiveObjects(backing_fd), seq)
+    except BaseException:
+        area.close()
+        raise
+
+
+def close_one_snapshot(view: SnapshotView) -> None:
+    view.live.close()
+    view.area.close()
+
+
 __all__ = ["AREA_RETRY_SECONDS", "BrowserVolume", "ShownVolumes", "SnapshotSet", "by_time_names",
-           "parse_created"]
+           "close_one_snapshot", "open_one_snapshot", "parse_created"]
