@@ -48,7 +48,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from shadowfs import fuse_adapter
+from shadowfs import fuse_adapter, logsetup
 from shadowfs.browser.nodes import MAX_VOLUME_INDEX
 from shadowfs.browser.ops import FSNAME, MAX_WORKER_THREADS, BrowserOperations
 from shadowfs.ipc import frames
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.threads <= MAX_WORKER_THREADS:
         parser.error(f"--threads must be in 0..{MAX_WORKER_THREADS}")
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="shadowfs browser[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logsetup.configure("shadowfs-browser", logging.DEBUG if args.debug else None)
     return trio.run(run, args.control_fd, os.path.abspath(args.mount), args.threads)
 
 

@@ -39,6 +39,14 @@ NO_WRITER_CONTEXTS = ("client_accessible", "nas_rollback", "file_share_backup")
 
 def cmd_snapshot_create(args: argparse.Namespace) -> int:
     names = [statedir.validate_volume_name(n) for n in args.volumes]
+    if args.all:
+        if names:
+            raise CliError("give volume names or --all, not both")
+        names = [v["name"] for v in request(state_of(args), {"op": "volume_list"})["volumes"]]
+        if not names:
+            raise CliError("no volume is protected: nothing to snapshot (shadowfs volume add NAME PATH)")
+    elif not names:
+        raise CliError("name the volumes of the set, or give --all")
     context = args.context or ("client_accessible" if args.writers is False else "client_accessible_writers")
     if context in AUTO_RELEASE_CONTEXTS:
         raise CliError(f"context {context} is auto-release: its snapshots would be deleted as soon as this "
@@ -49,6 +57,8 @@ def cmd_snapshot_create(args: argparse.Namespace) -> int:
                                   "writers": context not in NO_WRITER_CONTEXTS and args.writers is not False}
     if args.freeze_timeout is not None:
         obj["freeze_timeout"] = args.freeze_timeout
+    if args.label is not None:
+        obj["label"] = args.label
     reply = request(state_of(args), obj)
     if args.json:
         print_json(reply)
@@ -132,7 +142,7 @@ def cmd_snapshot_prune(args: argparse.Namespace) -> int:
                        "would be kept, so nothing is pruned")
     volume = None if args.volume is None else statedir.validate_volume_name(args.volume)
     prune: SnapshotPruneRequest = {"op": "snapshot_prune", "keep": keep, "volume": volume,
-                                   "dry_run": args.dry_run}
+                                   "label": args.label, "dry_run": args.dry_run}
     reply = request(state_of(args), prune)
     if args.json:
         print_json(reply)
@@ -163,7 +173,8 @@ def add_parser(commands: Subcommands) -> None:
                           "snapshot_command")
     screate = add_command(snapshots, "create", cmd_snapshot_create,
                           "take one snapshot set: every named volume at the same instant")
-    screate.add_argument("volumes", metavar="VOLUME", nargs="+")
+    screate.add_argument("volumes", metavar="VOLUME", nargs="*")
+    screate.add_argument("--all", action="store_true", help="every protected volume, in one set")
     screate.add_argument("--writers", dest="writers", action="store_true", default=None,
                          help="freeze the writers whose files lie on these volumes (the default)")
     screate.add_argument("--no-writers", dest="writers", action="store_false",
@@ -174,6 +185,9 @@ def add_parser(commands: Subcommands) -> None:
     screate.add_argument("--freeze-timeout", type=float, metavar="SECONDS",
                          help="abort the set if a writer does not freeze within this time (default: each "
                               "writer's own, 60 s)")
+    screate.add_argument("--label", metavar="LABEL",
+                         help="name the job that makes this set (letters, digits, . _ -), e.g. timeline; "
+                              "`snapshot prune --label` then prunes only such sets")
     add_command(snapshots, "list", cmd_snapshot_list, "list snapshots")
     sdelete = add_command(snapshots, "delete", cmd_snapshot_delete,
                           "delete a snapshot, or every snapshot of a set")
@@ -195,6 +209,9 @@ def add_parser(commands: Subcommands) -> None:
                             help=f"keep the {period}" if rule == "last" else
                             f"keep the newest snapshot of each of the N {period} that have one (local time)")
     sprune.add_argument("--volume", metavar="NAME", help="prune only this volume's snapshots")
+    sprune.add_argument("--label", metavar="LABEL",
+                        help="prune only sets created with this --label (others are neither kept nor "
+                             "removed)")
     sprune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     sdamage = add_command(snapshots, "damage", cmd_snapshot_damage,
                           "list the objects damaged in a snapshot: changed while protection had lapsed, "

@@ -23,6 +23,7 @@ from shadowfs.ipc.messages import (
     VolumeRemoveRequest,
     VolumeSetRequest,
 )
+from shadowfs.service import protocol
 from shadowfs.statedir import Volume
 
 
@@ -98,7 +99,7 @@ def snapshot_prune_request(request: Frame) -> SnapshotPruneRequest:
                            "daily": counts["daily"], "weekly": counts["weekly"],
                            "monthly": counts["monthly"], "yearly": counts["yearly"]}
     return {"op": "snapshot_prune", "keep": checked, "volume": optional_text(request, "volume"),
-            "dry_run": flag(request, "dry_run")}
+            "label": protocol.label(request), "dry_run": flag(request, "dry_run")}
 
 
 def volume_set_request(request: Frame) -> VolumeSetRequest:

@@ -139,8 +139,11 @@ class Retention:
             raise frames.RequestError(str(exc)) from None
         everything = await self._all_snapshots()
         wanted_volume = request["volume"]  # known to the daemon (checked by the caller)
+        wanted_label = request.get("label")
         by_volume: dict[str, list[SnapshotRow]] = {}
         for volume, record in everything:
+            if wanted_label is not None and self._label_of(record["set_id"]) != wanted_label:
+                continue  # another job's set: neither kept nor removed by this prune
             if wanted_volume is None or volume == wanted_volume:
                 by_volume.setdefault(volume, []).append(record)
         reply: SnapshotPruneReply = {"keep": [], "remove": [], "dry_run": request["dry_run"], "freed": 0}
@@ -161,6 +164,9 @@ class Retention:
                                          "volume": volume, "created": record["created"], "reasons": reasons}
                 reply["keep" if reasons else "remove"].append(entry)
         return reply
+
+    def _label_of(self, set_id: str) -> str | None:
+        return self._daemon.service.snapshot_extra(set_id)["label"]
 
     async def _delete(self, volume: str, record: SnapshotRow) -> int | None:
         """Delete one snapshot without force: bytes freed, or None when it is held by now."""

@@ -342,6 +342,7 @@ class SnapshotEntry(TypedDict):
     damaged_objects: int  # objects that changed while protection had lapsed: reading them fails (EIO)
     context: str
     attributes: int  # VSS_VOLSNAP_ATTR_* bits
+    label: str | None  # `snapshot create --label`, else None
     held: str | None  # held since (UTC; `snapshot hold`), else None
 
 
@@ -425,6 +426,7 @@ class SnapshotPruneRequest(TypedDict):
     protocol: NotRequired[str]
     keep: KeepCounts
     volume: str | None
+    label: NotRequired[str | None]  # only sets made with this label (the others are not looked at)
     dry_run: bool
 
 

@@ -185,6 +185,7 @@ class SnapshotCreateRequest(SequenceFields):
     writers: NotRequired[bool | list[str]]
     freeze_timeout: NotRequired[float]
     event_timeout: NotRequired[float]
+    label: NotRequired[str]  # names the job that made the set (`snapshot prune --label`)
     set_id: NotRequired[str]
     snapshot_ids: NotRequired[dict[str, str]]
 

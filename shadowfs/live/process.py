@@ -39,7 +39,7 @@ import sys
 import pyfuse3
 import trio
 
-from shadowfs import fuse_adapter
+from shadowfs import fuse_adapter, logsetup
 from shadowfs.capture.graveyard import prepare_graveyard
 from shadowfs.diffarea.schema import GRAVEYARD, HIDDEN_DIR
 from shadowfs.errors import StartupError, TakeOverError
@@ -272,9 +272,7 @@ def _handoff_fds(service: MountService, root_fd: int) -> list[tuple[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO,
-        format=f"%(asctime)s shadowfs-mount[{args.volume}] %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(f"shadowfs-mount[{args.volume}]")
     try:
         return run(args)
     except StartupError as exc:

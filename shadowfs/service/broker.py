@@ -261,6 +261,7 @@ class Broker:
         event_timeout = protocol.seconds(request, "event_timeout", protocol.EVENT_TIMEOUT)
         freeze_timeout = protocol.seconds(request, "freeze_timeout", None)
         set_id = protocol.guid(request, "set_id", optional=True) or str(uuid.uuid4())
+        label = protocol.label(request)
         assert event_timeout is not None
         async with self.volumes.mutation:
             self.volumes.check_ready(names)
@@ -274,7 +275,7 @@ class Broker:
             created = statedir.utc_now()
             writer_ids = [r.identity.instance_id for r in involved]
             await trio.to_thread.run_sync(self.sets.begin, set_id, context, created, session.pid, names,
-                                          writer_ids)
+                                          writer_ids, label)
             if context.auto_release:
                 session.auto_release.append(set_id)
             payload = self.payload(session, {**request, "context": context.value}, roots)

@@ -48,6 +48,7 @@ class SnapshotExtra(TypedDict):
 
     context: str
     attributes: int
+    label: str | None
 
 
 class Service:
@@ -183,7 +184,7 @@ class Service:
     def snapshot_extra(self, set_id: str) -> SnapshotExtra:
         """Fields the daemon adds to each `snapshot_list` entry."""
         context, attributes = self.sets.context_of(set_id)
-        return {"context": context.value, "attributes": attributes}
+        return {"context": context.value, "attributes": attributes, "label": self.sets.label_of(set_id)}
 
     async def prune(self) -> None:
         """Forget `sets.json` entries of finished sets that have no snapshot left (hold `mutation`)."""

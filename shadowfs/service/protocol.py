@@ -155,6 +155,22 @@ def text(request: frames.Frame, name: str, *, default: str | None = None, limit:
     return value
 
 
+LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_LABEL = 64
+
+
+def label(request: frames.Frame, name: str = "label") -> str | None:
+    """An optional set label: 1..64 of letters, digits, '.', '_' and '-' (it names the sets one job
+    made, as `timeline` for the snapshot timer, so that job prunes only its own)."""
+    value = request.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL or set(value) - LABEL_CHARS:
+        raise frames.RequestError(f"request field {name!r} must be a label of 1 to {MAX_LABEL} letters, "
+                                  f"digits, '.', '_' or '-', not {value!r}")
+    return value
+
+
 def guid(request: frames.Frame, name: str, *, optional: bool = False) -> str | None:
     """A UUID field in canonical lower-case form."""
     value = request.get(name)

@@ -6,7 +6,7 @@ set is auto-release survive a daemon restart.
 
 Layout: {"version": 1, "sets": {SET_ID: {"context", "attributes", "created",
 "state": "creating"|"done", "auto_release": bool, "owner_pid", "volumes",
-"writers", "held_ms": {VOLUME: ms} once done}}}.
+"writers", "label" (only if given), "held_ms": {VOLUME: ms} once done}}}.
 
 Invariants:
 - An entry is written ("creating") before the set's first snapshot is
@@ -66,12 +66,18 @@ class SetStore:
             statedir.write_json_atomic(self.path, {"version": VERSION, "sets": self.sets})
 
     def begin(self, set_id: str, context: SnapshotContext, created: str, owner_pid: int | None,
-              volumes: list[str], writers: list[str]) -> None:
+              volumes: list[str], writers: list[str], label: str | None = None) -> None:
         self.sets[set_id] = {"context": context.value, "attributes": int(context_attributes(context)),
                              "created": created, "state": "creating",
                              "auto_release": context.auto_release, "owner_pid": owner_pid,
                              "volumes": volumes, "writers": writers}
+        if label is not None:
+            self.sets[set_id]["label"] = label
         self.save()
+
+    def label_of(self, set_id: str) -> str | None:
+        label = self.sets.get(set_id, {}).get("label")
+        return label if isinstance(label, str) else None
 
     def finish(self, set_id: str, held_ms: dict[str, float] | None = None) -> None:
         """Mark the set whole; `held_ms` (volume -> how long its changes were held) is kept with it."""

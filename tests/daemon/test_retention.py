@@ -110,3 +110,29 @@ def test_the_limit_deletes_the_oldest_unheld_snapshot_and_resize_applies_at_once
     assert daemon.cli("volume", "list", "--json")[0]["max_diff_area_bytes"] == 1 << 20
     assert "invalid size" in cli_error(daemon, "volume", "set", "a", "--max-diff-area", "lots", code=2)
     assert "unknown volume" in cli_error(daemon, "volume", "set", "nope", "--max-diff-area", "1G", code=2)
+
+
+def test_a_labelled_prune_leaves_every_other_set_alone(daemon: DaemonRun) -> None:
+    """What the timeline timer runs: sets made with --label timeline, pruned with --label timeline;
+    a set a person made (no label, or another) is neither kept nor removed by it."""
+    a = daemon.add_volume("a")
+    daemon.add_volume("b")
+    daemon.wait_ready()
+    timeline = []
+    for n in range(3):
+        (a / "f").write_text(str(n))
+        timeline.append(daemon.cli("snapshot", "create", "--all", "--label", "timeline", "--json"))
+    mine = daemon.snapshot("a")
+    other = daemon.cli("snapshot", "create", "a", "--label", "nightly", "--json")
+    labels = {s["set_id"]: s["label"] for s in daemon.cli("snapshot", "list", "--json")}
+    assert labels == {**{t["set_id"]: "timeline" for t in timeline}, mine["set_id"]: None,
+                      other["set_id"]: "nightly"}
+    assert {s["volume"] for s in timeline[0]["snapshots"]} == {"a", "b"}  # --all: every volume
+    pruned = daemon.cli("snapshot", "prune", "--label", "timeline", "--keep-last", "1", "--json")
+    assert {r["set_id"] for r in pruned["remove"]} == {t["set_id"] for t in timeline[:2]}
+    assert {k["set_id"] for k in pruned["keep"]} == {timeline[2]["set_id"]}
+    assert set(labels) - {t["set_id"] for t in timeline[:2]} == {
+        s["set_id"] for s in daemon.cli("snapshot", "list", "--json")}
+    assert "must be a label" in cli_error(daemon, "snapshot", "create", "a", "--label", "no spaces",
+                                          code=2)
+    assert "name the volumes" in cli_error(daemon, "snapshot", "create", code=2)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "shadowfs"
 
 # Each top-level part of the package and its layer: a part may import its own layer and the ones below.
 LAYERS: dict[str, int] = {
-    "errors": 0, "manifest": 0,
+    "errors": 0, "manifest": 0, "logsetup": 0,
     "linux": 1,
     "diffarea": 2,
     "capture": 3, "snapshot": 3,
