@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, add_group, media_of
 from shadowfs.cli.output import print_json, print_table, size
+from shadowfs.cli.progress import Progress
 from shadowfs.errors import EXIT_OK, EXIT_PROBLEMS
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ def cmd_media_verify(args: argparse.Namespace) -> int:
     from shadowfs.media.reader import image_names
 
     store = media_of(args)
-    problems = media.verify(store, args.image)
+    progress = Progress("verify", json_lines=args.json)
+    problems = media.verify(store, args.image, progress)
+    progress.done()
     count = 1 if args.image else len(image_names(store))
     if args.json:
         print_json({"ok": not problems, "images": count,

@@ -80,13 +80,12 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 
 import trio
 
 import shadowfs
-from shadowfs import statedir
+from shadowfs import logsetup, statedir
 from shadowfs.daemon import notify, requests
 from shadowfs.daemon.areas import DiffAreaReader
 from shadowfs.daemon.browserlink import BrowserLink
@@ -619,9 +618,11 @@ class Daemon:
 # --- entry point ------------------------------------------------------------------------------------------
 
 
-def setup_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+def setup_logging(level: str | None = None) -> None:
+    """The daemon logs at `level` (a `logsetup.LEVELS` name), and so do the children it starts."""
+    if level is not None:
+        os.environ[logsetup.LEVEL_ENV] = level
+    logsetup.configure("shadowfs-daemon")
 
 
 def open_listener(path: str) -> socket.socket:
@@ -655,12 +656,15 @@ def max_snapshots_setting(arg: int | None) -> int:
 
 
 def run(state_arg: str | None = None, mount_root_arg: str | None = None,
-        max_snapshots: int | None = None) -> int:
+        max_snapshots: int | None = None, log_level: str | None = None) -> int:
     """`shadowfs daemon`: serve until SIGTERM/SIGINT; raises ConfigError for bad state."""
+    if os.geteuid() != 0:
+        raise ConfigError("shadowfs daemon needs root: it mounts FUSE filesystems and opens the volumes' "
+                          "files by handle (CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH); run it as root")
     state_dir = statedir.resolve_state_dir(state_arg)
     mount_root = statedir.resolve_mount_root(mount_root_arg, state_dir)
     cap = max_snapshots_setting(max_snapshots)
-    setup_logging()
+    setup_logging(log_level)
     statedir.prepare_state_dir(state_dir)
     with statedir.DaemonLock(state_dir):
         daemon = Daemon(state_dir, mount_root, cap)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -73,7 +74,8 @@ def connect(state_dir: str, timeout: float = REQUEST_TIMEOUT) -> socket.socket:
         raise DaemonNotRunning(f"shadowfs daemon is not running on state {state_dir}") from None
     except PermissionError:
         sock.close()
-        raise AccessDenied(f"permission denied: cannot connect to {path}") from None
+        hint = "" if os.geteuid() == 0 else " (the daemon's socket is for root and its group: run as root)"
+        raise AccessDenied(f"permission denied: cannot connect to {path}{hint}") from None
     except OSError as exc:  # a full backlog past the timeout, a path too long for a socket...
         sock.close()
         raise PeerUnreachable(f"cannot connect to the shadowfs daemon at {path}: "

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from shadowfs.media import layout, stateindex
 from shadowfs.media.layout import MediaError
@@ -39,7 +41,26 @@ class Problem:
             f"image {self.image}: {self.message}"
 
 
-def _hash_file(path: str) -> tuple[int, str]:
+class Tally:
+    """How far a verification got (files checked, bytes read), told to an optional progress callback
+    as ``{"files", "bytes", "path"}``."""
+
+    def __init__(self, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.progress = progress
+        self.files = 0
+        self.bytes = 0
+
+    def read(self, count: int, path: str) -> None:
+        self.bytes += count
+        if self.progress is not None:
+            self.progress({"files": self.files, "bytes": self.bytes, "path": path})
+
+    def checked(self, path: str) -> None:
+        self.files += 1
+        self.read(0, path)
+
+
+def _hash_file(path: str, tally: Tally) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -47,12 +68,14 @@ def _hash_file(path: str) -> tuple[int, str]:
         while chunk := os.read(fd, READ_CHUNK):
             digest.update(chunk)
             size += len(chunk)
+            tally.read(len(chunk), path)
     finally:
         os.close(fd)
+    tally.checked(path)
     return size, digest.hexdigest()
 
 
-def _check_files(image: Image) -> list[str]:
+def _check_files(image: Image, tally: Tally) -> list[str]:
     """Problems with the files of an image: missing, extra, wrong size or checksum."""
     problems = []
     on_disk: set[str] = set()
@@ -74,7 +97,7 @@ def _check_files(image: Image) -> list[str]:
         if rel not in on_disk:
             problems.append(f"{rel}: missing")
             continue
-        size, sha = _hash_file(image.file_path(rel))
+        size, sha = _hash_file(image.file_path(rel), tally)
         if size != item["size"]:
             problems.append(f"{rel}: size {size}, expected {item['size']} (truncated or damaged)")
         elif sha != item["sha256"]:
@@ -82,7 +105,7 @@ def _check_files(image: Image) -> list[str]:
     return problems
 
 
-def _check_blobs(image: Image, records: list[Record], images: dict[str, Image]) -> list[str]:
+def _check_blobs(image: Image, records: list[Record], images: dict[str, Image], tally: Tally) -> list[str]:
     problems = []
     checked: set[tuple[str, int, int, int, str]] = set()
     for record in records:
@@ -96,21 +119,24 @@ def _check_blobs(image: Image, records: list[Record], images: dict[str, Image]) 
         if key in checked:
             continue
         checked.add(key)
+        label = f"{record.volume}:{record.path}"
         try:
-            for _ in owner.blob(data, label=f"{record.volume}:{record.path}"):
-                pass
+            for chunk in owner.blob(data, label=label):
+                tally.read(len(chunk), label)
         except MediaError as exc:
             problems.append(str(exc))
+        tally.checked(label)
     return problems
 
 
-def verify_image(media: str, image_id: str) -> list[Problem]:
+def verify_image(media: str, image_id: str, tally: Tally | None = None) -> list[Problem]:
     """Every problem with one image and its chain (an empty list: the image is sound)."""
+    tally = tally if tally is not None else Tally()
     try:
         image = Image(media, image_id)
     except MediaError as exc:
         return [Problem(image_id, str(exc))]
-    problems = [Problem(image_id, f"image {image_id}: {p}") for p in _check_files(image)]
+    problems = [Problem(image_id, f"image {image_id}: {p}") for p in _check_files(image, tally)]
     images: dict[str, Image] = {image_id: image}
     for earlier in image.info.chain:
         try:
@@ -121,7 +147,7 @@ def verify_image(media: str, image_id: str) -> list[Problem]:
         own = list(image.records())
     except MediaError as exc:
         return problems + [Problem(image_id, str(exc))]
-    problems += [Problem(image_id, p) for p in _check_blobs(image, own, images)]
+    problems += [Problem(image_id, p) for p in _check_blobs(image, own, images, tally)]
     if len(images) <= len(image.info.chain):
         return problems  # a chain image is missing: reported above
     problems += [Problem(image_id, p) for p in _check_chain_order(image, images)]
@@ -168,14 +194,17 @@ def _check_chain_order(image: Image, images: dict[str, Image]) -> list[str]:
     return problems
 
 
-def verify(media: str, image_id: str | None = None) -> list[Problem]:
-    """Problems with one image (and its chain), or with every image on the media."""
+def verify(media: str, image_id: str | None = None,
+           progress: Callable[[dict[str, Any]], None] | None = None) -> list[Problem]:
+    """Problems with one image (and its chain), or with every image on the media; `progress` is told
+    ``{"files", "bytes", "path"}`` as files and blobs are read."""
+    tally = Tally(progress)
     if image_id is not None:
         layout.check_image_id(image_id)
-        return verify_image(media, image_id)
+        return verify_image(media, image_id, tally)
     problems: list[Problem] = []
     for name in image_names(media):
-        problems += verify_image(media, name)
+        problems += verify_image(media, name, tally)
     return problems
 
 

@@ -49,6 +49,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
@@ -74,11 +75,12 @@ class InodeDelta:
 
 @dataclass
 class ObjectChanges:
-    """Every object with a pre-image keyed in [base, new), with its value at base."""
+    """Every object with a pre-image keyed in [base, new), with its value at base (`new` None:
+    up to now, for a diff against the live tree)."""
 
     area: DiffArea
     base: Seq
-    new: Seq
+    new: Seq | None
     inodes: dict[BackingIno, InodeDelta] = field(default_factory=dict)
     entries: dict[tuple[BackingIno, str], DirentRecord] = field(default_factory=dict)
 
@@ -97,13 +99,14 @@ class ObjectChanges:
         return out
 
 
-def scan(area: DiffArea, base: Seq, new: Seq) -> ObjectChanges:
-    """The candidates between snapshots `base` and `new` (both must exist, base < new)."""
+def scan(area: DiffArea, base: Seq, new: Seq | None) -> ObjectChanges:
+    """The candidates between snapshots `base` and `new` (both must exist, base < new), or with
+    `new` None between `base` and now: every object changed through the live mount since."""
     with area.read() as txn:
         for seq in (base, new):
-            if area.snapshot(txn, seq) is None:
+            if seq is not None and area.snapshot(txn, seq) is None:
                 raise DiffAreaError(f"{area.path}: no snapshot with sequence {seq}")
-        if base >= new:
+        if new is not None and base >= new:
             raise DiffAreaError(f"base snapshot {base} is not older than {new}")
         damaged = area.damage_count(txn, base)
         if damaged:  # changed without pre-images: the keys below would not name them
@@ -115,7 +118,7 @@ def scan(area: DiffArea, base: Seq, new: Seq) -> ObjectChanges:
         found = cursor.set_range(schema.u64(base))
         while found:
             seq, obj = schema.split_bysnap_key(cursor.key())
-            if seq >= new:
+            if new is not None and seq >= new:
                 break
             tag = obj[:1]
             if tag == b"A":
@@ -244,14 +247,20 @@ def tree_from_map(by_path: Mapping[str, tuple[BackingIno, int]]) -> Tree:
     return tree
 
 
-def walk_tree(reader: SnapshotReader, root: BackingIno) -> Tree:
-    """The whole directory structure of a snapshot (every directory listed once)."""
+def walk_tree(reader: SnapshotReader, root: BackingIno,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> Tree:
+    """The whole directory structure of a snapshot (every directory listed once); `progress` is
+    told after each directory how many entries were seen (``{"files", "bytes": 0, "path"}``)."""
     tree = Tree(root)
     queue: deque[tuple[BackingIno, str]] = deque([(root, "")])
+    seen = 0
     while queue:
         dir_ino, dir_path = queue.popleft()
         kids = {name: (ino, kind) for name, ino, kind in reader.listdir(dir_ino, dir_path)}
         tree.children[dir_ino] = kids
+        seen += len(kids)
+        if progress is not None:
+            progress({"files": seen, "bytes": 0, "path": dir_path})
         for name, (ino, kind) in sorted(kids.items()):
             if kind == stat.S_IFDIR and ino not in tree.children:
                 queue.append((ino, join(dir_path, name)))

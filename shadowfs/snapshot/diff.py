@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from shadowfs.diffarea.schema import KIND_OF_FMT, BackingIno
@@ -51,10 +52,12 @@ def _kinds(tree: Tree) -> dict[BackingIno, str]:
 
 
 def diff_snapshots(changes: ObjectChanges, reader_a: SnapshotReader, reader_b: SnapshotReader,
-                   root: BackingIno, tree_a: Tree | None = None) -> list[dict[str, Any]]:
-    """Every change from snapshot `changes.base` (reader_a) to `changes.new` (reader_b), sorted by path."""
+                   root: BackingIno, tree_a: Tree | None = None,
+                   progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Every change from snapshot `changes.base` (reader_a) to `changes.new` (reader_b), sorted by path.
+    `progress` follows the walk of snapshot A's tree, the part that takes time."""
     if tree_a is None:
-        tree_a = walk_tree(reader_a, root)
+        tree_a = walk_tree(reader_a, root, progress)
     tree_b = tree_at_new(tree_a, changes, reader_b)
     entries_a, entries_b = _entry_paths(tree_a), _entry_paths(tree_b)
     kinds_a, kinds_b = _kinds(tree_a), _kinds(tree_b)

@@ -109,3 +109,15 @@ def test_second_daemon_on_a_locked_state_dir(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_user_without_root_is_told_root_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The daemon refuses to start without root, saying so (not a filesystem error later on); the
+    uid is pretended here: this machine's interpreter is not readable by another user."""
+    from shadowfs.cli.main import main
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["daemon", "--state", str(tmp_path / "state")]) == 2
+    assert "shadowfs: shadowfs daemon needs root" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # refused before anything was made

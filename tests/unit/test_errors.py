@@ -292,7 +292,12 @@ def test_damaged_media_exits_1(tmp_path: Path) -> None:
     (tmp_path / "src" / "f").write_bytes(b"data" * 100)
     media = str(tmp_path / "media")
     image = backup(BackupRequest(media, {"vol": VolumeSource(str(tmp_path / "src"))}, "full"))
-    assert shadowfs("media", "verify", "--media", media).returncode == 0
+    sound = shadowfs("media", "verify", "--media", media, "--json")
+    assert sound.returncode == 0
+    # progress as backup gives it: JSON lines on stderr, the last one says how much was read
+    last = json.loads(sound.stderr.splitlines()[-1])
+    assert last["progress"] == "verify" and last["done"] is True
+    assert last["files"] >= 3 and last["bytes"] >= 400  # image.json, manifest, pack, the file's blob
     with open(os.path.join(media, image, "data", "000000.pack"), "r+b") as pack:
         pack.write(b"X")
     result = shadowfs("media", "verify", "--media", media, "--json")
