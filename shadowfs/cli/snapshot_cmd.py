@@ -1,5 +1,5 @@
-"""`shadowfs snapshot create | list | delete | damage | hold | release | prune`: snapshot sets
-taken, kept and deleted through the daemon.
+"""`shadowfs snapshot create | list | delete | damage | hold | release | prune | expose |
+unexpose`: snapshot sets taken, kept, shown and deleted through the daemon.
 
 One job: turn the command line into `snapshot_create`, `snapshot_list`,
 `snapshot_delete`, `snapshot_damage`, `snapshot_hold`, `snapshot_release` and
@@ -12,6 +12,7 @@ hold) is `SetAborted`, exit 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,10 @@ from shadowfs.ipc.client import request
 from shadowfs.ipc.messages import (
     KeepCounts,
     SnapshotDamageRequest,
+    SnapshotExposeRequest,
     SnapshotHoldRequest,
     SnapshotPruneRequest,
+    SnapshotUnexposeRequest,
 )
 from shadowfs.ipc.vss_messages import SnapshotCreateRequest
 
@@ -81,9 +84,12 @@ def cmd_snapshot_list(args: argparse.Namespace) -> int:
         print_json(snapshots)
         return 0
     damaged = any(s["damaged_objects"] for s in snapshots)  # a column only when some snapshot has any
-    headers = ["SET", "SNAPSHOT", "VOLUME", "CREATED", "DIFF AREA", *(["DAMAGED"] if damaged else []), "PATH"]
+    exposed = any(s["exposed"] for s in snapshots)  # the same
+    headers = ["SET", "SNAPSHOT", "VOLUME", "CREATED", "DIFF AREA", *(["DAMAGED"] if damaged else []), "PATH",
+               *(["EXPOSED AT"] if exposed else [])]
     print_table(headers, [[s["set_id"], s["id"], s["volume"], s["created"], size(s["diff_area_bytes"]),
-                           *([s["damaged_objects"] or "-"] if damaged else []), s["path"]]
+                           *([s["damaged_objects"] or "-"] if damaged else []), s["path"],
+                           *([", ".join(s["exposed"]) or "-"] if exposed else [])]
                           for s in snapshots])
     if damaged:
         print("damaged objects changed while protection had lapsed: reading them fails "
@@ -157,6 +163,28 @@ def cmd_snapshot_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot_expose(args: argparse.Namespace) -> int:
+    state = state_of(args)
+    expose: SnapshotExposeRequest = {"op": "snapshot_expose", "snapshot": known_id(state, args.id),
+                                     "path": os.path.abspath(args.path)}
+    reply = request(state, expose)
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"snapshot {reply['snapshot']} of volume {reply['volume']} is at {reply['path']} (read-only)")
+    return 0
+
+
+def cmd_snapshot_unexpose(args: argparse.Namespace) -> int:
+    unexpose: SnapshotUnexposeRequest = {"op": "snapshot_unexpose", "path": os.path.abspath(args.path)}
+    reply = request(state_of(args), unexpose)
+    if args.json:
+        print_json(reply)
+    else:
+        print(f"snapshot {reply['snapshot']} is no longer at {reply['path']}")
+    return 0
+
+
 def cmd_snapshot_delete(args: argparse.Namespace) -> int:
     wanted = known_id(state_of(args), args.id)
     reply = request(state_of(args), {"op": "snapshot_delete", "snapshot": wanted, "force": args.force})
@@ -213,6 +241,14 @@ def add_parser(commands: Subcommands) -> None:
                         help="prune only sets created with this --label (others are neither kept nor "
                              "removed)")
     sprune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    sexpose = add_command(snapshots, "expose", cmd_snapshot_expose,
+                          "show one snapshot read-only at a path of your choice, with the volume's inode "
+                          "numbers (until unexpose, volume remove, its deletion or the daemon's stop)")
+    sexpose.add_argument("id", metavar="ID",
+                         help="a snapshot id, or the id of a set of one volume (or a unique prefix)")
+    sexpose.add_argument("path", metavar="PATH", help="an existing empty directory outside the volumes")
+    sunexpose = add_command(snapshots, "unexpose", cmd_snapshot_unexpose, "take an exposed snapshot away")
+    sunexpose.add_argument("path", metavar="PATH", help="where it is exposed")
     sdamage = add_command(snapshots, "damage", cmd_snapshot_damage,
                           "list the objects damaged in a snapshot: changed while protection had lapsed, "
                           "so reading them there fails")

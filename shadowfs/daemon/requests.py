@@ -15,8 +15,10 @@ from shadowfs.ipc.messages import (
     ShutdownRequest,
     SnapshotDamageRequest,
     SnapshotDeleteRequest,
+    SnapshotExposeRequest,
     SnapshotHoldRequest,
     SnapshotPruneRequest,
+    SnapshotUnexposeRequest,
     VolumeAddRequest,
     VolumeBackingRequest,
     VolumeConfig,
@@ -82,6 +84,14 @@ def snapshot_hold_request(request: Frame) -> SnapshotHoldRequest:
     if request.get("op") == "snapshot_release":
         return {"op": "snapshot_release", "snapshot": text(request, "snapshot")}
     return {"op": "snapshot_hold", "snapshot": text(request, "snapshot")}
+
+
+def snapshot_expose_request(request: Frame) -> SnapshotExposeRequest:
+    return {"op": "snapshot_expose", "snapshot": text(request, "snapshot"), "path": text(request, "path")}
+
+
+def snapshot_unexpose_request(request: Frame) -> SnapshotUnexposeRequest:
+    return {"op": "snapshot_unexpose", "path": text(request, "path")}
 
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

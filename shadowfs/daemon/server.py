@@ -90,6 +90,7 @@ from shadowfs.daemon import notify, requests
 from shadowfs.daemon.areas import DiffAreaReader
 from shadowfs.daemon.browserlink import BrowserLink
 from shadowfs.daemon.children import CALL_TIMEOUT, Child, wait_any
+from shadowfs.daemon.exposures import Exposures
 from shadowfs.daemon.mounts import VolumeMounts
 from shadowfs.daemon.retention import Retention
 from shadowfs.daemon.sets import SetCoordinator
@@ -155,7 +156,7 @@ class Daemon:
         self.readers = DiffAreaReader(state_dir)
         self.volume_mounts = VolumeMounts(state_dir, self.table, self.backing_fds)
         self.browser_link = BrowserLink(lambda: self.browser)
-        self.volume_mounts.on_snapshot_deleted = self.browser_link.refresh
+        self.volume_mounts.on_snapshot_deleted = self.refresh_browser
         self.volume_mounts.on_damage = self.browser_link.forget_damaged
         self.mounts = self.volume_mounts.children
         self._shutdown = trio.Event()
@@ -165,6 +166,7 @@ class Daemon:
         self.mutation = trio.Lock()
         self.snapshot_sets = SetCoordinator(self._ready_channel, self._all_snapshots)
         self.retention = Retention(self._ready_channel, self._all_snapshots, self)
+        self.exposures = Exposures(state_dir, self)
         self._children: trio.Nursery | None = None
         self.service = Service(self, state_dir, mount_root, max_snapshots)
         self._ops: dict[str, Op] = {
@@ -175,6 +177,7 @@ class Daemon:
             "shutdown": self.op_shutdown, "snapshot_hold": self.retention.op_hold,
             "snapshot_release": self.retention.op_hold, "snapshot_prune": self.retention.op_prune,
             "volume_set": self.retention.op_volume_set,
+            "snapshot_expose": self.exposures.op_expose, "snapshot_unexpose": self.exposures.op_unexpose,
         }
 
     # ---- life ----------------------------------------------------------------------------------
@@ -231,6 +234,7 @@ class Daemon:
 
                     await wait_any(on_signal, self._shutdown.wait)
                     clients.cancel_scope.cancel()
+                await self.exposures.stop_all()
                 await self._stop_all(unprotect=self._unprotect)
                 children.cancel_scope.cancel()
         log.info("shadowfs daemon stopped")
@@ -393,7 +397,8 @@ class Daemon:
                 "created": record["created"], "seq": record["seq"],
                 "path": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "diff_area_bytes": record["bytes"], "damaged_objects": record["damaged"],
-                "held": record["held"], **self.service.snapshot_extra(record["set_id"])}
+                "held": record["held"], "exposed": self.exposures.paths_of(record["snapshot_id"]),
+                **self.service.snapshot_extra(record["set_id"])}
 
     async def op_snapshot_list(self, _request: Frame) -> SnapshotListReply:
         entries = [self._snapshot_entry(v, r) for v, r in await self._all_snapshots()]
@@ -535,6 +540,7 @@ class Daemon:
             if records and not force:
                 raise frames.RequestError(f"volume {name!r} has {len(records)} snapshot(s); "
                                        "delete them first or use --force")
+            await self.exposures.drop(lambda e: e.volume == name, f"volume {name} is removed")
             for record in records:
                 await self._delete_for_removal(name, record)
             await self._forget_volume(name)
@@ -597,6 +603,9 @@ class Daemon:
     async def snapshots(self) -> list[tuple[str, SnapshotRow]]:
         return await self._all_snapshots()
 
+    def exposed_paths(self, snapshot_id: str) -> list[str]:
+        return self.exposures.paths_of(snapshot_id)
+
     async def snapshot_ids(self) -> list[tuple[str, str, str]]:
         return await trio.to_thread.run_sync(self.readers.snapshot_ids, sorted(self.table.volumes))
 
@@ -612,7 +621,9 @@ class Daemon:
         return {"deleted": deleted, "freed": freed}
 
     async def refresh_browser(self) -> None:
+        """Sets came or went: the browser shows them as they are; exposures of gone ones end."""
         await self.browser_link.refresh()
+        await self.exposures.forget_gone()
 
 
 # --- entry point ------------------------------------------------------------------------------------------

@@ -162,6 +162,9 @@ def request(state_dir: str, obj: messages.SnapshotDeleteRequest,
 def request(state_dir: str, obj: messages.SnapshotDamageRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotDamageReply: ...
 @overload
+def request(state_dir: str, obj: messages.SnapshotExposeRequest | messages.SnapshotUnexposeRequest,
+            timeout: float = REQUEST_TIMEOUT) -> messages.ExposedSnapshot: ...
+@overload
 def request(state_dir: str, obj: messages.SnapshotHoldRequest,
             timeout: float = REQUEST_TIMEOUT) -> messages.SnapshotHoldReply: ...
 @overload

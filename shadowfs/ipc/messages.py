@@ -344,6 +344,7 @@ class SnapshotEntry(TypedDict):
     attributes: int  # VSS_VOLSNAP_ATTR_* bits
     label: str | None  # `snapshot create --label`, else None
     held: str | None  # held since (UTC; `snapshot hold`), else None
+    exposed: list[str]  # the paths where `snapshot expose` shows it
 
 
 class SnapshotListReply(TypedDict):
@@ -394,6 +395,31 @@ class SnapshotHoldRequest(TypedDict):
     op: Literal["snapshot_hold", "snapshot_release"]
     protocol: NotRequired[str]
     snapshot: str
+
+
+class SnapshotExposeRequest(TypedDict):
+    """Show snapshot `snapshot` (an id, or a set id of one volume) read-only at `path`, an existing
+    empty directory outside the volumes. Reply: `ExposedSnapshot`."""
+
+    op: Literal["snapshot_expose"]
+    protocol: NotRequired[str]
+    snapshot: str
+    path: str
+
+
+class SnapshotUnexposeRequest(TypedDict):
+    """End the exposure at `path`. Reply: `ExposedSnapshot`."""
+
+    op: Literal["snapshot_unexpose"]
+    protocol: NotRequired[str]
+    path: str
+
+
+class ExposedSnapshot(TypedDict):
+    snapshot: str  # its id ("id" names the request in a reply frame)
+    set_id: str
+    volume: str
+    path: str
 
 
 class HeldSnapshot(TypedDict):

@@ -132,6 +132,9 @@ class VolumeOps(Protocol):
     async def refresh_browser(self) -> None:
         """Return once the snapshot browser shows the sets as they are now."""
 
+    def exposed_paths(self, snapshot_id: str) -> list[str]:
+        """Where `snapshot expose` shows the snapshot now."""
+
 
 class Session:
     """One requester connection's view of the writers: whom it involved and what it must clean up."""

@@ -172,12 +172,14 @@ class Service:
         backing, mount = self.volumes.volume_paths(volume)
         context, attributes = self.sets.context_of(record["set_id"])
         host = socket.gethostname()
+        exposed = self.volumes.exposed_paths(record["snapshot_id"])
         return {"snapshot_id": record["snapshot_id"], "snapshot_set_id": record["set_id"],
                 "snapshots_count": sum(1 for _, r in everything if r["set_id"] == record["set_id"]),
                 "snapshot_device_object": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "original_volume_name": volume, "original_volume_path": mount, "backing_path": backing,
                 "originating_machine": host, "service_machine": host, "exposed_name": None,
-                "exposed_path": None, "provider_id": protocol.PROVIDER_ID, "snapshot_attributes": attributes,
+                "exposed_path": exposed[0] if exposed else None, "provider_id": protocol.PROVIDER_ID,
+                "snapshot_attributes": attributes,
                 "context": context.value, "creation_timestamp": record["created"], "status": "created",
                 "seq": record["seq"]}
 

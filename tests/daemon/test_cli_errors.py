@@ -75,14 +75,16 @@ def test_stale_socket_file_means_not_running(tmp_path: Path) -> None:
     (["volume", "remove", "a/b"], "must not contain '/'"),
     (["snapshot", "create", "good", "bad/name"], "invalid volume name 'bad/name'"),
     (["snapshot", "delete", "not-a-uuid"], "invalid snapshot or set id 'not-a-uuid'"),
+    (["snapshot", "create"], "name the volumes of the set, or give --all"),
+    (["snapshot", "create", "a", "--all"], "give volume names or --all, not both"),
 ])
 def test_bad_input_is_rejected_before_connecting(tmp_path: Path, args: list[str], message: str) -> None:
     assert_one_line_error(shadowfs("--state", str(tmp_path), *args), message, 2)
 
 
 @pytest.mark.parametrize("args", [
-    [], ["bogus"], ["volume"], ["volume", "add", "only-name"], ["snapshot", "create"],
-    ["snapshot", "delete"], ["volume", "list", "--no-such-flag"],
+    [], ["bogus"], ["volume"], ["volume", "add", "only-name"], ["snapshot", "delete"],
+    ["volume", "list", "--no-such-flag"],
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     result = shadowfs("--state", str(tmp_path), *args)
