@@ -32,6 +32,7 @@ from shadowfs.daemon.children import child_env
 from shadowfs.ipc import frames
 from shadowfs.ipc.frames import Frame
 from shadowfs.ipc.messages import ExposedSnapshot
+from shadowfs.linux import mounts
 from shadowfs.service.broker import SnapshotRow
 from shadowfs.statedir import VolumeTable
 
@@ -168,7 +169,7 @@ class Exposures:
         exposure = self.by_path.pop(real, None)
         if exposure is None:
             raise frames.RequestError(f"no snapshot is exposed at {path}")
-        await _stop(exposure.process)
+        await _end(exposure)
         log.info("unexposed snapshot %s at %s", exposure.snapshot_id, exposure.path)
         return exposure
 
@@ -176,7 +177,7 @@ class Exposures:
         """End every exposure `gone` says must go (its volume or snapshot went)."""
         for exposure in [e for e in self.by_path.values() if gone(e)]:
             del self.by_path[exposure.path]
-            await _stop(exposure.process)
+            await _end(exposure)
             log.info("unexposed snapshot %s at %s: %s", exposure.snapshot_id, exposure.path, why)
 
     async def stop_all(self) -> None:
@@ -191,6 +192,12 @@ async def _read_ready(fd: int) -> bool:
         return False
     finally:
         await stream.aclose()
+
+
+async def _end(exposure: Exposure) -> None:
+    await _stop(exposure.process)
+    # a process that died before it could unmount leaves a dead mount behind: take it away
+    await trio.to_thread.run_sync(mounts.unmount_if_ours, exposure.path)
 
 
 async def _stop(process: trio.Process) -> None:

@@ -78,3 +78,26 @@ def test_volume_remove_and_daemon_stop_end_exposures(daemon: DaemonRun, tmp_path
     assert _exposed_mounts() == [str(tmp_path / "a")]
     daemon.stop()
     assert _exposed_mounts() == []
+
+
+def test_an_exposure_whose_process_died_is_taken_away_cleanly(daemon: DaemonRun, tmp_path: Path) -> None:
+    a = daemon.add_volume("a")
+    daemon.wait_ready()
+    (a / "f").write_text("x")
+    taken = daemon.snapshot("a")
+    there = tmp_path / "there"
+    there.mkdir()
+    daemon.cli("snapshot", "expose", taken["set_id"], str(there))
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()
+            and _cmdline(int(p)).count(str(there)) and "shadowfs.browser.expose_process" in _cmdline(int(p))]
+    assert len(pids) == 1
+    os.kill(pids[0], 9)  # no chance to unmount: its mount is left dead (ENOTCONN)
+    daemon.cli("snapshot", "unexpose", str(there))
+    assert _exposed_mounts() == [] and os.listdir(there) == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
