@@ -31,6 +31,13 @@ def _fill(root: Path) -> None:
     os.symlink("d01/f0001", root / "symlink")
 
 
+def _filled_volume(daemon: DaemonRun) -> Path:
+    volume = daemon.add_volume("vol")
+    daemon.wait_ready()
+    _fill(volume)
+    return volume
+
+
 def _change(root: Path) -> None:
     for n in range(0, FILES, FILES // CHANGED):
         with open(root / f"d{n % 40:02d}" / f"f{n:04d}", "ab") as f:
@@ -53,9 +60,7 @@ def test_restic_reads_only_what_changed(daemon: DaemonRun, tmp_path: Path) -> No
     restic = shutil.which("restic")
     if restic is None:
         pytest.skip("restic is not installed (tools/_setup.sh installs it on Debian)")
-    volume = daemon.add_volume("vol")
-    daemon.wait_ready()
-    _fill(volume)
+    volume = _filled_volume(daemon)
     env = {"RESTIC_REPOSITORY": str(tmp_path / "repo"), "RESTIC_PASSWORD": "shadowfs test",
            "RESTIC_CACHE_DIR": str(tmp_path / "cache")}
     subprocess.run([restic, "init"], env={**os.environ, **env}, check=True, capture_output=True)
@@ -84,9 +89,7 @@ def test_borg_reads_only_what_changed(daemon: DaemonRun, tmp_path: Path) -> None
     borg = shutil.which("borg")
     if borg is None:
         pytest.skip("borg is not installed (tools/_setup.sh installs it on Debian)")
-    volume = daemon.add_volume("vol")
-    daemon.wait_ready()
-    _fill(volume)
+    volume = _filled_volume(daemon)
     env = {"BORG_REPO": str(tmp_path / "repo"), "BORG_BASE_DIR": str(tmp_path / "base"),
            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
     subprocess.run([borg, "init", "--encryption", "none"], env={**os.environ, **env}, check=True,
