@@ -100,10 +100,8 @@ class ExposedOperations(ReadOnlyOperations):
     @fuse_handler
     async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         ino = self._ino(inode)
-        attrs = await self._run(lambda: self._attrs(ino, self.view.attr(ino)))
-        if inode == ROOT:
-            attrs.st_ino = self.view.root_ino  # the reply names no node: stat shows the volume's number
-        return attrs
+        # for the root this reports the backing root's number: a getattr reply names no node
+        return await self._run(lambda: self._attrs(ino, self.view.attr(ino)))
 
     @fuse_handler
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
