@@ -22,7 +22,7 @@ import threading
 
 from shadowfs import statedir
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import DamageRecord, Seq
+from shadowfs.diffarea.schema import DamageRecord, Seq, previous_version_names
 from shadowfs.ipc import frames
 from shadowfs.ipc.messages import DamagedObject
 from shadowfs.service.broker import SnapshotRow
@@ -78,9 +78,11 @@ class DiffAreaReader:
             with area.read() as txn:
                 snapshots = area.snapshot_list(txn)
                 damaged = area.damage_counts(txn, [r.seq for r in snapshots])
+                names = previous_version_names(snapshots)
                 records: list[SnapshotRow] = [
                     {"seq": r.seq, "snapshot_id": r.snapshot_id, "set_id": r.set_id, "created": r.created,
-                     "bytes": area.snapshot_bytes(txn, r.seq), "damaged": damaged[r.seq], "held": r.held}
+                     "bytes": area.snapshot_bytes(txn, r.seq), "damaged": damaged[r.seq], "held": r.held,
+                     "previous_version": names[r.seq]}
                     for r in snapshots]
                 return records, area.used_bytes(txn)
 

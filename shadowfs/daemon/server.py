@@ -60,7 +60,7 @@ refusal or failure is `{"ok": false, "error", "kind"}` with the kind of its
         -> {"set_id", "created", "context", "attributes", "snapshots": [{"id", "volume", "seq", "path"}],
             "held_ms": {volume: ms}, "writers": [...]}  (shadowfs.service.broker)
     {"op": "snapshot_list"} -> {"snapshots": [{id, set_id, volume, created, seq, path, diff_area_bytes,
-                                               damaged_objects, context, attributes}]}
+                         damaged_objects, held, exposed, previous_version, context, attributes}]}
     {"op": "snapshot_delete", "snapshot": SNAPSHOT_ID|SET_ID} -> {"deleted": [...], "freed"}
     {"op": "snapshot_damage", "snapshot": SNAPSHOT_ID} -> {"snapshot", "volume", "set_id",
         "damaged": [{"ino", "path", "cause", "found"}], "total"}  (objects that changed while
@@ -398,6 +398,7 @@ class Daemon:
                 "path": statedir.snapshot_path(self.mount_root, record["set_id"], volume),
                 "diff_area_bytes": record["bytes"], "damaged_objects": record["damaged"],
                 "held": record["held"], "exposed": self.exposures.paths_of(record["snapshot_id"]),
+                "previous_version": record["previous_version"],
                 **self.service.snapshot_extra(record["set_id"])}
 
     async def op_snapshot_list(self, _request: Frame) -> SnapshotListReply:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -257,16 +258,29 @@ class DiffArea:
             raise DiffAreaError(f"{self.path}: diff area has no next sequence number")
         seq = schema.read_seq(next_seq)
         txn.put(schema.META_NEXT_SEQ, schema.u64(seq + 1), db=self.meta)
-        record = SnapshotRecord(seq, snapshot_id, set_id, created)
+        record = SnapshotRecord(seq, snapshot_id, set_id, created, gmt=self._next_gmt(txn, created))
         txn.put(schema.u64(seq), schema.encode_snapshot(record), db=self.snapshots_db)
         return record
+
+    def _next_gmt(self, txn: Txn, created: str) -> int:
+        """The previous-version second of a snapshot created at `created`, recorded as given:
+        its creation second, or one past the highest given before (kept in meta, never
+        lowered), so a name never passes from a deleted snapshot to a new one."""
+        stored = txn.get(schema.META_LAST_GMT, db=self.meta)
+        if stored is not None:
+            last = schema.read_u64(stored)
+        else:  # an area from before names were recorded: past every name its snapshots show
+            last = max(schema.previous_version_seconds(self.snapshot_list(txn)).values(), default=-1)
+        second = max(schema.created_second(created), last + 1)
+        txn.put(schema.META_LAST_GMT, schema.u64(second), db=self.meta)
+        return second
 
     def set_held(self, txn: Txn, seq: Seq, held: str | None) -> SnapshotRecord:
         """Hold snapshot `seq` (since `held`, a UTC time) or release it (None)."""
         record = self.snapshot(txn, seq)
         if record is None:
             raise DiffAreaError(f"no snapshot with sequence {seq}")
-        record = SnapshotRecord(seq, record.snapshot_id, record.set_id, record.created, held)
+        record = dataclasses.replace(record, held=held)
         txn.put(schema.u64(seq), schema.encode_snapshot(record), db=self.snapshots_db)
         return record
 

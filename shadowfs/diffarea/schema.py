@@ -3,12 +3,16 @@
 A diff area is one LMDB environment with these named databases:
 
 - ``meta``: ``b"format"`` -> u32 version, ``b"next_seq"`` -> u64 next snapshot
-  sequence (never reused), ``b"volume"`` -> UTF-8 volume name.
+  sequence (never reused), ``b"volume"`` -> UTF-8 volume name, ``b"last_gmt"``
+  -> u64, the highest previous-version second given so far (never lowered).
 - ``snapshots``: u64 seq -> JSON ``{"snapshot_id", "set_id", "created"}``, plus
   ``"held"`` (the UTC time of `snapshot hold`) while the snapshot is held: a
   held snapshot is deleted only when asked with force, never by the diff
-  area's limit. Readers ignore keys they do not know, so this needs no new
-  format version.
+  area's limit; and ``"gmt"``, the UTC second of the snapshot's
+  previous-version name (Samba's ``@GMT-...``; design §5.6): its creation
+  second, or one past the last one given if that is not later, so no two
+  snapshots of a volume ever get one name, even after deletions. Readers
+  ignore keys they do not know, so neither needs a new format version.
 - ``preimages``: object key + u64 seq -> encoded value. Object keys:
   ``b"A" + u64 ino`` (attributes and xattrs), ``b"B" + u64 ino + u64 block``
   (a data block of BLOCK_SIZE bytes), ``b"D" + u64 dir ino + name + b"\\0"``
@@ -58,8 +62,10 @@ import json
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import NewType
 
 BackingIno = NewType("BackingIno", int)
@@ -88,6 +94,7 @@ ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYAR
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
 META_VOLUME = b"volume"
+META_LAST_GMT = b"last_gmt"
 # b"volume": blocks.dat is <backing>/.shadowfs/blocks.dat; absent: beside the environment
 META_BLOCKS = b"blocks"
 BLOCKS_ON_VOLUME = b"volume"
@@ -392,20 +399,66 @@ class SnapshotRecord:
     set_id: str
     created: str
     held: str | None = None  # since when it is held (UTC), None: not held
+    gmt: int | None = None  # the UTC second of its previous-version name; None: made before there were any
 
 
 def encode_snapshot(record: SnapshotRecord) -> bytes:
-    fields = {"snapshot_id": record.snapshot_id, "set_id": record.set_id, "created": record.created}
+    fields: dict[str, str | int] = {"snapshot_id": record.snapshot_id, "set_id": record.set_id,
+                                    "created": record.created}
     if record.held is not None:
         fields["held"] = record.held
+    if record.gmt is not None:
+        fields["gmt"] = record.gmt
     return json.dumps(fields).encode()
 
 
 def decode_snapshot(seq: Seq, data: bytes) -> SnapshotRecord:
     fields = json.loads(data)
     held = fields.get("held")
+    gmt = fields.get("gmt")
     return SnapshotRecord(seq, fields["snapshot_id"], fields["set_id"], fields["created"],
-                          held if isinstance(held, str) else None)
+                          held if isinstance(held, str) else None,
+                          gmt if isinstance(gmt, int) and not isinstance(gmt, bool) else None)
+
+
+def created_second(created: str) -> int:
+    """The UTC second of a snapshot's `created` stamp (ISO 8601; naive means UTC), 0 if unreadable."""
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        return 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0, int(when.timestamp()))
+
+
+def previous_version_seconds(records: Iterable[SnapshotRecord]) -> dict[Seq, int]:
+    """The previous-version second of each of one volume's snapshots, by seq.
+
+    A record carries the second it was given (`DiffArea.record_snapshot`); one made before
+    records carried it gets, in sequence order, its creation second or one past the one
+    before it, whichever is later (stable while no older such record is deleted).
+    """
+    seconds: dict[Seq, int] = {}
+    last = -1
+    for record in sorted(records, key=lambda r: r.seq):
+        second = record.gmt if record.gmt is not None else max(created_second(record.created), last + 1)
+        seconds[record.seq] = second
+        last = max(last, second)
+    return seconds
+
+
+PREVIOUS_VERSION_FORMAT = "@GMT-%Y.%m.%d-%H.%M.%S"  # Samba's shadow:format default, Windows' token
+
+
+def previous_version_name(second: int) -> str:
+    """The previous-version name (``@GMT-YYYY.MM.DD-HH.MM.SS``) of UTC second `second`."""
+    return time.strftime(PREVIOUS_VERSION_FORMAT, time.gmtime(second))
+
+
+def previous_version_names(records: Iterable[SnapshotRecord]) -> dict[Seq, str]:
+    """The previous-version name of each of one volume's snapshots, by seq."""
+    return {seq: previous_version_name(second) for seq, second in previous_version_seconds(records).items()}
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,7 @@ class SnapshotEntry(TypedDict):
     label: str | None  # `snapshot create --label`, else None
     held: str | None  # held since (UTC; `snapshot hold`), else None
     exposed: list[str]  # the paths where `snapshot expose` shows it
+    previous_version: str  # its @GMT-... name in by-volume/<volume>/ (Samba previous versions)
 
 
 class SnapshotListReply(TypedDict):

@@ -73,6 +73,7 @@ class SnapshotRow(TypedDict):
     bytes: int  # what the diff area holds for this snapshot alone
     damaged: int  # objects marked damaged in it (design §9.3)
     held: str | None  # held since (UTC), else None
+    previous_version: str  # its name in the browser's by-volume/<volume>/ (@GMT-...; design §5.6)
 
 
 @dataclass
