@@ -55,7 +55,7 @@ MIN_DIFF_AREA = 1 << 20
 DEFAULT_DIFF_AREA_FLOOR = 1 << 30
 DEFAULT_DIFF_AREA_FRACTION = 0.10
 
-RESERVED_NAMES = frozenset({"by-time"})
+RESERVED_NAMES = frozenset({"by-time", "by-volume"})
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGTP](?:I?B)?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}

@@ -1,9 +1,9 @@
 """What the kernel may cache of the browser's virtual tree, and taking it back.
 
-One job: the virtual entries (a set's name in the root, a name in ``by-time``,
-a volume's name in a set directory) and the attributes of virtual nodes are
-handed to the kernel with long timeouts (`attrs.VIRTUAL_TIMEOUT`), so a path
-walk does not ask the browser again for every component. `KernelCache`
+One job: the virtual entries (`browser.virtual`: a set's name in the root, a
+name in ``by-time`` or ``by-volume``, a volume's name in a set directory) and
+the attributes of virtual nodes are handed to the kernel with long timeouts
+(`attrs.VIRTUAL_TIMEOUT`), so a path walk does not ask the browser again for every component. `KernelCache`
 notes each of them as it is replied, and when the sets change finds those no
 longer true and tells the kernel to forget them (`pyfuse3.invalidate_entry`,
 `pyfuse3.invalidate_inode`).
@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
 from shadowfs.browser.attrs import attrs_signature
-from shadowfs.browser.nodes import BY_TIME, BY_TIME_NODE, ROOT_NODE, NodeId, snapshot_node
-from shadowfs.browser.volumes import SnapshotSet, by_time_names
+from shadowfs.browser.nodes import NodeId, snapshot_node
+from shadowfs.browser.volumes import SnapshotSet
 from shadowfs.diffarea.schema import BackingIno
 
 log = logging.getLogger(__name__)
@@ -92,23 +91,6 @@ class KernelCache:
         await trio.to_thread.run_sync(_invalidate, entries, inodes, data, abandon_on_cancel=True)
 
 
-def virtual_entries(sets: dict[str, SnapshotSet]) -> dict[Entry, NodeId]:
-    """Every virtual entry and the node it names, as `sets` make them: set names in the
-    root, ``by-time`` and its names, and each set's volume names (the snapshot roots)."""
-    entries: dict[Entry, NodeId] = {(ROOT_NODE, BY_TIME): BY_TIME_NODE}
-    for entry in sets.values():
-        entries[(ROOT_NODE, os.fsencode(entry.set_id))] = entry.node
-        for volume_name, (volume, record) in entry.members.items():
-            try:
-                root = snapshot_node(volume.index, record.seq, volume.live.root_ino)
-            except OSError:  # no node id (EOVERFLOW): never handed out
-                continue
-            entries[(entry.node, os.fsencode(volume_name))] = root
-    for name, entry in by_time_names(sets).items():
-        entries[(BY_TIME_NODE, name)] = entry.link_node
-    return entries
-
-
 def damaged_nodes(sets: dict[str, SnapshotSet], volume_name: str, inos: list[int]) -> list[NodeId]:
     """The node ids of backing inodes `inos` of volume `volume_name` in every snapshot shown."""
     nodes = []
@@ -143,4 +125,4 @@ def _log_failure(exc: OSError, what: str) -> None:
         log.warning("cannot invalidate %s: %s", what, exc)
 
 
-__all__ = ["Entry", "KernelCache", "damaged_nodes", "virtual_entries"]
+__all__ = ["Entry", "KernelCache", "damaged_nodes"]

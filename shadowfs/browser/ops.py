@@ -6,13 +6,14 @@ One job: show every snapshot set of every volume as one read-only tree
     /                                  virtual, mode 0555, owned by root
     /by-time/                          virtual
     /by-time/2026-11-21T20:43:52Z  ->  ../<set id>     (".1", ".2" on equal times)
+    /by-volume/<volume>/@GMT-2026.11.21-20.43.52  ->  ../../<set id>/<volume>
     /<set id>/                         virtual, one per snapshot set
     /<set id>/<volume>/...             the volume's tree at the snapshot
 
 Node ids are laid out in `browser.nodes`; the volumes and the sets they
-show are kept by `browser.volumes` (`ShownVolumes`). This module only turns
-kernel requests into calls on those and on `SnapshotView`, and their results
-into pyfuse3 replies.
+show are kept by `browser.volumes` (`ShownVolumes`), the virtual nodes made of
+them by `browser.virtual`. This module only turns kernel requests into calls
+on those and on `SnapshotView`, and their results into pyfuse3 replies.
 
 Invariants:
 - Nothing is ever written: every mutating handler answers EROFS (`browser.readonly`), open allows
@@ -84,29 +85,13 @@ import pyfuse3
 import trio
 
 from shadowfs.browser import files
-from shadowfs.browser.attrs import (
-    LINK_MODE,
-    VIRTUAL_DIR_MODE,
-    XattrCache,
-    negative_entry,
-    snapshot_attrs,
-    unreadable_attrs,
-    virtual_attrs,
-)
+from shadowfs.browser.attrs import XattrCache, negative_entry, snapshot_attrs, unreadable_attrs
 from shadowfs.browser.dircache import MAX_DIR_ENTRIES, DirCache, Listing
-from shadowfs.browser.kernelcache import KernelCache, damaged_nodes, virtual_entries
-from shadowfs.browser.nodes import (
-    BY_TIME,
-    BY_TIME_NODE,
-    LINK_FLAG,
-    ROOT_NODE,
-    NodeId,
-    is_snapshot_node,
-    snapshot_node,
-    split_snapshot_node,
-)
+from shadowfs.browser.kernelcache import KernelCache, damaged_nodes
+from shadowfs.browser.nodes import ROOT_NODE, NodeId, is_snapshot_node, snapshot_node, split_snapshot_node
 from shadowfs.browser.readonly import ReadOnlyOperations
-from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet, by_time_names
+from shadowfs.browser.virtual import VirtualTree
+from shadowfs.browser.volumes import BrowserVolume, ShownVolumes, SnapshotSet
 from shadowfs.diffarea.schema import BackingIno, Seq
 from shadowfs.fuse_adapter import fuse_handler
 from shadowfs.snapshot.view import SnapshotView
@@ -166,7 +151,7 @@ class BrowserOperations(ReadOnlyOperations):
         self._opens = 0  # OPEN requests answered
         self._dirs: dict[int, DirHandle] = {}
         self._limiter: trio.CapacityLimiter | None = None
-        self._mount_ns = time.time_ns()
+        self._virtual = VirtualTree(self._shown, time.time_ns())
         self._kcache = KernelCache()
         self._xattr_cache = XattrCache()
         self._dir_cache = DirCache()
@@ -234,7 +219,7 @@ class BrowserOperations(ReadOnlyOperations):
                      for volume, record in entry.members.values()}
             self._xattr_cache.forget_snapshots(lambda index, seq: (index, seq) in alive)
             self._dir_cache.forget_snapshots(lambda index, seq: (index, seq) in alive)
-            truth = virtual_entries(sets)
+            truth = self._virtual.entries(sets)
 
             def attrs_now(node: NodeId) -> pyfuse3.EntryAttributes | None:
                 try:
@@ -279,31 +264,13 @@ class BrowserOperations(ReadOnlyOperations):
         volume, seq, ino = self._resolve(node)
         return volume, volume.view(seq), ino
 
-    def _set_attrs(self, entry: SnapshotSet) -> pyfuse3.EntryAttributes:
-        return virtual_attrs(entry.node, VIRTUAL_DIR_MODE, 2 + len(entry.members), entry.created_ns)
-
-    def _link_attrs(self, entry: SnapshotSet) -> pyfuse3.EntryAttributes:
-        return virtual_attrs(entry.link_node, LINK_MODE, 1, entry.created_ns,
-                             len(self._link_target(entry)))
-
-    @staticmethod
-    def _link_target(entry: SnapshotSet) -> bytes:
-        return b"../" + os.fsencode(entry.set_id)
-
     def _virtual_attrs(self, node: NodeId, sets: dict[str, SnapshotSet] | None = None
                        ) -> pyfuse3.EntryAttributes:
-        """Attributes of a virtual node (ESTALE when its set no longer exists).
+        """Attributes of a virtual node (ESTALE when its set or volume no longer exists).
 
         `sets` saves re-reading the snapshot records when many virtual nodes are asked at once.
         """
-        if node == ROOT_NODE:
-            count = len(self.snapshot_sets() if sets is None else sets)
-            return virtual_attrs(node, VIRTUAL_DIR_MODE, 3 + count, self._mount_ns)
-        if node == BY_TIME_NODE:
-            return virtual_attrs(node, VIRTUAL_DIR_MODE, 2, self._mount_ns)
-        if node & LINK_FLAG:
-            return self._link_attrs(self._shown.set_of_link(node, sets))
-        return self._set_attrs(self._shown.set_of_node(node, sets))
+        return self._virtual.attrs(node, self.snapshot_sets() if sets is None else sets)
 
     @staticmethod
     def _entry_of(view: SnapshotView, node: NodeId, ino: BackingIno) -> Known:
@@ -398,27 +365,13 @@ class BrowserOperations(ReadOnlyOperations):
                 return self._from_listing(listing, name)
             return self._known(await self._offload([volume], functools.partial(
                 self._snapshot_child, volume.index, view, seq, ino, name)))
-        if parent == ROOT_NODE:
-            if name == BY_TIME:
-                return self._noted(self._virtual_attrs(BY_TIME_NODE), parent, name)
-            entry = self.snapshot_sets().get(name.decode("utf-8", "surrogateescape"))
-            if entry is None:
-                raise OSError(errno.ENOENT, "no such snapshot set")  # not cached by the kernel
-            return self._noted(self._set_attrs(entry), parent, name)
-        if parent == BY_TIME_NODE:
-            entry = by_time_names(self.snapshot_sets()).get(name)
-            if entry is None:
-                raise OSError(errno.ENOENT, "no such snapshot time")
-            return self._noted(self._link_attrs(entry), parent, name)
-        if parent & LINK_FLAG:
-            raise OSError(errno.ENOTDIR, "not a directory")
-        member = self._shown.set_of_node(parent).members.get(name.decode("utf-8", "surrogateescape"))
-        if member is None:
-            raise OSError(errno.ENOENT, "volume not in this snapshot set")
-        volume, record = member
-        root_ino = volume.live.root_ino
-        node = snapshot_node(volume.index, record.seq, root_ino)
-        view = volume.view(record.seq)
+        sets = self.snapshot_sets()
+        node = self._virtual.child(parent, name, sets)  # ENOENT is not cached by the kernel
+        if not is_snapshot_node(node):
+            return self._noted(self._virtual.attrs(node, sets), parent, name)
+        # a volume's name in a set directory: the root of its snapshot
+        volume, seq, root_ino = self._resolve(node)
+        view = volume.view(seq)
         self._kcache.note_entry(parent, name, node)  # before the await: a refresh meanwhile sees it
         return self._known(await self._offload([volume], functools.partial(self._entry_of, view, node,
                                                                            root_ino)))
@@ -462,23 +415,7 @@ class BrowserOperations(ReadOnlyOperations):
                         for name, record in view.listdir(ino)]
 
             return await self._offload([volume], snapshot_listing)
-        sets = self.snapshot_sets()
-        if node == ROOT_NODE:
-            return [(BY_TIME, BY_TIME_NODE)] + sorted(
-                (os.fsencode(entry.set_id), entry.node) for entry in sets.values())
-        if node == BY_TIME_NODE:
-            return sorted((name, entry.link_node) for name, entry in by_time_names(sets).items())
-        if node & LINK_FLAG:
-            raise OSError(errno.ENOTDIR, "not a directory")
-        entry = self._shown.set_of_node(node, sets)
-        listing = []
-        for name, (volume, record) in entry.members.items():
-            try:
-                listing.append((os.fsencode(name), snapshot_node(volume.index, record.seq,
-                                                                 volume.live.root_ino)))
-            except OSError:  # no node id (EOVERFLOW): not listed, its lookup says why
-                log.warning("volume %s: snapshot %d has no node id", volume.name, record.seq)
-        return sorted(listing)
+        return self._virtual.listing(node, self.snapshot_sets())
 
     async def _fill_window(self, handle: DirHandle, start: int) -> None:
         """Attributes of entries [start, start + READDIR_BATCH) of an open directory, None
@@ -545,9 +482,7 @@ class BrowserOperations(ReadOnlyOperations):
         if is_snapshot_node(node):
             volume, view, ino = self._prepare(node)
             return await self._offload([volume], functools.partial(view.readlink, ino))
-        if node & LINK_FLAG:
-            return self._link_target(self._shown.set_of_link(node))
-        raise OSError(errno.EINVAL, "not a symlink")
+        return self._virtual.link_target(node, self.snapshot_sets())
 
     async def _xattrs(self, node: NodeId) -> dict[bytes, bytes]:
         """The snapshot object's xattrs: as read with its attributes, or read now."""

@@ -59,7 +59,22 @@ def _check_paths(run: DaemonRun, alive: list[str], gone: list[str], names_seen: 
     for name in names_seen - set(expected):
         assert not os.path.lexists(root / "by-time" / name)
     names_seen.update(expected)
-    assert os.stat(root).st_nlink == 3 + len(alive)
+    assert os.stat(root).st_nlink == 4 + len(alive)
+
+
+def _check_versions(run: DaemonRun, alive: list[str], given: dict[str, str]) -> None:
+    """by-volume/data names one previous version per live set, as `snapshot list` says; a name once
+    given to a set is never shown for another one."""
+    root = _browser(run) / "by-volume" / "data"
+    expected = {s["previous_version"]: s["set_id"] for s in run.cli("snapshot", "list", "--json")}
+    assert sorted(expected.values()) == sorted(alive)
+    assert sorted(os.listdir(root)) == sorted(expected)
+    for name, set_id in expected.items():
+        assert os.readlink(root / name) == f"../../{set_id}/data"
+        assert (root / name / "f").read_bytes() == b"first"
+        assert given.setdefault(name, set_id) == set_id, f"{name} moved to another set"
+    for name in set(given) - set(expected):
+        assert not os.path.lexists(root / name)
 
 
 def test_sets_come_and_go_at_once_by_path(daemon: DaemonRun) -> None:
@@ -67,23 +82,28 @@ def test_sets_come_and_go_at_once_by_path(daemon: DaemonRun) -> None:
     daemon.wait_ready()
     (backing / "f").write_bytes(b"first")
     names_seen: set[str] = set()
+    given: dict[str, str] = {}
     alive: list[str] = []
     gone: list[str] = []
     for _ in range(4):  # several sets within a second or two: equal by-time names get suffixes
         alive.append(daemon.snapshot("data")["set_id"])
         _check_paths(daemon, alive, gone, names_seen)
+        _check_versions(daemon, alive, given)
     for set_id in (alive[1], alive[0]):
         daemon.cli("snapshot", "delete", set_id)
         alive.remove(set_id)
         gone.append(set_id)
         _check_paths(daemon, alive, gone, names_seen)
+        _check_versions(daemon, alive, given)
     alive.append(daemon.snapshot("data")["set_id"])
     _check_paths(daemon, alive, gone, names_seen)
+    _check_versions(daemon, alive, given)
     for set_id in list(alive):
         daemon.cli("snapshot", "delete", set_id)
         alive.remove(set_id)
         gone.append(set_id)
         _check_paths(daemon, alive, gone, names_seen)
+        _check_versions(daemon, alive, given)
 
 
 def test_snapshot_keeps_its_instant_attributes_and_xattrs(daemon: DaemonRun) -> None:

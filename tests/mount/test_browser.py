@@ -169,7 +169,7 @@ def test_layout_sets_by_time_and_virtual_attrs(workspace: Workspace) -> None:
     v.take(SET_C, "2026-11-22T08:00:00Z")
     workspace.browser([v])
     mnt = workspace.mount
-    assert sorted(os.listdir(mnt)) == sorted(["by-time", SET_A, SET_B, SET_C])
+    assert sorted(os.listdir(mnt)) == sorted(["by-time", "by-volume", SET_A, SET_B, SET_C])
     by_time = os.path.join(mnt, "by-time")
     assert sorted(os.listdir(by_time)) == [WHEN, WHEN + ".1", "2026-11-22T08:00:00Z"]
     assert os.readlink(os.path.join(by_time, WHEN)) == f"../{SET_A}"
@@ -186,7 +186,7 @@ def test_layout_sets_by_time_and_virtual_attrs(workspace: Workspace) -> None:
     link = os.lstat(os.path.join(by_time, WHEN))
     assert stat.S_ISLNK(link.st_mode) and link.st_size == len(f"../{SET_A}")
     root = os.stat(mnt)
-    assert (root.st_mode, root.st_nlink) == (stat.S_IFDIR | 0o555, 2 + 1 + 3)
+    assert (root.st_mode, root.st_nlink) == (stat.S_IFDIR | 0o555, 2 + 2 + 3)
     assert os.listxattr(mnt) == []
     with pytest.raises(OSError) as exc:
         os.getxattr(os.path.join(mnt, SET_A), "user.nothing")
@@ -508,9 +508,9 @@ def test_sets_appear_and_vanish_without_a_message(workspace: Workspace) -> None:
     _write(v.path("f"), data)
     workspace.browser([v])
     mnt = workspace.mount
-    assert os.listdir(mnt) == ["by-time"]
+    assert os.listdir(mnt) == ["by-time", "by-volume"]
     seq = v.take(SET_A)
-    assert sorted(os.listdir(mnt)) == sorted(["by-time", SET_A])
+    assert sorted(os.listdir(mnt)) == sorted(["by-time", "by-volume", SET_A])
     v.write("f", 0, b"changed" * 100_000)
     path = os.path.join(mnt, SET_A, "data", "f")
     fd = os.open(path, os.O_RDONLY)
@@ -518,7 +518,7 @@ def test_sets_appear_and_vanish_without_a_message(workspace: Workspace) -> None:
         assert os.pread(fd, 100, 0) == data[:100]
         cwd = os.open(os.path.join(mnt, SET_A, "data"), os.O_RDONLY | os.O_DIRECTORY)
         v.delete(seq)
-        assert os.listdir(mnt) == ["by-time"]
+        assert os.listdir(mnt) == ["by-time", "by-volume"]
         assert os.listdir(os.path.join(mnt, "by-time")) == []
         with pytest.raises(FileNotFoundError):
             os.stat(os.path.join(mnt, SET_A))
@@ -532,7 +532,7 @@ def test_sets_appear_and_vanish_without_a_message(workspace: Workspace) -> None:
     finally:
         os.close(fd)
     seq2 = v.take(SET_B)
-    assert sorted(os.listdir(mnt)) == sorted(["by-time", SET_B])
+    assert sorted(os.listdir(mnt)) == sorted(["by-time", "by-volume", SET_B])
     with open(os.path.join(mnt, SET_B, "data", "f"), "rb") as f:
         assert f.read(7) == b"changed"
     assert seq2 > seq
@@ -544,7 +544,7 @@ def test_diff_area_created_after_the_volumes_message(workspace: Workspace) -> No
     area = os.path.join(workspace.base, "late-area")
     browser = workspace.browser()
     assert browser.set_volumes([("late", 3, area, backing)])["ok"]
-    assert os.listdir(workspace.mount) == ["by-time"]
+    assert os.listdir(workspace.mount) == ["by-time", "by-volume"]
     v = Volume("late", 3, backing, area)
     workspace.volumes.append(v)
     _write(v.path("f"), b"late")
@@ -562,14 +562,14 @@ def test_volumes_replaced_and_removed(workspace: Workspace) -> None:
     b.take(SET_B, "2026-11-22T00:00:00Z")
     browser = workspace.browser([a])
     mnt = workspace.mount
-    assert sorted(os.listdir(mnt)) == sorted(["by-time", SET_A])
+    assert sorted(os.listdir(mnt)) == sorted(["by-time", "by-volume", SET_A])
     fd = os.open(os.path.join(mnt, SET_A, "alpha", "f"), os.O_RDONLY)
     try:
         assert browser.set_volumes([a.spec, b.spec])["ok"]  # alpha kept, beta added
-        assert sorted(os.listdir(mnt)) == sorted(["by-time", SET_A, SET_B])
+        assert sorted(os.listdir(mnt)) == sorted(["by-time", "by-volume", SET_A, SET_B])
         assert os.pread(fd, 10, 0) == b"a" * 10
         assert browser.set_volumes([b.spec])["ok"]
-        assert sorted(os.listdir(mnt)) == sorted(["by-time", SET_B])
+        assert sorted(os.listdir(mnt)) == sorted(["by-time", "by-volume", SET_B])
         with pytest.raises(OSError) as exc:
             os.pread(fd, 10, 6 << 20)  # not cached; the open file's volume is gone: never a wrong answer
         assert exc.value.errno == errno.ESTALE
@@ -662,7 +662,7 @@ def test_a_live_mount_is_not_stacked_on(workspace: Workspace) -> None:
     assert second.proc is not None and second.proc.wait(15) == 1
     assert second.sock is not None
     second.sock.close()  # never second.stop(): it would unmount the first browser's mount
-    assert os.listdir(workspace.mount) == ["by-time"]  # the first one still serves
+    assert os.listdir(workspace.mount) == ["by-time", "by-volume"]  # the first one still serves
 
 
 def test_volumes_message_again_finds_a_diff_area_made_meanwhile_at_once(workspace: Workspace) -> None:
@@ -674,7 +674,7 @@ def test_volumes_message_again_finds_a_diff_area_made_meanwhile_at_once(workspac
     area = os.path.join(workspace.base, "late-area")
     browser = workspace.browser()
     assert browser.set_volumes([("late", 3, area, backing)])["ok"]
-    assert os.listdir(workspace.mount) == ["by-time"]  # no diff area yet: retried in a second
+    assert os.listdir(workspace.mount) == ["by-time", "by-volume"]  # no diff area yet: retried in a second
     v = Volume("late", 3, backing, area)
     workspace.volumes.append(v)
     _write(v.path("f"), b"late")
@@ -692,7 +692,7 @@ def test_sequence_beyond_node_id_space_is_eoverflow(workspace: Workspace) -> Non
         txn.put(META_NEXT_SEQ, u64(1 << 20), db=v.area.meta)
     v.take(SET_A)
     workspace.browser([v])
-    assert sorted(os.listdir(workspace.mount)) == sorted(["by-time", SET_A])
+    assert sorted(os.listdir(workspace.mount)) == sorted(["by-time", "by-volume", SET_A])
     assert os.listdir(os.path.join(workspace.mount, SET_A)) == []  # no node id to list it with
     with pytest.raises(OSError) as exc:
         os.stat(os.path.join(workspace.mount, SET_A, "data"))
