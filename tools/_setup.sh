@@ -9,13 +9,16 @@
 SHADOWFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHADOWFS_VENV="$SHADOWFS_ROOT/.venv"
 SHADOWFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-dev python3-venv gcc patch rsync attr acl
-                       xfsprogs btrfs-progs restic borgbackup)
+                       xfsprogs btrfs-progs)
+# What only the tests run (`shadowfs_setup test`): the backup tools and servers the end-to-end
+# tests drive for real. Debian starts the Samba service when it installs it (where systemd runs).
+SHADOWFS_TEST_APT_PACKAGES=(restic borgbackup samba samba-vfs-modules smbclient)
 
 shadowfs_log() { echo "shadowfs setup: $*" >&2; }
 
 shadowfs_missing_packages() {
     local pkg
-    for pkg in "${SHADOWFS_APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
             echo "$pkg"
         fi
@@ -23,9 +26,9 @@ shadowfs_missing_packages() {
 }
 
 shadowfs_ensure_packages() {
-    command -v dpkg-query >/dev/null || { shadowfs_log "not a Debian system; install by hand: ${SHADOWFS_APT_PACKAGES[*]}"; return 0; }
+    command -v dpkg-query >/dev/null || { shadowfs_log "not a Debian system; install by hand: $*"; return 0; }
     local missing
-    mapfile -t missing < <(shadowfs_missing_packages)
+    mapfile -t missing < <(shadowfs_missing_packages "$@")
     ((${#missing[@]} == 0)) && return 0
     local sudo=()
     if ((EUID != 0)); then
@@ -108,8 +111,11 @@ shadowfs_ensure_bytecode() {
     "$SHADOWFS_VENV/bin/python" -m compileall -q "$SHADOWFS_ROOT/shadowfs" >/dev/null
 }
 
+# shadowfs_setup [test]: with "test", also what the tests need (SHADOWFS_TEST_APT_PACKAGES).
 shadowfs_setup() {
-    shadowfs_ensure_packages
+    local packages=("${SHADOWFS_APT_PACKAGES[@]}")
+    [[ "${1:-}" == test ]] && packages+=("${SHADOWFS_TEST_APT_PACKAGES[@]}")
+    shadowfs_ensure_packages "${packages[@]}"
     shadowfs_ensure_venv
     shadowfs_ensure_bytecode
 }

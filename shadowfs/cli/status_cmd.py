@@ -2,7 +2,9 @@
 
 One job: one `status` request, printed as a summary and a table (or JSON);
 with `--wait`, asked again until the daemon is ready (every volume protected,
-snapshots readable) or the timeout passes (then `DaemonStarting`, exit 4).
+snapshots readable) or the timeout passes (then `DaemonStarting`, exit 4); a
+daemon not running at all is waited for NOT_RUNNING_GRACE seconds only (one
+just started in the background may not hold its lock yet), then exit 3.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from typing import TYPE_CHECKING
 from shadowfs import statedir
 from shadowfs.cli.common import add_command, state_of
 from shadowfs.cli.output import print_json, print_table, size
-from shadowfs.errors import CallTimeout, DaemonStarting
+from shadowfs.errors import CallTimeout, DaemonNotRunning, DaemonStarting
 from shadowfs.ipc.client import request
 from shadowfs.ipc.messages import StatusReply
 
 WAIT_INTERVAL = 0.1
+NOT_RUNNING_GRACE = 5.0  # how long --wait waits for a daemon that holds no lock yet
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
 
 
 def _wait_ready(state_dir: str, timeout: float) -> StatusReply:
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
         try:
             reply = request(state_dir, {"op": "status"})
@@ -33,6 +37,10 @@ def _wait_ready(state_dir: str, timeout: float) -> StatusReply:
                 return reply
         except DaemonStarting:
             pass
+        except DaemonNotRunning:
+            # `shadowfs daemon &` just run may not hold its lock yet: a few seconds' grace
+            if time.monotonic() >= min(deadline, start + NOT_RUNNING_GRACE):
+                raise
         if time.monotonic() >= deadline:
             raise DaemonStarting(f"the shadowfs daemon on state {state_dir} was not ready within "
                                  f"{timeout:g} s")

@@ -39,6 +39,8 @@ COMMANDS = [
     ["volume", "add", "data", "/tmp"], ["volume", "remove", "data"], ["volume", "remove", "data", "--force"],
     ["snapshot", "create", "a", "b", "--json"], ["snapshot", "list", "--json"],
     ["snapshot", "delete", "8a0e8c0e-2a4c-4a43-9d7e-2b0a3f7c9b11"],
+    ["status", "--wait", "--timeout", "0.3"],  # waits for a daemon that just started, not for none
+    ["samba", "home"],
 ]
 
 

@@ -33,7 +33,7 @@ def shown_commands() -> list[str]:
             continue
         pending = ""
         if text.startswith("shadowfs "):
-            commands.append(text.rstrip("&").strip())
+            commands.append(re.split(r"\s(?:>>?|\|)\s", text)[0].rstrip("&").strip())  # not a redirection
     return commands
 
 
