@@ -36,9 +36,11 @@ from shadowfs.cli import (
     exec_cmd,
     media_cmd,
     restore_cmd,
+    revert_cmd,
     snapshot_cmd,
     status_cmd,
     systemd_cmd,
+    versions_cmd,
     volume_cmd,
     writer_cmd,
 )
@@ -53,7 +55,8 @@ if TYPE_CHECKING:
 PARSERS: tuple[Callable[[Subcommands], None], ...] = (
     daemon_cmd.add_parser, volume_cmd.add_parser, snapshot_cmd.add_parser, status_cmd.add_parser,
     writer_cmd.add_parser, backup_cmd.add_parser, restore_cmd.add_parser, media_cmd.add_parser,
-    diff_cmd.add_parser, exec_cmd.add_parser, systemd_cmd.add_parser,
+    diff_cmd.add_parser, versions_cmd.add_parser, revert_cmd.add_parser, exec_cmd.add_parser,
+    systemd_cmd.add_parser,
 )
 
 
