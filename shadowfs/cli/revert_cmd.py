@@ -101,7 +101,7 @@ def cmd_revert(args: argparse.Namespace) -> int:
         scopes.append(rel)
     scopes = scope_paths(scopes or [""])
     out: dict[str, Any] = {"volume": volume["name"], "snapshot": snap["id"], "set": snap["set_id"],
-                           "paths": scopes, "dry_run": args.dry_run, "safety": None}
+                           "paths": scopes, "dry_run": args.dry_run, "safety": None, "warnings": []}
     with SourceTree(snap["path"]) as snap_tree, \
             SourceTree(volume["mount"], hidden=[os.fsdecode(HIDDEN_DIR)]) as live_tree:
         if snap_tree.meta("") is None:
@@ -110,7 +110,10 @@ def cmd_revert(args: argparse.Namespace) -> int:
         if not args.dry_run and not plan.empty:
             safety_set, safety = _safety_set(state, volume["name"])
             out["safety"] = {"set": safety_set, "snapshot": safety}
-            plan = _plan(state, snap, snap_tree, live_tree, scopes)
+            try:
+                plan = _plan(state, snap, snap_tree, live_tree, scopes)  # the volume as it is now
+            except (CliError, RevertRefused) as exc:
+                raise type(exc)(f"{exc} (snapshot {safety}, taken for the revert, is not needed)") from None
             try:
                 result = revert(volume["mount"], snap_tree, plan)
             except RevertError as exc:

@@ -94,7 +94,6 @@ class ScopeTree:
     roots: dict[str, BackingIno | None] = field(default_factory=dict)  # scope -> object there, if any
 
 
-
 def read_scopes(tree: SourceTree, scopes: list[str], root_ino: BackingIno | None = None) -> ScopeTree:
     """Every object under `scopes` in `tree`; `root_ino` is the identity given to the tree's root
     (the live mount's root reports inode 1)."""

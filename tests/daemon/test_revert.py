@@ -24,7 +24,7 @@ from shadowfs.diffarea.area import DiffArea
 from shadowfs.diffarea.schema import KIND_OF_FMT, BackingIno
 from shadowfs.manifest import Manifest, differences
 from tests.daemon.test_daemon import cli_error
-from tests.support.daemon import DaemonRun
+from tests.support.daemon import SHADOWFS, DaemonRun
 from tests.support.treegen import make_tree, mutate, tree_manifest
 
 pytestmark = pytest.mark.fuse
@@ -183,7 +183,9 @@ def test_revert_of_some_paths_changes_nothing_else(daemon: DaemonRun, tmp_path: 
                      str(t / "docs" / "f1.txt"), "--dry-run", "--json")
     assert dry["paths"] == ["t/docs", "t/empty/born", "t/zeros"]  # f1.txt is inside docs
     assert tree_manifest(str(a)) == before
-    daemon.cli("revert", first, str(t / "docs"), str(t / "zeros"), str(t / "empty" / "born"))
+    relative = subprocess.run([*SHADOWFS, "revert", first, "docs", "zeros", "empty/born", "--volume", "a"],
+                              cwd=t, env=daemon.env, capture_output=True, text=True, timeout=120, check=False)
+    assert relative.returncode == 0, relative.stderr  # paths relative to the current directory
     after = tree_manifest(str(a))
     tops = ("./t/docs", "./t/zeros", "./t/empty/born")
     for top in tops:
@@ -195,6 +197,13 @@ def test_revert_of_some_paths_changes_nothing_else(daemon: DaemonRun, tmp_path: 
     assert rest_before["./t/empty"] == rest_after["./t/empty"] and rest_after["./t/sparse.img"] != at_first[
         "./t/sparse.img"]
     assert tree_manifest(str(b)) == before_b
+
+    with open(t / "links" / "a", "ab") as f:  # its other names, links/b and docs/c-link, change too
+        f.write(b" changed")
+    daemon.cli("revert", first, str(t / "docs" / "c-link"))
+    assert (t / "docs" / "c-link").read_bytes() == b"linked content"
+    assert (t / "links" / "b").read_bytes() == b"linked content changed"  # outside the path: untouched
+    assert ((t / "links" / "a").stat().st_nlink, (t / "docs" / "c-link").stat().st_nlink) == (2, 1)
 
     other = cli_error(daemon, "revert", first, str(b / "other"), code=2)
     assert f"{b / 'other'} is in volume b, not in volume a of snapshot {first}" in other
