@@ -22,6 +22,8 @@ ShadowfsError                                    kind                exit
 │   ├── BackupJobError                            backup_failed         1
 │   │   └── BackupRefused                         backup_refused        2
 │   └── RestoreError                              restore_failed        1
+├── RevertError                                   revert_failed         1
+│   └── RevertRefused                             revert_refused        2
 ├── IpcError                                      ipc                   1
 │   ├── ProtocolError (ValueError)                protocol              1
 │   ├── RemoteError (RuntimeError)                remote (or the peer's) 1
@@ -215,6 +217,25 @@ class RestoreError(MediaError):
     """The restore could not be done as the image says (target in the way, unsafe path, I/O error)."""
 
     kind = "restore_failed"
+
+
+# ---- reverting a volume to a snapshot (restore.revert) ---------------------------------------------
+
+
+class RevertError(ShadowfsError):
+    """A revert stopped part way (a file busy, the disk full, the volume changed meanwhile): the
+    message says where, what was done and what was left; the snapshot taken before it holds the
+    volume as it was."""
+
+    kind = "revert_failed"
+
+
+class RevertRefused(RevertError):
+    """A revert that cannot be done as asked (a path damaged in the snapshot, its directory gone
+    from the volume): refused before anything was changed."""
+
+    kind = "revert_refused"
+    exit_code = EXIT_REFUSED
 
 
 # ---- frames between processes (ipc) ----------------------------------------------------------------

@@ -28,6 +28,8 @@ from shadowfs.errors import CliError
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from shadowfs.ipc.messages import SnapshotEntry, VolumeEntry
+
     Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 MEDIA_ENV = "SHADOWFS_MEDIA"
@@ -78,6 +80,39 @@ def resolve_id(text: str, known: Iterable[str]) -> str:
         raise CliError(f"{text!r} is the start of {len(matches)} ids ({', '.join(matches[:4])}"
                        f"{', ...' if len(matches) > 4 else ''}): give more characters")
     return matches[0]
+
+
+def find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | None) -> SnapshotEntry:
+    """The snapshot `ident` names among `snapshots` (`snapshot list`): a snapshot id, or the id of a
+    set (of one volume, or with `volume`); either may be a unique prefix. CliError otherwise."""
+    wanted = resolve_id(ident, [s["id"] for s in snapshots] + [s["set_id"] for s in snapshots])
+    found = [s for s in snapshots if s["id"] == wanted]
+    if not found:
+        found = [s for s in snapshots if s["set_id"] == wanted and (volume is None or s["volume"] == volume)]
+    if not found:
+        raise CliError(f"no snapshot {ident}" + (f" of volume {volume}" if volume else ""))
+    if len(found) > 1:
+        raise CliError(f"set {ident} has several volumes: choose one with --volume")
+    return found[0]
+
+
+def volume_of_path(volumes: list[VolumeEntry], path: str) -> tuple[VolumeEntry, str]:
+    """The volume whose live path holds `path` (absolute, or relative to the current directory;
+    symlinks are not followed, except on the way to a volume's path), and `path` relative to the
+    volume's root ("" for the root). CliError naming the volumes when none holds it."""
+    absolute = os.path.abspath(path)
+    candidates = [absolute]
+    head, tail = os.path.split(absolute)
+    if tail:
+        candidates.append(os.path.join(os.path.realpath(head), tail))
+    for candidate in candidates:
+        holders = [v for v in volumes if statedir.is_within(candidate, v["mount"])]
+        if holders:
+            volume = max(holders, key=lambda v: len(v["mount"]))
+            rest = candidate[len(volume["mount"].rstrip("/")):].lstrip("/")
+            return volume, rest
+    known = ", ".join(f"{v['name']} at {v['mount']}" for v in volumes) or "none"
+    raise CliError(f"{path} is not inside a protected volume (volumes: {known})")
 
 
 def common_options(json_help: str = JSON_HELP) -> argparse.ArgumentParser:

@@ -18,29 +18,16 @@ import os
 from typing import TYPE_CHECKING
 
 from shadowfs import statedir
-from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, resolve_id, state_of
+from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, find_snapshot, state_of
 from shadowfs.cli.output import print_json
 from shadowfs.cli.progress import Progress
 from shadowfs.errors import ChildFailed, CliError
 from shadowfs.ipc.client import request
-from shadowfs.ipc.messages import SnapshotEntry
 
 if TYPE_CHECKING:
     from shadowfs.cli.common import Subcommands
 
 MARKS = {"created": "+", "deleted": "-", "renamed": "R", "linked": "L", "unlinked": "U", "modified": "M"}
-
-
-def _find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | None) -> SnapshotEntry:
-    wanted = resolve_id(ident, [s["id"] for s in snapshots] + [s["set_id"] for s in snapshots])
-    found = [s for s in snapshots if s["id"] == wanted]
-    if not found:
-        found = [s for s in snapshots if s["set_id"] == wanted and (volume is None or s["volume"] == volume)]
-    if not found:
-        raise CliError(f"no snapshot {ident}" + (f" of volume {volume}" if volume else ""))
-    if len(found) > 1:
-        raise CliError(f"set {ident} has several volumes: choose one with --volume")
-    return found[0]
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -55,12 +42,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if (args.b is None) == (not args.live):
         raise CliError("give the newer snapshot B, or --live to compare with the volume as it is now")
     snapshots = request(state, {"op": "snapshot_list"})["snapshots"]
-    a = _find_snapshot(snapshots, args.a, args.volume)
+    a = find_snapshot(snapshots, args.a, args.volume)
     if args.live:
         volumes = {v["name"]: v for v in request(state, {"op": "volume_list"})["volumes"]}
         to_id, to_path, to_seq = "live", volumes[a["volume"]]["mount"], None
     else:
-        b = _find_snapshot(snapshots, args.b, args.volume)
+        b = find_snapshot(snapshots, args.b, args.volume)
         if a["volume"] != b["volume"]:
             raise CliError(f"snapshots of different volumes ({a['volume']}, {b['volume']})")
         if a["seq"] >= b["seq"]:

@@ -36,10 +36,12 @@ from shadowfs.cli import (
     exec_cmd,
     media_cmd,
     restore_cmd,
+    revert_cmd,
     samba_cmd,
     snapshot_cmd,
     status_cmd,
     systemd_cmd,
+    versions_cmd,
     volume_cmd,
     writer_cmd,
 )
@@ -54,7 +56,8 @@ if TYPE_CHECKING:
 PARSERS: tuple[Callable[[Subcommands], None], ...] = (
     daemon_cmd.add_parser, volume_cmd.add_parser, snapshot_cmd.add_parser, status_cmd.add_parser,
     writer_cmd.add_parser, backup_cmd.add_parser, restore_cmd.add_parser, media_cmd.add_parser,
-    diff_cmd.add_parser, exec_cmd.add_parser, systemd_cmd.add_parser, samba_cmd.add_parser,
+    diff_cmd.add_parser, versions_cmd.add_parser, revert_cmd.add_parser, exec_cmd.add_parser,
+    systemd_cmd.add_parser, samba_cmd.add_parser,
 )
 
 

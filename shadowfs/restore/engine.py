@@ -41,7 +41,6 @@ existing is written through a name: new content goes to a new inode.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import stat
@@ -58,7 +57,6 @@ from shadowfs.linux.confined import (
     Confined,
     UnsafePath,
     check_rel_path,
-    fd_path,
     join,
     lstat_at,
     remove_tree_at,
@@ -69,6 +67,7 @@ from shadowfs.media.reader import Image, chain_images
 from shadowfs.media.records import Record
 from shadowfs.media.state import ChainState
 from shadowfs.media.verify import check_chain
+from shadowfs.restore.putback import MetadataWriter
 
 Progress = Callable[[dict[str, Any]], None]
 TEMP_PREFIX = ".shadowfs-restore-"
@@ -100,7 +99,7 @@ class _VolumeRestore:
         self.result = result
         self.progress = progress
         self.touched: set[str] = {""}
-        self.is_root = os.geteuid() == 0
+        self.meta = MetadataWriter(result.warnings)
         self.moved: dict[str, str] = {}  # recorded path -> where a new target put it
 
     def relocated(self, record: Record, moves: list[Relocation]) -> Record:
@@ -134,52 +133,6 @@ class _VolumeRestore:
             self.tree.forget(path)
             remove_tree_at(dir_fd, name)
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-    def _chown(self, call: Callable[[], None]) -> None:
-        try:
-            call()
-        except PermissionError:
-            if self.is_root:
-                raise
-            self.result.warnings.append("owners not restored: not running as root")
-
-    def _xattrs(self, path_for_xattr: str | int, wanted: dict[str, bytes], follow: bool) -> None:
-        kwargs: dict[str, Any] = {} if isinstance(path_for_xattr, int) else {"follow_symlinks": follow}
-        try:
-            present = set(os.listxattr(path_for_xattr, **kwargs))
-        except OSError as exc:
-            if exc.errno in (errno.ENOTSUP, errno.EPERM) and not wanted:
-                return
-            raise
-        for name in present - set(wanted):
-            try:
-                os.removexattr(path_for_xattr, name, **kwargs)
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EACCES):
-                    raise
-        for name, value in wanted.items():
-            os.setxattr(path_for_xattr, name, value, **kwargs)
-
-    def _meta_fd(self, fd: int, record: Record) -> None:
-        """Owner, mode, xattrs and times of a regular file or directory, through its descriptor."""
-        self._chown(lambda: os.chown(fd, record.uid, record.gid))
-        os.chmod(fd, stat.S_IMODE(record.mode))
-        self._xattrs(fd, record.xattrs, True)
-        os.utime(fd, ns=(record.atime_ns, record.mtime_ns))
-
-    def _meta_special(self, dir_fd: int, name: str, record: Record) -> None:
-        """The same for a symlink, fifo, socket or device node, never following it."""
-        self._chown(lambda: os.chown(name, record.uid, record.gid, dir_fd=dir_fd, follow_symlinks=False))
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            if stat.S_IFMT(os.fstat(fd).st_mode) != stat.S_IFMT(record.mode):
-                raise RestoreError(f"{self._where(record.path)}: replaced while being restored")
-            if record.kind != "symlink":
-                os.chmod(fd_path(fd), stat.S_IMODE(record.mode))
-            self._xattrs(fd_path(fd), record.xattrs, True)
-        finally:
-            os.close(fd)
-        os.utime(name, ns=(record.atime_ns, record.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _write_blob(self, fd: int, image: Image, record: Record) -> None:
         data = record.data
@@ -289,7 +242,7 @@ class _VolumeRestore:
                 self._write_blob(fd, owner, record)
             if data.how == "patch":
                 os.ftruncate(fd, record.size)
-            self._meta_fd(fd, record)
+            self.meta.on_fd(fd, record)
         except BaseException:
             os.close(fd)
             if temp is not None:
@@ -301,16 +254,7 @@ class _VolumeRestore:
 
     def _special(self, record: Record, dir_fd: int, name: str) -> None:
         temp = _temp_name()
-        if record.kind == "symlink":
-            assert record.target is not None
-            os.symlink(record.target, temp, dir_fd=dir_fd)
-        else:
-            os.mknod(temp, record.mode, record.rdev, dir_fd=dir_fd)
-        try:
-            self._meta_special(dir_fd, temp, record)
-        except BaseException:
-            os.unlink(temp, dir_fd=dir_fd)
-            raise
+        self.meta.make_special(dir_fd, temp, record, self._where(record.path))
         self._replace(dir_fd, temp, name, record.path)
 
     def finish(self, state: ChainState) -> None:
@@ -320,7 +264,7 @@ class _VolumeRestore:
             entry = entries.get(path)
             if entry is None or entry.record.kind != "dir":
                 continue
-            self._meta_fd(self.tree.dir_fd(path), entry.record)
+            self.meta.on_fd(self.tree.dir_fd(path), entry.record)
 
 
 def _targets(volumes: Collection[str], to: str | None, targets: Mapping[str, str] | None) -> dict[str, str]:

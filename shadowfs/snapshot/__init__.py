@@ -8,6 +8,8 @@
 - `changes`: the diff area's candidates between two snapshots, the tree at the newer one, changed
   ranges (design §6.4)
 - `diff`: `shadowfs diff`: path-level changes
+- `versions`: `shadowfs versions`: every distinct version of one path, then the live one
+- `revertplan`: what `shadowfs revert` must change, object by object (applied by `restore.revert`)
 
 No pyfuse3, no trio.
 """

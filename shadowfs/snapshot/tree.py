@@ -140,11 +140,27 @@ class SourceTree:
             names = [n for n in names if n not in self.hidden]
         return names
 
-    def walk(self) -> Iterator[tuple[str, Meta]]:
-        """Every object, pre-order, names sorted; the root is ``""``."""
+    def walk(self, top: str = "") -> Iterator[tuple[str, Meta]]:
+        """Every object at and below `top` (a path from the root, never followed; nothing if it is
+        not there), pre-order, names sorted; the root is ``""``."""
         root_fd = self.tree.root_fd
-        yield "", meta_at(root_fd, ".")
-        stack: list[tuple[int, str, Iterator[str]]] = [(root_fd, "", iter(self._names(root_fd, "")))]
+        with named(top):
+            first = self.meta(top) if top else meta_at(root_fd, ".")
+            if first is None:
+                return
+        yield top, first
+        if first.kind != "dir":
+            return
+        with named(top):
+            start = self.tree.open(top, DIR_FLAGS) if top else root_fd
+        stack: list[tuple[int, str, Iterator[str]]] = []
+        try:
+            with named(top):
+                stack.append((start, top, iter(self._names(start, top))))
+        except BaseException:
+            if start != root_fd:
+                os.close(start)
+            raise
         try:
             while stack:
                 dir_fd, path, names = stack[-1]
@@ -314,6 +330,11 @@ class SparseReader:
             length -= step
 
     def chunks(self) -> Iterator[bytes]:
+        for _, data in self.pieces():
+            yield data
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        """`chunks`, each with the offset in the file where it belongs."""
         pos = 0
         for start, end in self.regions:
             if self._digest is not None:
@@ -325,7 +346,9 @@ class SparseReader:
                     break  # shorter than it said (live trees only): the rest reads as zeros
                 if self._digest is not None:
                     self._digest.update(data)
-                yield from self._pieces(pos, data)
+                for piece in self._pieces(pos, data):
+                    last_offset, last_length = self.extents[-1]  # the piece ends its extent
+                    yield last_offset + last_length - len(piece), piece
                 pos += len(data)
         if self._digest is not None:
             self._zeros(self.size - pos)
