@@ -9,6 +9,12 @@ through the live mount, and refuses (as for two snapshots) when something
 changed while protection had lapsed. Ids that are not UUIDs, unknown
 snapshots and snapshots in the wrong order are `CliError` (exit 2). The
 engines are imported inside the handler.
+
+Each change says who made it when the diff area recorded that (design §3.14):
+``who`` (uid, gid, pid, comm, op, time, and the user and group names this
+machine has for the ids), and ``modified_by`` when the object's content was
+first changed by someone else than its entry; plain text adds a short
+``by ...`` phrase.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from shadowfs import statedir
 from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, resolve_id, state_of
 from shadowfs.cli.output import print_json
 from shadowfs.cli.progress import Progress
+from shadowfs.cli.who import name_items, phrase
 from shadowfs.errors import ChildFailed, CliError
 from shadowfs.ipc.client import request
 from shadowfs.ipc.messages import SnapshotEntry
@@ -31,7 +38,7 @@ if TYPE_CHECKING:
 MARKS = {"created": "+", "deleted": "-", "renamed": "R", "linked": "L", "unlinked": "U", "modified": "M"}
 
 
-def _find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | None) -> SnapshotEntry:
+def find_snapshot(snapshots: list[SnapshotEntry], ident: str, volume: str | None) -> SnapshotEntry:
     wanted = resolve_id(ident, [s["id"] for s in snapshots] + [s["set_id"] for s in snapshots])
     found = [s for s in snapshots if s["id"] == wanted]
     if not found:
@@ -55,12 +62,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if (args.b is None) == (not args.live):
         raise CliError("give the newer snapshot B, or --live to compare with the volume as it is now")
     snapshots = request(state, {"op": "snapshot_list"})["snapshots"]
-    a = _find_snapshot(snapshots, args.a, args.volume)
+    a = find_snapshot(snapshots, args.a, args.volume)
     if args.live:
         volumes = {v["name"]: v for v in request(state, {"op": "volume_list"})["volumes"]}
         to_id, to_path, to_seq = "live", volumes[a["volume"]]["mount"], None
     else:
-        b = _find_snapshot(snapshots, args.b, args.volume)
+        b = find_snapshot(snapshots, args.b, args.volume)
         if a["volume"] != b["volume"]:
             raise CliError(f"snapshots of different volumes ({a['volume']}, {b['volume']})")
         if a["seq"] >= b["seq"]:
@@ -69,7 +76,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     area = DiffArea.open(statedir.diff_area_path(state, a["volume"]), readonly=True)
     try:
         with SourceTree(a["path"]) as tree_a, SourceTree(to_path, hidden=[os.fsdecode(HIDDEN_DIR)]) as tree_b:
-            found = changes.scan(area, Seq(int(a["seq"])), to_seq)
+            found = changes.scan(area, Seq(int(a["seq"])), to_seq, authors=True)
             root = tree_a.meta("")
             if root is None:  # the daemon lists it, but the snapshot browser does not show it
                 raise ChildFailed(f"snapshot {a['id']} is not readable at {a['path']}")
@@ -79,6 +86,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             progress.done()
     finally:
         area.close()
+    name_items(items)
     if args.json:
         print_json({"volume": a["volume"], "from": a["id"], "to": to_id, "changes": items})
         return 0
@@ -90,6 +98,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
             extra.append(f"data {sum(n for _, n in item['data'])} bytes in {len(item['data'])} range(s)")
         if "attributes" in item:
             extra.append("attributes " + ",".join(item["attributes"]))
+        if "who" in item:
+            extra.append(phrase(item["who"]))
+        if "modified_by" in item:
+            extra.append("modified " + phrase(item["modified_by"]))
         print(f"{MARKS[item['change']]} {item['path'] or '/'}" + (f"  ({'; '.join(extra)})" if extra else ""))
     return 0
 
