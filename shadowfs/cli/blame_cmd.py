@@ -91,21 +91,31 @@ def cmd_blame(args: argparse.Namespace) -> int:
         print_json({"volume": name, "path": rel, "since": None if since is None else since["id"],
                     "changes": items})
         return 0
-    print_table(["SINCE", "UNTIL", "TIME", "USER", "COMMAND", "OP", "PATH"],
+    print_table(["SINCE", "UNTIL", "TIME", "USER", "COMMAND", "OP", "WHAT", "PATH"],
                 [_row(item) for item in items])
     return 0
 
 
+def _what(item: dict[str, Any]) -> str:
+    """What changed, in a word or two: the object's data or attributes, or which way its name went."""
+    if item["object"] == "entry":
+        return "name added" if item.get("before") == "absent" else "name changed"
+    if item["object"] == "damage":
+        return "changed outside the mount"
+    return "data" if item.get("data") else "born" if item.get("before") == "nonexistent" else "attributes"
+
+
 def _row(item: dict[str, Any]) -> list[str]:
+    """One change as table cells; "-" where its author is not known."""
     who = item.get("who")
-    path = (item["path"] or "/") + ("  (data)" if item.get("data") else "")
     until = item["until"] if item["until"] == "live" else item["until"][:8]
+    head = [item["since"][:8], until]
+    tail = [_what(item), item["path"] or "/"]
     if who is None:
-        what = {"damage": "changed outside the mount", "entry": "entry"}.get(item["object"], "changed")
-        return [item["since"][:8], until, item.get("found", "-"), "-", "-", what, path]
+        return head + [item.get("found", "-"), "-", "-", "-"] + tail
     user = f"{who.get('user', '')}({who['uid']})"
-    return [item["since"][:8], until, who["time"][:19].replace("T", " "), user,
-            f"{who.get('comm', '?')}[{who['pid']}]", who["op"], path]
+    return head + [who["time"][:19].replace("T", " "), user, f"{who.get('comm', '?')}[{who['pid']}]",
+                   who["op"]] + tail
 
 
 def add_parser(commands: Subcommands) -> None:
