@@ -33,6 +33,9 @@ Invariants:
   ENOENT, listings omit it, the root's link count leaves it out, nothing can
   be created or renamed onto it.
 - Only `FUSEError` leaves a handler (`fuse_adapter.fuse_handler`).
+- Every changing handler gives the planner its request context as the change's
+  caller (design §3.14); an open file keeps its opener's for its writes (a
+  WRITE request names none). Only a capture makes anything of it.
 - The kernel may cache names and attributes for long (`IN_PLACE_CACHE_TIMEOUT`)
   only when the mount is in place: then every change reaches the kernel
   first, and it invalidates what the change makes stale itself.

@@ -34,7 +34,9 @@ Nothing here reads an unchanged file or lists an unchanged directory.
 Asked for (`scan(..., authors=True)`, what `shadowfs diff` does), the scan
 also reads who made the first change of each attribute and entry candidate
 after ``base`` (design §3.14): the author record kept with the pre-image that
-the read rule finds at ``base``. A backup's scan reads none.
+the read rule finds at ``base``; and for an entry changed again after a later
+snapshot in between, who made its last recorded change (the one that made
+the name it has at ``new``). A backup's scan reads none.
 
 The implication holds only while every change passed the capture path: an
 object marked damaged in ``base`` (design §9.3) changed without a pre-image,
@@ -98,14 +100,17 @@ class ObjectChanges:
     inodes: dict[BackingIno, InodeDelta] = field(default_factory=dict)
     entries: dict[tuple[BackingIno, str], DirentRecord] = field(default_factory=dict)
     authors: dict[bytes, AuthorRecord] = field(default_factory=dict)  # object key -> its first change's
+    last_authors: dict[bytes, AuthorRecord] = field(default_factory=dict)  # entries changed again later
 
     def attr_author(self, ino: BackingIno) -> AuthorRecord | None:
         """Who first changed the attributes (or data) of `ino` after base, if recorded and asked for."""
         return self.authors.get(schema.attr_object(ino))
 
-    def entry_author(self, dir_ino: BackingIno, name: str) -> AuthorRecord | None:
-        """Who first changed entry `name` of `dir_ino` after base, if recorded and asked for."""
-        return self.authors.get(schema.dirent_object(dir_ino, os.fsencode(name)))
+    def entry_author(self, dir_ino: BackingIno, name: str, *, last: bool = False) -> AuthorRecord | None:
+        """Who first changed entry `name` of `dir_ino` after base (`last`: who made its last recorded
+        change before new, the one that gave it its value at new), if recorded and asked for."""
+        obj = schema.dirent_object(dir_ino, os.fsencode(name))
+        return (self.last_authors.get(obj) if last else None) or self.authors.get(obj)
 
     def block_at_base(self, ino: BackingIno, block: int) -> bytes | None:
         """The block's pre-image as snapshot `base` sees it (DiffAreaError if `base` is gone: a later
@@ -139,6 +144,7 @@ def scan(area: DiffArea, base: Seq, new: Seq | None, *, authors: bool = False) -
         changes = ObjectChanges(area, base, new)
         attr_inos: set[BackingIno] = set()
         first: dict[bytes, Seq] = {}  # attribute and entry objects: the key the read rule finds at base
+        last: dict[bytes, Seq] = {}  # entry objects: their last key before new
         cursor = txn.cursor(db=area.bysnap)
         found = cursor.set_range(schema.u64(base))
         while found:
@@ -148,6 +154,8 @@ def scan(area: DiffArea, base: Seq, new: Seq | None, *, authors: bool = False) -
             tag = obj[:1]
             if authors and tag != b"B":
                 first.setdefault(obj, seq)  # bysnap is in sequence order: the first seen is the lowest
+                if tag == b"D":
+                    last[obj] = seq
             if tag == b"A":
                 attr_inos.add(schema.object_ino(obj))
             elif tag == b"B":
@@ -167,6 +175,10 @@ def scan(area: DiffArea, base: Seq, new: Seq | None, *, authors: bool = False) -
             author = author_at(area, txn, obj, seq)
             if author is not None:
                 changes.authors[obj] = author
+        for obj, seq in last.items():
+            author = author_at(area, txn, obj, seq) if seq != first[obj] else None
+            if author is not None:
+                changes.last_authors[obj] = author
     return changes
 
 

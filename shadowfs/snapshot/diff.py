@@ -19,10 +19,12 @@ change). Attributes compared: mode, uid, gid, size, mtime, ctime, nlink, rdev,
 xattrs, symlink target (not atime, which reads change without a capture).
 
 ``who`` (design §3.14), when the scan read authors and the change was
-recorded: for an entry change (created, deleted, renamed, linked, unlinked)
-who first changed that entry after A (a rename: the old name's), else who
-first changed the object's attributes or data; ``modified_by`` on an entry
-change whose object's attributes or data were first changed by someone else.
+recorded: for a deleted, renamed or unlinked path who first changed that
+entry after A (a rename: the old name's), for a created or linked one who
+made the entry's last recorded change (the one that made the name), for a
+modified one who first changed the object's attributes or data;
+``modified_by`` on an entry change whose object's attributes or data were
+first changed by someone else.
 Absent when not known: changes made before this was recorded, or in a
 directory made since A (its entries have no pre-images).
 """
@@ -90,7 +92,7 @@ def diff_snapshots(changes: ObjectChanges, reader_a: SnapshotReader, reader_b: S
                     for entry, path in old.items()]
             continue
         if ino not in paths_a:
-            out += [_item(path, kinds_b[ino], "created", entry_author(*entry), attr_author(ino))
+            out += [_item(path, kinds_b[ino], "created", entry_author(*entry, last=True), attr_author(ino))
                     for entry, path in new.items()]
             continue
         kind = kinds_b[ino]
@@ -103,7 +105,8 @@ def diff_snapshots(changes: ObjectChanges, reader_a: SnapshotReader, reader_b: S
         else:
             out += [_item(old[e], kind, "unlinked", entry_author(*e), attr_author(ino)) for e in lost]
             for entry in gained:
-                mine[new[entry]] = _item(new[entry], kind, "linked", entry_author(*entry), attr_author(ino))
+                mine[new[entry]] = _item(new[entry], kind, "linked", entry_author(*entry, last=True),
+                                         attr_author(ino))
         if ino in changes.inodes:
             first_a, first_b = paths_a[ino][0], paths_b[ino][0]
             meta_a, meta_b = reader_a.meta(ino, first_a), reader_b.meta(ino, first_b)

@@ -153,6 +153,25 @@ def test_the_first_change_of_each_object_records_who_made_it(sim: CoreSim, progr
     assert blame.changes(sim.area, subjects, since=s2) == []
 
 
+def test_a_name_removed_and_made_again_after_a_later_snapshot_names_both(sim: CoreSim,
+                                                                        programs: dict[str, int]) -> None:
+    """Across a snapshot in between, a diff's deleted path names who removed it, and the created
+    path of the same name who made it again."""
+    sim.create("f", b"old")
+    s1 = Seq(sim.snapshot("s1"))
+    sim.caller = Caller(1001, 2001, programs["sleep"])
+    sim.unlink("f")
+    sim.snapshot("s2")
+    sim.caller = Caller(1002, 2002, programs["tail"])
+    sim.create("f", b"new")
+    s3 = Seq(sim.snapshot("s3"))
+    view_a, view_b = sim.view(s1), sim.view(s3)
+    listing = diff_snapshots(ch.scan(sim.area, s1, s3, authors=True), ViewReader(view_a), ViewReader(view_b),
+                             view_a.root_ino)
+    assert {(i["path"], i["change"]): (i["who"]["comm"], i["who"]["op"]) for i in listing if i["path"]} == {
+        ("f", "deleted"): ("sleep", "unlink"), ("f", "created"): ("tail", "create")}
+
+
 def test_a_change_that_needs_no_capture_reads_and_stores_nothing(sim: CoreSim,
                                                                  programs: dict[str, int]) -> None:
     sim.create("f", b"a" * (2 * BLOCK_SIZE))
