@@ -34,6 +34,7 @@ from typing import Protocol
 from shadowfs.diffarea.schema import AuthorRecord, encode_author
 
 NAMES_REMEMBERED = 1024  # pids whose last command name is kept for after they exit
+_U32 = 0xFFFFFFFF
 
 
 class Caller(Protocol):
@@ -93,7 +94,8 @@ class Authorship:
     def value(self) -> bytes:
         """The encoded `AuthorRecord`."""
         if self._value is None:
-            caller = self._caller
-            self._value = encode_author(AuthorRecord(caller.uid, caller.gid, caller.pid, self._clock(),
-                                                     self._names.name(caller.pid), self._op))
+            caller = self._caller  # ids as the kernel's 32-bit fields hold them: never a failed capture
+            uid, gid, pid = caller.uid & _U32, caller.gid & _U32, caller.pid & _U32
+            self._value = encode_author(AuthorRecord(uid, gid, pid, self._clock(), self._names.name(pid),
+                                                     self._op))
         return self._value

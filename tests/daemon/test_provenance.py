@@ -62,6 +62,7 @@ def _free_id(taken: Any, start: int) -> int:
 def users() -> Iterator[tuple[User, User]]:
     """A system user added for the test (removed again) and a bare uid:gid with no names."""
     name = f"sfsprov{os.getpid() % 100000}"
+    subprocess.run(["userdel", name], check=False, capture_output=True)  # left by a run that was killed
     subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
                     name], check=True, capture_output=True)
     try:
