@@ -133,15 +133,21 @@ def changes(area: DiffArea, subjects: Subjects, since: Seq | None = None) -> lis
                 mark = schema.decode_damage(ino, value)
                 add({"path": path, "object": "damage", "ino": ino, "cause": mark.cause, "found": mark.found},
                     mark.seq, None)
-        entries = dict(subjects.entries)
-        for dir_ino, path in subjects.dirs.items():
+
+        def add_entry(path: str, record: provenance.Recorded) -> None:
+            add({"path": path, "object": "entry", "before": _named(schema.decode_dirent(record.value))},
+                record.seq, record.author)
+
+        listed: set[tuple[BackingIno, bytes]] = set()
+        for dir_ino, path in subjects.dirs.items():  # every entry of a directory, in one walk
             for record in provenance.history(area, txn, schema.dirents_prefix(dir_ino)):
                 name = schema.dirent_name(record.obj)
-                entries.setdefault((dir_ino, name), join(path, os.fsdecode(name)))
-        for (dir_ino, name), path in entries.items():
-            for record in provenance.history(area, txn, schema.dirent_object(dir_ino, name)):
-                add({"path": path, "object": "entry", "before": _named(schema.decode_dirent(record.value))},
-                    record.seq, record.author)
+                listed.add((dir_ino, name))
+                add_entry(join(path, os.fsdecode(name)), record)
+        for (dir_ino, name), path in subjects.entries.items():
+            if (dir_ino, name) not in listed:
+                for record in provenance.history(area, txn, schema.dirent_object(dir_ino, name)):
+                    add_entry(path, record)
     born_with_entry = {(item["path"], item["seq"]) for _, item in out if item["object"] == "entry"}
     return [item for _, item in sorted(out, key=lambda pair: pair[0])
             if item.get("before") != "nonexistent" or (item["path"], item["seq"]) not in born_with_entry]
