@@ -228,6 +228,17 @@ def test_authors_are_deleted_with_their_pre_images(sim: CoreSim, programs: dict[
     assert sim.area.used_bytes() == 0  # the authors' bytes were counted, and given back
 
 
+def test_blame_lists_a_change_made_outside_the_mount_without_an_author(sim: CoreSim) -> None:
+    sim.create("g", b"g")
+    s1 = sim.snapshot("s1")
+    ino = BackingIno(sim._ino("g"))
+    assert sim.committer.run(lambda txn: sim.area.mark_damaged(txn, ino, "g", "written while unprotected",
+                                                               "2026-11-22T08:00:00Z"))
+    listed = blame.changes(sim.area, blame.Subjects(inos={ino: "g"}))
+    assert listed == [{"path": "g", "object": "damage", "ino": ino, "cause": "written while unprotected",
+                       "found": "2026-11-22T08:00:00Z", "seq": s1, "since": "s1", "until": "live"}]
+
+
 def test_command_names_are_read_when_asked_and_remembered_for_exited_processes() -> None:
     names = CommandNames(limit=2)
     first = started("sleep", "600")
