@@ -10,6 +10,7 @@ Data flow (design §3.1)::
 - `engine`: the write rule: stores each needed pre-image inside a committer transaction
 - `committer`: group commits: one thread, one LMDB write transaction for many jobs
 - `graveyard`: objects a snapshot still sees keep a name after losing their last one
+- `provenance`: a change's caller, made into its author record only when a pre-image is stored
 
 No pyfuse3, no trio: the live mount and the core tests drive the same code.
 """

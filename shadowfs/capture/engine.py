@@ -26,6 +26,10 @@ Invariants:
   not stored are freed (punched out later).
 - Attributes are captured before any block, because the size at ``seq`` comes
   from them.
+- Who made a change (design §3.14): a method given an `Authorship` stores its
+  record with each attribute or entry pre-image it stores, in the same
+  transaction (`diffarea.provenance`); a pre-image that exists already keeps
+  the author of the change that stored it. Block pre-images get none.
 - Live values are read through ``open_by_ino`` on the backing root, never
   through the live mount.
 - Objects are `BackingIno`s and snapshots `Seq`s; an inode number read from the
@@ -39,8 +43,10 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from shadowfs.capture.provenance import Authorship, Caller, CommandNames
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, Txn
+from shadowfs.diffarea.provenance import put_author
 from shadowfs.diffarea.schema import (
     ABSENT,
     BLOCK_SIZE,
@@ -123,6 +129,17 @@ class CaptureEngine:
     def __init__(self, area: DiffArea, root_fd: int) -> None:
         self.area = area
         self.root_fd = root_fd
+        self.names = CommandNames()
+
+    def author(self, caller: Caller | None, op: str) -> Authorship | None:
+        """The author of a job's changes, made inside the job (nothing is read until a pre-image
+        is stored); None when the caller is not known."""
+        return None if caller is None else Authorship(self.names, caller, op)
+
+    def _stored(self, txn: Txn, obj: bytes, seq: Seq, value: bytes, by: Authorship | None) -> None:
+        """Store an attribute or entry pre-image that is not there yet, and who made the change."""
+        if self.area.put_preimage(txn, obj, seq, value) and by is not None:
+            put_author(self.area, txn, obj, seq, by.value())
 
     # ---- questions asked before a change (read transactions are enough) ----
 
@@ -140,28 +157,29 @@ class CaptureEngine:
 
     # ---- captures (run inside the committer's write transaction) ----------
 
-    def attrs(self, txn: Txn, seq: Seq, ino: BackingIno) -> AttrRecord:
-        """Capture the attributes of `ino` if needed; return their value at `seq`."""
+    def attrs(self, txn: Txn, seq: Seq, ino: BackingIno, by: Authorship | None = None) -> AttrRecord:
+        """Capture the attributes of `ino` if needed (made by `by`); return their value at `seq`."""
         obj = schema.attr_object(ino)
         value = self.area.preimage(txn, obj, seq)
         if value is not None:
             return schema.decode_attr(value)
         record = read_live_attr(self.root_fd, ino)
-        self.area.put_preimage(txn, obj, seq, schema.encode_attr(record))
+        self._stored(txn, obj, seq, schema.encode_attr(record), by)
         return record
 
-    def for_attr_change(self, txn: Txn, seq: Seq, ino: BackingIno) -> None:
+    def for_attr_change(self, txn: Txn, seq: Seq, ino: BackingIno, by: Authorship | None = None) -> None:
         """chmod, chown, utimens, xattr changes, and the ctime/nlink side of links."""
-        self.attrs(txn, seq, ino)
+        self.attrs(txn, seq, ino, by)
 
     def for_write(self, txn: Txn, seq: Seq, ino: BackingIno, offset: int,
-                  length: int) -> None:
-        record = self.attrs(txn, seq, ino)
+                  length: int, by: Authorship | None = None) -> None:
+        record = self.attrs(txn, seq, ino, by)
         if record.exists:
             self._blocks(txn, seq, ino, record.size, block_span(offset, length))
 
-    def for_truncate(self, txn: Txn, seq: Seq, ino: BackingIno, new_size: int) -> None:
-        record = self.attrs(txn, seq, ino)
+    def for_truncate(self, txn: Txn, seq: Seq, ino: BackingIno, new_size: int,
+                     by: Authorship | None = None) -> None:
+        record = self.attrs(txn, seq, ino, by)
         if record.exists and new_size < record.size:
             self._blocks(txn, seq, ino, record.size,
                          range(new_size // BLOCK_SIZE, blocks_below(record.size)))
@@ -229,10 +247,10 @@ class CaptureEngine:
         return copied
 
     def for_write_copied(self, txn: Txn, seq: Seq, ino: BackingIno, offset: int, length: int,
-                         copied: CopiedRun) -> None:
+                         copied: CopiedRun, by: Authorship | None = None) -> None:
         """`for_write`, storing what `copy_ahead` copied where it is still wanted; a block it did
         not copy (or copied shorter than the file was at `seq`) is captured here as usual."""
-        record = self.attrs(txn, seq, ino)
+        record = self.attrs(txn, seq, ino, by)
         missing: list[int] = []
         store: dict[int, BlockRef] = {}
         if record.exists:
@@ -268,12 +286,12 @@ class CaptureEngine:
         copied.refs.clear()
 
     def for_entry_change(self, txn: Txn, seq: Seq, dir_ino: BackingIno,
-                         name: bytes) -> DirentRecord | None:
+                         name: bytes, by: Authorship | None = None) -> DirentRecord | None:
         """An entry of `dir_ino` is created, removed or replaced: capture it and the dir.
 
         Returns the entry's value at `seq` (None when the directory is newer than `seq`).
         """
-        dir_record = self.attrs(txn, seq, dir_ino)
+        dir_record = self.attrs(txn, seq, dir_ino, by)
         if not dir_record.exists:
             return None
         obj = schema.dirent_object(dir_ino, name)
@@ -285,7 +303,7 @@ class CaptureEngine:
             record = read_live_dirent(dir_fd, name)
         finally:
             os.close(dir_fd)
-        self.area.put_preimage(txn, obj, seq, schema.encode_dirent(record))
+        self._stored(txn, obj, seq, schema.encode_dirent(record), by)
         return record
 
     def note_new_object(self, txn: Txn, seq: Seq, ino: BackingIno) -> None:

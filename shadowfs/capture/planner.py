@@ -26,6 +26,9 @@ Invariants:
 - Objects are `BackingIno`s and snapshots `Seq`s; the inode of a name a plan
   stats (`os.stat_result.st_ino`) is typed there, once. The cache and the write
   plan take them as they are: no conversion on the write path.
+- Every plan takes the change's `Caller` (design §3.14) and only passes it
+  into the job of a capture it returns; the job makes the author there. A plan
+  that needs no capture does nothing with it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 
 from shadowfs.capture.committer import Committer, Job
 from shadowfs.capture.engine import CaptureEngine, CopiedRun
+from shadowfs.capture.provenance import Caller
 from shadowfs.diffarea.area import DiffArea, Txn
 from shadowfs.diffarea.schema import AttrRecord, BackingIno, Seq, block_span, blocks_below
 
@@ -170,23 +174,27 @@ class CapturePlanner:
     # ---- plans ------------------------------------------------------------------------------
 
     def objects(self, seq: Seq | None, attrs: Sequence[BackingIno] = (),
-                entries: Sequence[tuple[BackingIno, bytes]] = ()) -> Capture | None:
-        """The capture of the attributes of `attrs` and the entries `entries` under `seq`, if needed."""
+                entries: Sequence[tuple[BackingIno, bytes]] = (), caller: Caller | None = None,
+                op: str = "") -> Capture | None:
+        """The capture of the attributes of `attrs` and the entries `entries` under `seq`, if needed
+        (request `op` of `caller`)."""
         if seq is None or self._status(seq, attrs, entries)[0]:
             return None
-        return Capture(self._objects_job(seq, attrs, entries))
+        return Capture(self._objects_job(seq, attrs, entries, caller, op))
 
     def write(self, seq: Seq | None, ino: BackingIno, fd: int, offset: int, length: int,
-              ahead: int = 0) -> Capture | None:
+              ahead: int = 0, caller: Caller | None = None) -> Capture | None:
         """The capture a write of [offset, offset+length) to `ino` (open as `fd`) needs, if any;
         a needed capture covers `ahead` more bytes."""
         if seq is None or not self._write_needs_capture(seq, ino, fd, offset, length):
             return None
         span = length + ahead
-        return Capture(lambda txn: self.engine.for_write(txn, seq, ino, offset, span),
+        return Capture(lambda txn: self.engine.for_write(txn, seq, ino, offset, span,
+                                                         self.engine.author(caller, "write")),
                        lambda: self.cache.add_blocks(seq, ino, block_span(offset, span)))
 
-    def ahead(self, seq: Seq, ino: BackingIno, fd: int, offset: int, length: int) -> AheadCapture | None:
+    def ahead(self, seq: Seq, ino: BackingIno, fd: int, offset: int, length: int,
+              caller: Caller | None = None) -> AheadCapture | None:
         """The capture of [offset, offset+length) ahead of a writer, if any is needed: copied by
         the copier thread first, then stored by a committer job (which stores nothing once a
         snapshot newer than `seq` exists: the writer plans again for that one)."""
@@ -199,13 +207,15 @@ class CapturePlanner:
                 if newest is not None and newest > seq:
                     self.engine.discard(txn, copied)
                 else:
-                    self.engine.for_write_copied(txn, seq, ino, offset, length, copied)
+                    self.engine.for_write_copied(txn, seq, ino, offset, length, copied,
+                                                 self.engine.author(caller, "write"))
             return store
 
         return AheadCapture(lambda: self.engine.copy_ahead(seq, ino, offset, length), job,
                             lambda: self.cache.add_blocks(seq, ino, block_span(offset, length)))
 
-    def truncate(self, seq: Seq | None, ino: BackingIno, size: int) -> Capture | None:
+    def truncate(self, seq: Seq | None, ino: BackingIno, size: int,
+                 caller: Caller | None = None) -> Capture | None:
         """The capture cutting `ino` to `size` bytes needs, if any."""
         if seq is None or self.cache.is_born(seq, ino):
             return None
@@ -215,9 +225,11 @@ class CapturePlanner:
                                        self.engine.write_needs_capture(txn, seq, ino, size,
                                                                        record.size - size)):
                 return None
-        return Capture(lambda txn: self.engine.for_truncate(txn, seq, ino, size))
+        return Capture(lambda txn: self.engine.for_truncate(txn, seq, ino, size,
+                                                            self.engine.author(caller, "truncate")))
 
-    def removal(self, parent: BackingIno, parent_fd: int, name: bytes, *, directory: bool) -> RemovalPlan:
+    def removal(self, parent: BackingIno, parent_fd: int, name: bytes, *, directory: bool,
+                caller: Caller | None = None) -> RemovalPlan:
         """Removing `name` from directory `parent`: the entry and the object it names."""
         seq = self.newest
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -230,10 +242,11 @@ class CapturePlanner:
         done, born = self._status(seq, [ino], [(parent, name)])
         if done:
             return RemovalPlan(seq, st, born[ino], None)
-        return RemovalPlan(seq, st, False, Capture(self._objects_job(seq, [ino], [(parent, name)])))
+        job = self._objects_job(seq, [ino], [(parent, name)], caller, "rmdir" if directory else "unlink")
+        return RemovalPlan(seq, st, False, Capture(job))
 
     def rename(self, old_parent: BackingIno, old_fd: int, old_name: bytes, new_parent: BackingIno,
-               new_fd: int, new_name: bytes) -> RenamePlan:
+               new_fd: int, new_name: bytes, caller: Caller | None = None) -> RenamePlan:
         """Moving `old_name` over `new_name`: both entries, the moved object and the one replaced."""
         seq = self.newest
         moved = os.stat(old_name, dir_fd=old_fd, follow_symlinks=False)
@@ -243,7 +256,7 @@ class CapturePlanner:
         inos = [BackingIno(moved.st_ino)] + ([BackingIno(target.st_ino)] if target is not None else [])
         entries = [(old_parent, old_name), (new_parent, new_name)]
         done, born = self._status(seq, inos, entries)
-        capture = None if done else Capture(self._objects_job(seq, inos, entries))
+        capture = None if done else Capture(self._objects_job(seq, inos, entries, caller, "rename"))
         return RenamePlan(seq, moved, target, born, capture)
 
     def note_new(self, seq: Seq | None, ino: BackingIno) -> None:
@@ -289,13 +302,14 @@ class CapturePlanner:
             self.cache.add_born(seq, ino)
         return record
 
-    def _objects_job(self, seq: Seq, attrs: Sequence[BackingIno],
-                     entries: Sequence[tuple[BackingIno, bytes]]) -> Job:
+    def _objects_job(self, seq: Seq, attrs: Sequence[BackingIno], entries: Sequence[tuple[BackingIno, bytes]],
+                     caller: Caller | None = None, op: str = "") -> Job:
         def job(txn: Txn) -> None:
+            by = self.engine.author(caller, op)
             for dir_ino, name in entries:
-                self.engine.for_entry_change(txn, seq, dir_ino, name)
+                self.engine.for_entry_change(txn, seq, dir_ino, name, by)
             for ino in attrs:
-                self.engine.for_attr_change(txn, seq, ino)
+                self.engine.for_attr_change(txn, seq, ino, by)
         return job
 
     def _write_needs_capture(self, seq: Seq, ino: BackingIno, fd: int, offset: int, length: int) -> bool:

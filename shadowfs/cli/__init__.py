@@ -5,6 +5,7 @@
 - `common`: the options every command takes; `output`: JSON, tables, sizes; `progress`: progress on stderr
 - `daemon_cmd`, `volume_cmd`, `snapshot_cmd`, `writer_cmd`, `status_cmd`: talking to the daemon
 - `backup_cmd`, `restore_cmd`, `media_cmd`, `diff_cmd`: backup jobs, media, snapshot differences
+- `blame_cmd`: who changed a path, and when; `who`: an author with user and group names
 
 Engines are imported inside the handlers that use them, so `shadowfs --help` and the
 daemon requests start quickly and never import trio or pyfuse3.

@@ -9,6 +9,12 @@ through the live mount, and refuses (as for two snapshots) when something
 changed while protection had lapsed. Ids that are not UUIDs, unknown
 snapshots and snapshots in the wrong order are `CliError` (exit 2). The
 engines are imported inside the handler.
+
+Each change says who made it when the diff area recorded that (design §3.14):
+``who`` (uid, gid, pid, comm, op, time, and the user and group names this
+machine has for the ids), and ``modified_by`` when the object's content was
+first changed by someone else than its entry; plain text adds a short
+``by ...`` phrase.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from shadowfs import statedir
 from shadowfs.cli.common import JSON_PROGRESS_HELP, add_command, find_snapshot, state_of
 from shadowfs.cli.output import print_json
 from shadowfs.cli.progress import Progress
+from shadowfs.cli.who import name_items, phrase
 from shadowfs.errors import ChildFailed, CliError
 from shadowfs.ipc.client import request
 
@@ -56,7 +63,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     area = DiffArea.open(statedir.diff_area_path(state, a["volume"]), readonly=True)
     try:
         with SourceTree(a["path"]) as tree_a, SourceTree(to_path, hidden=[os.fsdecode(HIDDEN_DIR)]) as tree_b:
-            found = changes.scan(area, Seq(int(a["seq"])), to_seq)
+            found = changes.scan(area, Seq(int(a["seq"])), to_seq, authors=True)
             root = tree_a.meta("")
             if root is None:  # the daemon lists it, but the snapshot browser does not show it
                 raise ChildFailed(f"snapshot {a['id']} is not readable at {a['path']}")
@@ -66,6 +73,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             progress.done()
     finally:
         area.close()
+    name_items(items)
     if args.json:
         print_json({"volume": a["volume"], "from": a["id"], "to": to_id, "changes": items})
         return 0
@@ -77,6 +85,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
             extra.append(f"data {sum(n for _, n in item['data'])} bytes in {len(item['data'])} range(s)")
         if "attributes" in item:
             extra.append("attributes " + ",".join(item["attributes"]))
+        if "who" in item:
+            extra.append(phrase(item["who"]))
+        if "modified_by" in item:
+            extra.append("modified " + phrase(item["modified_by"]))
         print(f"{MARKS[item['change']]} {item['path'] or '/'}" + (f"  ({'; '.join(extra)})" if extra else ""))
     return 0
 

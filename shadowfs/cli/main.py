@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from shadowfs import __version__
 from shadowfs.cli import (
     backup_cmd,
+    blame_cmd,
     daemon_cmd,
     diff_cmd,
     exec_cmd,
@@ -56,8 +57,8 @@ if TYPE_CHECKING:
 PARSERS: tuple[Callable[[Subcommands], None], ...] = (
     daemon_cmd.add_parser, volume_cmd.add_parser, snapshot_cmd.add_parser, status_cmd.add_parser,
     writer_cmd.add_parser, backup_cmd.add_parser, restore_cmd.add_parser, media_cmd.add_parser,
-    diff_cmd.add_parser, versions_cmd.add_parser, revert_cmd.add_parser, exec_cmd.add_parser,
-    systemd_cmd.add_parser, samba_cmd.add_parser,
+    diff_cmd.add_parser, blame_cmd.add_parser, versions_cmd.add_parser, revert_cmd.add_parser,
+    exec_cmd.add_parser, systemd_cmd.add_parser, samba_cmd.add_parser,
 )
 
 

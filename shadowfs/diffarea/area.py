@@ -15,6 +15,9 @@ touches the backing filesystem:
 - damage marks (design §9.3): an object changed while protection had lapsed
   is damaged in every snapshot up to the newest one when it was marked; marks
   older than the oldest remaining snapshot are dropped with it;
+- who made each captured change (design §3.14, `diffarea.provenance`): an
+  author record has its pre-image's key, and the delete rule drops it with
+  that pre-image (`authors` is None in a format 3 area opened read-only);
 - the bytes of data-block pre-images live in the block store (blockstore.py),
   beside the environment or, when the diff area was created so (``META_BLOCKS``
   in ``meta``), in ``<backing>/.shadowfs/blocks.dat`` on the volume itself;
@@ -88,6 +91,7 @@ class DiffArea:
         self.graveyard = self._dbs[schema.DB_GRAVEYARD]
         self.freed = self._dbs[schema.DB_FREED]
         self.damage = self._dbs[schema.DB_DAMAGE]
+        self.authors: _Db | None = self._dbs.get(schema.DB_AUTHORS)
         with self.env.begin() as txn:
             self.blocks_on_volume = txn.get(schema.META_BLOCKS, db=self.meta) == schema.BLOCKS_ON_VOLUME
         self.blocks = self._block_store(backing_fd)
@@ -151,8 +155,9 @@ class DiffArea:
         Writable, a new diff area gets its format, first sequence number and volume name, and
         one of an upgradable format (schema.UPGRADABLE_VERSIONS) is upgraded in place; either
         in the one transaction that creates the databases, so a reader never sees a format
-        without its databases. Read-only, any other format is refused (the mount process
-        upgrades an old one when it opens it; readers try again later).
+        without its databases. Read-only, a format of schema.READABLE_VERSIONS is read with the
+        databases it has; any other is refused (the mount process upgrades an old one when it
+        opens it; readers try again later).
         """
         if self.readonly:
             meta = self.env.open_db(schema.DB_META, create=False)
@@ -161,7 +166,8 @@ class DiffArea:
             if version is None:
                 raise DiffAreaError(f"{self.path}: diff area not initialised")
             self._check_version(schema.read_u32(version))
-            return {name: self.env.open_db(name, create=False) for name in schema.ALL_DBS}
+            return {name: self.env.open_db(name, create=False)
+                    for name in schema.databases(schema.read_u32(version))}
         with self.env.begin(write=True) as txn:
             meta = self.env.open_db(schema.DB_META, txn=txn, create=True)
             version = txn.get(schema.META_FORMAT, db=meta)
@@ -180,7 +186,7 @@ class DiffArea:
             return {name: self.env.open_db(name, txn=txn, create=True) for name in schema.ALL_DBS}
 
     def _check_version(self, version: int) -> None:
-        if version == schema.FORMAT_VERSION:
+        if version == schema.FORMAT_VERSION or (self.readonly and version in schema.READABLE_VERSIONS):
             return
         if self.readonly and version in schema.UPGRADABLE_VERSIONS:
             raise DiffAreaError(f"{self.path}: diff area format {version}, not yet upgraded to format "
@@ -308,8 +314,11 @@ class DiffArea:
             if value is not None:
                 txn.delete(key, db=self.preimages)
                 size = self._stored_size(obj, key, value)
+                if obj[:1] != b"B" and self.authors is not None:  # its author record goes with it
+                    author = txn.pop(key, db=self.authors)
+                    size += 0 if author is None else len(key) + len(author)
                 freed += size
-                self._add_usage(txn, key_seq, -size)
+                self.add_usage(txn, key_seq, -size)
                 if obj[:1] == b"B":
                     ref = schema.decode_block_ref(value)
                     if ref.offset is not None:
@@ -348,7 +357,7 @@ class DiffArea:
         if not txn.put(key, value, overwrite=False, db=self.preimages):
             return False
         txn.put(schema.bysnap_key(seq, obj), b"", db=self.bysnap)
-        self._add_usage(txn, seq, self._stored_size(obj, key, value))
+        self.add_usage(txn, seq, self._stored_size(obj, key, value))
         return True
 
     @staticmethod
@@ -382,7 +391,7 @@ class DiffArea:
                 txn.put(schema.bysnap_key(seq, obj), b"", db=self.bysnap)
                 added += self._stored_size(obj, key, value)
         if added:
-            self._add_usage(txn, seq, added)
+            self.add_usage(txn, seq, added)
 
     def free_extent(self, txn: Txn, ref: BlockRef) -> None:
         """Bytes in the block store no pre-image refers to: punched out after this commit."""
@@ -534,7 +543,7 @@ class DiffArea:
 
     # ---- accounting ------------------------------------------------------
 
-    def _add_usage(self, txn: Txn, seq: Seq, delta: int) -> None:
+    def add_usage(self, txn: Txn, seq: Seq, delta: int) -> None:
         key = schema.u64(seq)
         old = txn.get(key, db=self.usage)
         total = (schema.read_u64(old) if old else 0) + delta

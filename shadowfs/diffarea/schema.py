@@ -32,6 +32,11 @@ A diff area is one LMDB environment with these named databases:
   marked), and reading it there fails with EIO; ``path`` is its path relative
   to the volume root as found (or null), ``cause`` a short text, ``found`` a
   UTC time.
+- ``authors``: the key of an attribute or directory-entry pre-image (object key
+  + u64 seq) -> who made the change that pre-image protects (`AuthorRecord`,
+  design §3.14): written in the transaction that stores the pre-image, deleted
+  with it. Data-block pre-images have none (the file's attributes are always
+  captured first, by the same change).
 
 Data-block pre-images hold their bytes in ``blocks.dat`` (see blockstore.py);
 the LMDB value is then a reference (offset, length). An all-zero block is
@@ -51,9 +56,12 @@ A number read from a key is typed where it is unpacked (`read_seq`, `read_ino`,
 enters shadowfs.
 
 Version history: 1 — first format; 2 — block bytes in blocks.dat, ``freed``;
-3 — ``damage`` (a format 2 area is upgraded in place when it is opened
-writable: the empty database is created and the version written, in one
-transaction; a read-only opener refuses format 2 until then).
+3 — ``damage``; 4 — ``authors``. An area of an older format in
+`UPGRADABLE_VERSIONS` is upgraded in place when it is opened writable (the
+missing empty databases are created and the version written, in one
+transaction). A read-only opener reads a format in `READABLE_VERSIONS` as it
+is (format 3: no author is known of any change) and refuses format 2 until
+its mount process has upgraded it.
 """
 
 from __future__ import annotations
@@ -74,8 +82,9 @@ BackingIno = NewType("BackingIno", int)
 Seq = NewType("Seq", int)
 """A snapshot's sequence number in its volume's diff area: grows, never reused (design §3)."""
 
-FORMAT_VERSION = 3
-UPGRADABLE_VERSIONS = (2,)  # opened writable, upgraded in place to FORMAT_VERSION
+FORMAT_VERSION = 4
+UPGRADABLE_VERSIONS = (2, 3)  # opened writable, upgraded in place to FORMAT_VERSION
+READABLE_VERSIONS = (3,)  # older formats a read-only opener reads as they are (see `databases`)
 BLOCK_SIZE = 64 * 1024
 SEQ_BYTES = 8
 HIDDEN_DIR = b".shadowfs"
@@ -89,7 +98,16 @@ DB_USAGE = b"usage"
 DB_GRAVEYARD = b"graveyard"
 DB_FREED = b"freed"
 DB_DAMAGE = b"damage"
-ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD, DB_FREED, DB_DAMAGE)
+DB_AUTHORS = b"authors"
+ALL_DBS = (DB_META, DB_SNAPSHOTS, DB_PREIMAGES, DB_BYSNAP, DB_USAGE, DB_GRAVEYARD, DB_FREED, DB_DAMAGE,
+           DB_AUTHORS)
+_SINCE_VERSION = {DB_DAMAGE: 3, DB_AUTHORS: 4}  # the databases a format added
+
+
+def databases(version: int) -> tuple[bytes, ...]:
+    """The named databases an area of format `version` has."""
+    return tuple(name for name in ALL_DBS if _SINCE_VERSION.get(name, 1) <= version)
+
 
 META_FORMAT = b"format"
 META_NEXT_SEQ = b"next_seq"
@@ -482,3 +500,39 @@ def decode_damage(ino: BackingIno, data: bytes) -> DamageRecord:
     fields = json.loads(data)
     return DamageRecord(ino, Seq(int(fields["seq"])), fields.get("path"), fields.get("cause", ""),
                         fields.get("found", ""))
+
+
+_AUTHOR_HEAD = struct.Struct(">BIIIq")  # layout, uid, gid, pid, time (ns since the epoch)
+_AUTHOR_LAYOUT = 1
+
+
+@dataclass(frozen=True)
+class AuthorRecord:
+    """Who made the change a pre-image protects, as the live mount saw it (design §3.14): the
+    caller's ids from the FUSE request, its command name, the wall-clock time of the capture,
+    and the request (``write``, ``truncate``, ``setattr``, ``create``, ``unlink``, ``rename``...)."""
+
+    uid: int
+    gid: int
+    pid: int  # as the kernel reported it (a thread's id); it may have been reused since
+    time_ns: int
+    comm: bytes  # /proc/<pid>/comm then (at most 15 bytes); b"" when it could not be read
+    op: str
+
+
+def encode_author(record: AuthorRecord) -> bytes:
+    comm = record.comm[:255]
+    op = record.op.encode()[:255]
+    return b"".join((_AUTHOR_HEAD.pack(_AUTHOR_LAYOUT, record.uid, record.gid, record.pid, record.time_ns),
+                     bytes([len(comm)]), comm, bytes([len(op)]), op))
+
+
+def decode_author(data: bytes) -> AuthorRecord:
+    layout, uid, gid, pid, time_ns = _AUTHOR_HEAD.unpack_from(data)
+    if layout != _AUTHOR_LAYOUT:
+        raise ValueError(f"unknown author record layout {layout}")
+    pos = _AUTHOR_HEAD.size
+    comm = bytes(data[pos + 1:pos + 1 + data[pos]])
+    pos += 1 + data[pos]
+    op = bytes(data[pos + 1:pos + 1 + data[pos]]).decode(errors="replace")
+    return AuthorRecord(uid, gid, pid, time_ns, comm, op)

@@ -33,6 +33,9 @@ Invariants:
   ENOENT, listings omit it, the root's link count leaves it out, nothing can
   be created or renamed onto it.
 - Only `FUSEError` leaves a handler (`fuse_adapter.fuse_handler`).
+- Every changing handler gives the planner its request context as the change's
+  caller (design §3.14); an open file keeps its opener's for its writes (a
+  WRITE request names none). Only a capture makes anything of it.
 - The kernel may cache names and attributes for long (`IN_PLACE_CACHE_TIMEOUT`)
   only when the mount is in place: then every change reaches the kernel
   first, and it invalidates what the change makes stale itself.
@@ -311,8 +314,8 @@ class LiveOperations(pyfuse3.Operations):
         handle = self._files.known(fh) if fh is not None else None
         async with self.gate.change():
             seq = self.planner.seq_for(fd)
-            await store(self.committer, self.planner.truncate(seq, ino, attr.st_size) if fields.update_size
-                        else self.planner.objects(seq, attrs=[ino]))
+            await store(self.committer, self.planner.truncate(seq, ino, attr.st_size, ctx)
+                        if fields.update_size else self.planner.objects(seq, [ino], caller=ctx, op="setattr"))
             _apply_setattr(handle.fd if handle is not None else proc_path(fd), fd, attr, fields)
         return self._entry(os.fstat(fd))
 
@@ -340,30 +343,30 @@ class LiveOperations(pyfuse3.Operations):
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         mode &= ~(ctx.umask & 0o777)
-        return await self._make(FuseInode(parent_inode), name, ctx,
+        return await self._make(FuseInode(parent_inode), name, ctx, "mknod",
                                 lambda dir_fd: os.mknod(name, mode, rdev, dir_fd=dir_fd), mode)
 
     @fuse_handler
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: pyfuse3.ModeT,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         mode = stat.S_IFDIR | (mode & 0o7777 & ~ctx.umask)
-        return await self._make(FuseInode(parent_inode), name, ctx,
+        return await self._make(FuseInode(parent_inode), name, ctx, "mkdir",
                                 lambda dir_fd: os.mkdir(name, stat.S_IMODE(mode), dir_fd=dir_fd), mode)
 
     @fuse_handler
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._make(FuseInode(parent_inode), name, ctx,
+        return await self._make(FuseInode(parent_inode), name, ctx, "symlink",
                                 lambda dir_fd: os.symlink(target, name, dir_fd=dir_fd), stat.S_IFLNK)
 
-    async def _make(self, parent_inode: FuseInode, name: bytes, ctx: pyfuse3.RequestContext,
+    async def _make(self, parent_inode: FuseInode, name: bytes, ctx: pyfuse3.RequestContext, op: str,
                     make: Callable[[int], None], mode: int) -> pyfuse3.EntryAttributes:
-        """Shared flow of mknod / mkdir / symlink: capture the entry, make, give to the caller."""
+        """Shared flow of mknod / mkdir / symlink (`op`): capture the entry, make, give to the caller."""
         parent = self._new_name(parent_inode, name)
         parent_fd = self._fd(parent)
         async with self.gate.change():
             seq = self.planner.newest
-            await store(self.committer, self.planner.objects(seq, entries=[(parent, name)]))
+            await store(self.committer, self.planner.objects(seq, (), [(parent, name)], ctx, op))
             make(parent_fd)
             fd, st = _give_to_caller(parent_fd, name, mode, ctx, self._open_entry)
             self.planner.note_new(seq, BackingIno(st.st_ino))
@@ -378,14 +381,15 @@ class LiveOperations(pyfuse3.Operations):
         parent_fd = self._fd(parent)
         async with self.gate.change():
             seq = self.planner.newest
-            await store(self.committer, self.planner.objects(seq, entries=[(parent, name)]))
+            await store(self.committer, self.planner.objects(seq, entries=[(parent, name)], caller=ctx,
+                                                             op="create"))
             fd, st = _create_file(parent_fd, name, stat.S_IMODE(mode) & ~ctx.umask, flags, ctx)
             ino = BackingIno(st.st_ino)
             self.planner.note_new(seq, ino)
         # No O_PATH descriptor is cached for the new file: while it is open `_fd` finds its
         # handle, afterwards it is reopened by number if ever needed (most new files are
         # only written and closed), which spares every create an open and the cache an eviction.
-        fh = self._files.add(ino, flags, _File(fd, ino))
+        fh = self._files.add(ino, flags, _File(fd, ino, WriteAhead(ctx)))
         return _file_info(fh, flags, fd, st), self._entry(st)
 
     @fuse_handler
@@ -396,7 +400,8 @@ class LiveOperations(pyfuse3.Operations):
         fd = self._fd(ino)
         parent_fd = self._fd(parent)
         async with self.gate.change():
-            capture = self.planner.objects(self.planner.newest, attrs=[ino], entries=[(parent, new_name)])
+            capture = self.planner.objects(self.planner.newest, attrs=[ino], entries=[(parent, new_name)],
+                                           caller=ctx, op="link")
             await store(self.committer, capture)
             link_fd(fd, parent_fd, new_name)
         return self._entry(os.fstat(fd))
@@ -409,7 +414,8 @@ class LiveOperations(pyfuse3.Operations):
         parent_fd = self._fd(parent)
         async with self.gate.change():
             plan = await settle(self.committer,
-                                lambda: self.planner.removal(parent, parent_fd, name, directory=False))
+                                lambda: self.planner.removal(parent, parent_fd, name, directory=False,
+                                                             caller=ctx))
             self.graveyard.unlink(plan, parent_fd, name)  # no await since the plan: it still holds
 
     @fuse_handler
@@ -418,7 +424,8 @@ class LiveOperations(pyfuse3.Operations):
         parent_fd = self._fd(parent)
         async with self.gate.change():
             plan = await settle(self.committer,
-                                lambda: self.planner.removal(parent, parent_fd, name, directory=True))
+                                lambda: self.planner.removal(parent, parent_fd, name, directory=True,
+                                                             caller=ctx))
             self.graveyard.rmdir(plan, parent_fd, name)
 
     @fuse_handler
@@ -433,7 +440,7 @@ class LiveOperations(pyfuse3.Operations):
         new_fd = self._fd(new_parent)
         async with self.gate.change():
             plan = await settle(self.committer, lambda: self.planner.rename(
-                old_parent, old_fd, name_old, new_parent, new_fd, name_new))
+                old_parent, old_fd, name_old, new_parent, new_fd, name_new, ctx))
             self.graveyard.rename(plan, old_fd, name_old, new_fd, name_new, flags)
 
     # ---- files -----------------------------------------------------------
@@ -448,12 +455,12 @@ class LiveOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             async with self.gate.change():
                 # the truncate's capture holds the attributes, so it covers the set-id bits too
-                await store(self.committer, self.planner.truncate(self.planner.seq_for(path_fd), ino, 0))
+                await store(self.committer, self.planner.truncate(self.planner.seq_for(path_fd), ino, 0, ctx))
                 fd = os.open(proc_path(path_fd), reopen | os.O_TRUNC)
                 st = _truncated_by(fd, ctx)
         else:
             fd = os.open(proc_path(path_fd), reopen)
-        fh = self._files.add(ino, flags, _File(fd, ino))
+        fh = self._files.add(ino, flags, _File(fd, ino, WriteAhead(ctx)))  # its writes are the opener's
         return _file_info(fh, flags, fd, st)
 
     @fuse_handler
@@ -549,7 +556,8 @@ class LiveOperations(pyfuse3.Operations):
         ino = self._ino(FuseInode(inode))
         fd = self._fd(ino)
         async with self.gate.change():
-            await store(self.committer, self.planner.objects(self.planner.seq_for(fd), attrs=[ino]))
+            await store(self.committer, self.planner.objects(self.planner.seq_for(fd), [ino], caller=ctx,
+                                                             op="setxattr"))
             os.setxattr(proc_path(fd), name, value)
 
     @fuse_handler
@@ -557,7 +565,8 @@ class LiveOperations(pyfuse3.Operations):
         ino = self._ino(FuseInode(inode))
         fd = self._fd(ino)
         async with self.gate.change():
-            await store(self.committer, self.planner.objects(self.planner.seq_for(fd), attrs=[ino]))
+            await store(self.committer, self.planner.objects(self.planner.seq_for(fd), [ino], caller=ctx,
+                                                             op="removexattr"))
             os.removexattr(proc_path(fd), name)
 
 

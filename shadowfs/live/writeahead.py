@@ -26,6 +26,8 @@ Invariants:
   planner plans again for the new snapshot).
 - A window that fails is only logged: the write that needs those blocks
   captures them itself and gets the error.
+- A capture names the file's opener as its caller (design §3.14): a WRITE
+  request does not say who sent it; the caller of the OPEN does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import trio
 from shadowfs.capture.committer import Committer
 from shadowfs.capture.engine import CopiedRun
 from shadowfs.capture.planner import CapturePlanner
+from shadowfs.capture.provenance import Caller
 from shadowfs.diffarea.schema import BackingIno, Seq
 from shadowfs.live.commit import store
 
@@ -70,7 +73,8 @@ class _Window:
 class WriteAhead:
     """The write-ahead state of one open file."""
 
-    def __init__(self) -> None:
+    def __init__(self, caller: Caller | None = None) -> None:
+        self.caller = caller  # who opened the file: the author of the changes its writes make
         self.next_offset = -1  # where a sequential writer's next write would start
         self.ahead = 0  # bytes to keep captured beyond the current write
         self.frontier = 0  # where the captured region ahead of a sequential writer ends
@@ -98,7 +102,7 @@ class WriteAhead:
             if window.overlaps(offset, length):
                 with trio.CancelScope(shield=True):
                     await window.finished.wait()
-        capture = planner.write(seq, ino, fd, offset, length, self.ahead)
+        capture = planner.write(seq, ino, fd, offset, length, self.ahead, self.caller)
         if capture is not None:
             await store(committer, capture)
             self.frontier = offset + length + self.ahead
@@ -115,7 +119,7 @@ class WriteAhead:
             return False
         start, end = self.frontier, self.frontier + self.ahead
         self.frontier = end
-        capture = planner.ahead(seq, ino, fd, start, end - start)
+        capture = planner.ahead(seq, ino, fd, start, end - start, self.caller)
         if capture is None:  # already captured, or beyond the file's size at `seq`
             return False
         window = _Window(seq, start, end)

@@ -7,7 +7,8 @@
   (`ViewReader`)
 - `changes`: the diff area's candidates between two snapshots, the tree at the newer one, changed
   ranges (design §6.4)
-- `diff`: `shadowfs diff`: path-level changes
+- `diff`: `shadowfs diff`: path-level changes, with who made each
+- `blame`: `shadowfs blame`: the recorded changes of one path, with their authors
 - `versions`: `shadowfs versions`: every distinct version of one path, then the live one
 - `revertplan`: what `shadowfs revert` must change, object by object (applied by `restore.revert`)
 

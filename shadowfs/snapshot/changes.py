@@ -31,6 +31,13 @@ From the candidates:
 
 Nothing here reads an unchanged file or lists an unchanged directory.
 
+Asked for (`scan(..., authors=True)`, what `shadowfs diff` does), the scan
+also reads who made the first change of each attribute and entry candidate
+after ``base`` (design §3.14): the author record kept with the pre-image that
+the read rule finds at ``base``; and for an entry changed again after a later
+snapshot in between, who made its last recorded change (the one that made
+the name it has at ``new``). A backup's scan reads none.
+
 The implication holds only while every change passed the capture path: an
 object marked damaged in ``base`` (design §9.3) changed without a pre-image,
 so `scan` refuses such a pair (DiffAreaError; a backup then compares every
@@ -53,7 +60,16 @@ from typing import Any
 
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea, DiffAreaError
-from shadowfs.diffarea.schema import BLOCK_SIZE, AttrRecord, BackingIno, DirentRecord, Seq, blocks_to_ranges
+from shadowfs.diffarea.provenance import author_at
+from shadowfs.diffarea.schema import (
+    BLOCK_SIZE,
+    AttrRecord,
+    AuthorRecord,
+    BackingIno,
+    DirentRecord,
+    Seq,
+    blocks_to_ranges,
+)
 from shadowfs.linux.confined import join
 from shadowfs.snapshot.readers import PathReader, SnapshotReader  # PathReader: for `changes.PathReader` users
 
@@ -83,6 +99,18 @@ class ObjectChanges:
     new: Seq | None
     inodes: dict[BackingIno, InodeDelta] = field(default_factory=dict)
     entries: dict[tuple[BackingIno, str], DirentRecord] = field(default_factory=dict)
+    authors: dict[bytes, AuthorRecord] = field(default_factory=dict)  # object key -> its first change's
+    last_authors: dict[bytes, AuthorRecord] = field(default_factory=dict)  # entries changed again later
+
+    def attr_author(self, ino: BackingIno) -> AuthorRecord | None:
+        """Who first changed the attributes (or data) of `ino` after base, if recorded and asked for."""
+        return self.authors.get(schema.attr_object(ino))
+
+    def entry_author(self, dir_ino: BackingIno, name: str, *, last: bool = False) -> AuthorRecord | None:
+        """Who first changed entry `name` of `dir_ino` after base (`last`: who made its last recorded
+        change before new, the one that gave it its value at new), if recorded and asked for."""
+        obj = schema.dirent_object(dir_ino, os.fsencode(name))
+        return (self.last_authors.get(obj) if last else None) or self.authors.get(obj)
 
     def block_at_base(self, ino: BackingIno, block: int) -> bytes | None:
         """The block's pre-image as snapshot `base` sees it (DiffAreaError if `base` is gone: a later
@@ -99,9 +127,10 @@ class ObjectChanges:
         return out
 
 
-def scan(area: DiffArea, base: Seq, new: Seq | None) -> ObjectChanges:
+def scan(area: DiffArea, base: Seq, new: Seq | None, *, authors: bool = False) -> ObjectChanges:
     """The candidates between snapshots `base` and `new` (both must exist, base < new), or with
-    `new` None between `base` and now: every object changed through the live mount since."""
+    `new` None between `base` and now: every object changed through the live mount since; with
+    `authors`, who made the first change of each attribute and entry candidate (when recorded)."""
     with area.read() as txn:
         for seq in (base, new):
             if seq is not None and area.snapshot(txn, seq) is None:
@@ -114,6 +143,8 @@ def scan(area: DiffArea, base: Seq, new: Seq | None) -> ObjectChanges:
                                 f"after snapshot {base}: the diff area cannot say what changed since")
         changes = ObjectChanges(area, base, new)
         attr_inos: set[BackingIno] = set()
+        first: dict[bytes, Seq] = {}  # attribute and entry objects: the key the read rule finds at base
+        last: dict[bytes, Seq] = {}  # entry objects: their last key before new
         cursor = txn.cursor(db=area.bysnap)
         found = cursor.set_range(schema.u64(base))
         while found:
@@ -121,6 +152,10 @@ def scan(area: DiffArea, base: Seq, new: Seq | None) -> ObjectChanges:
             if new is not None and seq >= new:
                 break
             tag = obj[:1]
+            if authors and tag != b"B":
+                first.setdefault(obj, seq)  # bysnap is in sequence order: the first seen is the lowest
+                if tag == b"D":
+                    last[obj] = seq
             if tag == b"A":
                 attr_inos.add(schema.object_ino(obj))
             elif tag == b"B":
@@ -136,6 +171,14 @@ def scan(area: DiffArea, base: Seq, new: Seq | None) -> ObjectChanges:
         for ino in attr_inos:
             delta = changes.inodes.setdefault(ino, InodeDelta())
             delta.attrs_before = area.attr_at(txn, ino, base)
+        for obj, seq in first.items():
+            author = author_at(area, txn, obj, seq)
+            if author is not None:
+                changes.authors[obj] = author
+        for obj, seq in last.items():
+            author = author_at(area, txn, obj, seq) if seq != first[obj] else None
+            if author is not None:
+                changes.last_authors[obj] = author
     return changes
 
 

@@ -156,14 +156,16 @@ def test_the_last_snapshot_takes_every_mark_with_it(area: DiffArea) -> None:
 
 
 def _as_format(path: str, version: int) -> None:
-    """Turn a diff area of this format into one of `version` without a ``damage`` database, as the
-    code of format 2 made them (its meta key and its databases are all that differ)."""
+    """Turn a diff area of this format into one of `version` (1 or 2) without the databases later
+    formats added (``damage``, ``authors``), as the code of that format made them (its meta key
+    and its databases are all that differ)."""
     env = lmdb.open(path, max_dbs=16, subdir=True)
     try:
         with env.begin(write=True) as txn:
             meta = env.open_db(schema.DB_META, txn=txn)
             txn.put(schema.META_FORMAT, schema.u32(version), db=meta)
-            txn.drop(env.open_db(schema.DB_DAMAGE, txn=txn), delete=True)
+            for name in (schema.DB_DAMAGE, schema.DB_AUTHORS):
+                txn.drop(env.open_db(name, txn=txn), delete=True)
     finally:
         env.close()
 
@@ -184,12 +186,12 @@ def test_format_2_is_upgraded_in_place(tmp_path: Path) -> None:
     old.close()
     _as_format(path, 2)
     assert schema.DB_DAMAGE not in _named_databases(path)
-    with pytest.raises(DiffAreaError, match="format 2, not yet upgraded to format 3"):
+    with pytest.raises(DiffAreaError, match=f"format 2, not yet upgraded to format {schema.FORMAT_VERSION}"):
         DiffArea.open(path, readonly=True)  # readers wait for the mount process
     upgraded = DiffArea.open(path)
     try:
         with upgraded.read() as txn:
-            assert schema.read_u32(txn.get(schema.META_FORMAT, db=upgraded.meta)) == 3
+            assert schema.read_u32(txn.get(schema.META_FORMAT, db=upgraded.meta)) == schema.FORMAT_VERSION
             assert [r.seq for r in upgraded.snapshot_list(txn)] == [s1]
             assert txn.get(schema.META_VOLUME, db=upgraded.meta) == b"v"
             assert txn.stat(upgraded.damage)["entries"] == 0
@@ -207,8 +209,9 @@ def test_format_1_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = str(tmp_path / "area")
     DiffArea.open(path, volume="v").close()
     _as_format(path, 1)
+    refused = f"format 1, this shadowfs reads format {schema.FORMAT_VERSION}$"
     for readonly in (False, True):
-        with pytest.raises(DiffAreaError, match="format 1, this shadowfs reads format 3"):
+        with pytest.raises(DiffAreaError, match=refused):
             DiffArea.open(path, readonly=readonly)
     assert schema.DB_DAMAGE not in _named_databases(path)
 

@@ -16,6 +16,7 @@ from shadowfs.capture.committer import Committer
 from shadowfs.capture.engine import CaptureEngine
 from shadowfs.capture.graveyard import Graveyard, prepare_graveyard
 from shadowfs.capture.planner import Capture, CapturePlanner
+from shadowfs.capture.provenance import Caller
 from shadowfs.diffarea import schema
 from shadowfs.diffarea.area import DiffArea
 from shadowfs.linux.syscalls import list_xattrs
@@ -121,6 +122,7 @@ class CoreSim:
         self.planner = CapturePlanner(self.area, self.engine, self.committer, self.newest)
         self.graveyard = Graveyard(self.grave_fd, self.engine, self.committer)
         self.live = LiveObjects(self.root_fd)
+        self.caller: Caller | None = None  # who makes the changes, as a FUSE request would say
 
     def close(self) -> None:
         self.committer.stop()
@@ -193,7 +195,8 @@ class CoreSim:
         seq = self._change()
         fd = os.open(self._path(rel), os.O_WRONLY)
         try:
-            self._store(self.planner.write(seq, os.fstat(fd).st_ino, fd, offset, len(data)))
+            ino = os.fstat(fd).st_ino
+            self._store(self.planner.write(seq, ino, fd, offset, len(data), caller=self.caller))
             os.pwrite(fd, data, offset)
         finally:
             os.close(fd)
@@ -202,7 +205,8 @@ class CoreSim:
         self._change()
         fd = os.open(self._path(rel), os.O_WRONLY)
         try:
-            self._store(self.planner.truncate(self.planner.seq_for(fd), os.fstat(fd).st_ino, size))
+            ino = os.fstat(fd).st_ino
+            self._store(self.planner.truncate(self.planner.seq_for(fd), ino, size, self.caller))
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
@@ -211,7 +215,8 @@ class CoreSim:
         self._change()
         fd = os.open(self._path(rel), os.O_PATH | os.O_NOFOLLOW)
         try:
-            self._store(self.planner.objects(self.planner.seq_for(fd), attrs=[os.fstat(fd).st_ino]))
+            self._store(self.planner.objects(self.planner.seq_for(fd), attrs=[os.fstat(fd).st_ino],
+                                             caller=self.caller, op="setattr"))
             apply(self._path(rel))
         finally:
             os.close(fd)
@@ -220,7 +225,7 @@ class CoreSim:
         seq = self._change()
         parent, parent_fd, name = self._parent(rel)
         try:
-            self._store(self.planner.objects(seq, entries=[(parent, name)]))
+            self._store(self.planner.objects(seq, entries=[(parent, name)], caller=self.caller, op="create"))
             make(parent_fd, name)
             self.planner.note_new(seq, os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_ino)
         finally:
@@ -249,7 +254,8 @@ class CoreSim:
         seq = self._change()
         parent, parent_fd, name = self._parent(rel)
         try:
-            self._store(self.planner.objects(seq, attrs=[self._ino(src)], entries=[(parent, name)]))
+            self._store(self.planner.objects(seq, attrs=[self._ino(src)], entries=[(parent, name)],
+                                             caller=self.caller, op="link"))
             os.link(self._path(src), name, dst_dir_fd=parent_fd, follow_symlinks=False)
         finally:
             os.close(parent_fd)
@@ -264,7 +270,8 @@ class CoreSim:
         self._change()
         parent, parent_fd, name = self._parent(rel)
         try:
-            plan = self._settle(lambda: self.planner.removal(parent, parent_fd, name, directory=directory))
+            plan = self._settle(lambda: self.planner.removal(parent, parent_fd, name, directory=directory,
+                                                             caller=self.caller))
             if directory:
                 self.graveyard.rmdir(plan, parent_fd, name)
             else:
@@ -280,7 +287,7 @@ class CoreSim:
             new_parent, new_fd, new_name = self._parent(dst)
             try:
                 plan = self._settle(lambda: self.planner.rename(old_parent, old_fd, old_name,
-                                                                new_parent, new_fd, new_name))
+                                                                new_parent, new_fd, new_name, self.caller))
                 self.graveyard.rename(plan, old_fd, old_name, new_fd, new_name, 0)
             finally:
                 os.close(new_fd)
