@@ -47,7 +47,8 @@ ShadowfsError                                    kind                exit
     │   ├── RequesterRefused                      requester_refused     2
     │   ├── DaemonUnavailable                     daemon_unavailable    3
     │   └── SnapshotSetAborted (+ SetAborted)     set_aborted           1
-    └── WriterError                               writer_refused        2
+    ├── WriterError                               writer_refused        2
+    └── ManifestError (ValueError)                bad_manifest          2
 ```
 
 Exit codes (`exit_code_of`): 0 ok; 1 finished with problems (a failed
@@ -411,6 +412,14 @@ class WriterError(VssError):
     """The daemon refused the writer (protocol version, duplicate instance, bad identity)."""
 
     kind = "writer_refused"
+    exit_code = EXIT_REFUSED
+
+
+class ManifestError(VssError, ValueError):
+    """An express writer's manifest (TOML) cannot be used: unreadable, not TOML, an unknown key, a
+    value of the wrong type or out of range; the message names the file, the key and the problem."""
+
+    kind = "bad_manifest"
     exit_code = EXIT_REFUSED
 
 

@@ -12,7 +12,11 @@ SHADOWFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-dev python3-venv gc
                        xfsprogs btrfs-progs)
 # What only the tests run (`shadowfs_setup test`): the backup tools and servers the end-to-end
 # tests drive for real. Debian starts the Samba service when it installs it (where systemd runs).
-SHADOWFS_TEST_APT_PACKAGES=(restic borgbackup samba samba-vfs-modules smbclient)
+# postgresql (the server of the Debian release: 15 on 12, 17 on 13, with initdb, pg_ctl and
+# pgbench) and postgresql-contrib pull in postgresql-client-<version> (psql, pg_amcheck) and the
+# `postgres` user; tests/e2e/test_postgresql.py finds them with pg_config or in
+# /usr/lib/postgresql/*/bin and starts its own servers (Debian may start a cluster of its own).
+SHADOWFS_TEST_APT_PACKAGES=(restic borgbackup samba samba-vfs-modules smbclient postgresql postgresql-contrib)
 
 shadowfs_log() { echo "shadowfs setup: $*" >&2; }
 

@@ -1,9 +1,11 @@
-"""`shadowfs writer sqlite` (run a writer) and `shadowfs writers` (list the registered ones).
+"""`shadowfs writer sqlite|run|manifests` (run a writer, list manifests) and `shadowfs writers`.
 
 One job: the writer side of the VSS service on the command line. `writer
-sqlite` is the one command besides `daemon` that imports trio (inside its
-handler); a writer the daemon refuses is `WriterError` (exit 2), a daemon that
-is not running `DaemonNotRunning` (exit 3).
+sqlite` and `writer run` (an express writer from a manifest, vss §16) are the
+commands besides `daemon` that import trio (inside their handlers); a manifest
+that cannot be used is `ManifestError` (exit 2, before anything connects), a
+writer the daemon refuses is `WriterError` (exit 2), a daemon that is not
+running `DaemonNotRunning` (exit 3).
 """
 
 from __future__ import annotations
@@ -29,6 +31,40 @@ def cmd_writer_sqlite(args: argparse.Namespace) -> int:
     if not os.path.isfile(db):
         raise CliError(f"no database file {db}")
     return sqlite_writer.run(db, state_of(args), args.timeout, args.instance_name)
+
+
+def cmd_writer_run(args: argparse.Namespace) -> int:
+    from shadowfs.vss import express_manifest  # no trio: --check needs none
+
+    manifest = express_manifest.load(args.manifest)
+    if args.check:
+        summary = manifest.summary()
+        if args.json:
+            print_json(summary)
+            return 0
+        print(f"{manifest.name} (class {manifest.class_id}, instance {manifest.instance_id}"
+              f"{', ' + repr(manifest.instance_name) if manifest.instance_name else ''}): manifest is valid")
+        for component in manifest.template.components:
+            specs = ", ".join(f"{s.path}/{s.filespec}{' (recursive)' if s.recursive else ''}"
+                              for s in component.all_file_specs)
+            print(f"  component {component.full_path} ({component.type.value}): {specs or 'no files'}")
+        for command in manifest.commands.values():
+            print(f"  {command.event.value} ({command.timeout:g} s): {command.command}")
+        return 0
+    from shadowfs.vss import express_writer  # trio and the writer library only for the writer itself
+
+    return express_writer.run(manifest, state_of(args))
+
+
+def cmd_writer_manifests(args: argparse.Namespace) -> int:
+    from shadowfs.vss import express_manifest
+
+    shipped = express_manifest.shipped()
+    if args.json:
+        print_json([{"name": name, "path": path} for name, path in shipped.items()])
+        return 0
+    print_table(["NAME", "PATH"], [[name, path] for name, path in shipped.items()])
+    return 0
 
 
 def cmd_writers(args: argparse.Namespace) -> int:
@@ -59,6 +95,14 @@ def add_parser(commands: Subcommands) -> None:
                         help="the writer's Freeze-to-Thaw limit (default 60 s, as VSS)")
     sqlite.add_argument("--instance-name", metavar="NAME",
                         help="writer instance name (default: the database's real path)")
+    run = add_command(kinds, "run", cmd_writer_run,
+                      "run an express writer (a shell command per event, from a TOML manifest) until SIGTERM")
+    run.add_argument("--manifest", required=True, metavar="FILE",
+                     help="the writer's manifest (`shadowfs writer manifests` lists those shipped)")
+    run.add_argument("--check", action="store_true",
+                     help="only check the manifest and print the writer it declares")
+    add_command(kinds, "manifests", cmd_writer_manifests,
+                "list the express writer manifests shipped with shadowfs (copy one, then edit it)")
     writers = add_command(commands, "writers", cmd_writers,
                           "list registered writers with their state and last failure")
     writers.add_argument("--all", action="store_true", help="also list writers that disconnected lately")

@@ -284,17 +284,21 @@ class WriterMetadata:
                               spec)
 
     def add_database_files(self, logical_path: str, database_name: str, path: str, filespec: str, *,
-                           backup_type_mask: FileSpecBackupType = DEFAULT_FILESPEC_BACKUP_TYPE) -> FileSpec:
-        """Add data files to a database component (AddDatabaseFiles)."""
-        spec = FileSpec(path=path, filespec=filespec, backup_type_mask=backup_type_mask)
+                           backup_type_mask: FileSpecBackupType = DEFAULT_FILESPEC_BACKUP_TYPE,
+                           recursive: bool = False, alternate_path: str = "") -> FileSpec:
+        """Add data files to a database component (AddDatabaseFiles; `recursive` and `alternate_path`
+        are shadowfs additions, vss §15)."""
+        spec = FileSpec(path=path, filespec=filespec, recursive=recursive, alternate_path=alternate_path,
+                        backup_type_mask=backup_type_mask)
         return self._add_spec("add_database_files", "DATABASE_FILES", logical_path, database_name,
                               ComponentType.DATABASE, spec)
 
     def add_database_log_files(self, logical_path: str, database_name: str, path: str, filespec: str, *,
-                               backup_type_mask: FileSpecBackupType = DEFAULT_FILESPEC_BACKUP_TYPE
-                               ) -> FileSpec:
+                               backup_type_mask: FileSpecBackupType = DEFAULT_FILESPEC_BACKUP_TYPE,
+                               recursive: bool = False, alternate_path: str = "") -> FileSpec:
         """Add log files to a database component (AddDatabaseLogFiles); needed for log backups."""
-        spec = FileSpec(path=path, filespec=filespec, backup_type_mask=backup_type_mask)
+        spec = FileSpec(path=path, filespec=filespec, recursive=recursive, alternate_path=alternate_path,
+                        backup_type_mask=backup_type_mask)
         return self._add_spec("add_database_log_files", "DATABASE_LOGFILES", logical_path, database_name,
                               ComponentType.DATABASE, spec)
 

@@ -76,6 +76,7 @@ class EventPayload(TypedDict):
     backup_type: NotRequired[str]
     partial_file_support: NotRequired[bool]
     volumes: list[str]  # the roots (backing and mount paths) of the set's volumes
+    set_id: NotRequired[str]  # the set being created (PrepareForSnapshot to PostSnapshot, and Abort)
     bcd: NotRequired[str | None]  # the requester's Backup Components Document, XML
 
 

@@ -283,6 +283,7 @@ class Broker:
             if context.auto_release:
                 session.auto_release.append(set_id)
             payload = self.payload(session, {**request, "context": context.value}, roots)
+            payload["set_id"] = set_id
             try:
                 taken, post = await self._sequence(involved, payload, names, set_id, ids, created,
                                                    event_timeout, freeze_timeout)

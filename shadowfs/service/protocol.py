@@ -15,7 +15,8 @@ Writer -> daemon:
      "writer_name", "usage_type", "freeze_timeout"?}       -> {"protocol", "writer": {...}}
 Daemon -> writer (on the writer's own connection):
     {"op": "writer_event", "event": EVENT, "session", "context", "backup_type",
-     "partial_file_support", "volumes": [paths], "bcd": XML|null, "timeout"}
+     "partial_file_support", "volumes": [paths], "set_id"? (snapshot creation), "bcd": XML|null,
+     "timeout"}
         -> {"status": "ok"|"failed", "failure"?, "message"?, "components"?: XML,
             "metadata"?: XML, "paths"?: [paths]}
 Requester -> daemon: see `service.broker.Service` (gather_writer_metadata,

@@ -37,7 +37,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import trio
 
@@ -88,6 +88,12 @@ class EventContext:
         timeout = frame.get("timeout")
         self.timeout = float(timeout) if isinstance(timeout, int | float) else protocol.EVENT_TIMEOUT
         self.bcd = bcd
+        # the snapshot set of the event: named by the daemon in snapshot creation's events, else the
+        # set the requester started in its document (empty when neither says)
+        set_id = frame.get("set_id")
+        if not isinstance(set_id, str) and bcd is not None and bcd.snapshot_set_id is not None:
+            set_id = str(bcd.snapshot_set_id)
+        self.set_id = set_id if isinstance(set_id, str) else ""
         self.failure: WriterFailure | None = None
         self.message = ""
 
@@ -134,8 +140,8 @@ class Writer:
     # class defaults that a subclass sets; each instance may override them (`__init__`)
     class_id: str = ""                           # a UUID: the writer's class (VSS writer id)
     writer_name: str = "shadowfs writer"
-    usage_type: ClassVar[UsageType] = UsageType.USER_DATA
-    data_source: ClassVar[SourceType] = SourceType.OTHER
+    usage_type: UsageType = UsageType.USER_DATA
+    data_source: SourceType = SourceType.OTHER
 
     def __init__(self, *, instance_name: str = "", instance_id: str | None = None,
                  class_id: str | None = None, writer_name: str | None = None,
@@ -427,7 +433,7 @@ class Writer:
     async def _auto_abort(self, ctx: EventContext) -> None:
         self._frozen = None
         frame = {"session": ctx.session, "context": ctx.context.value, "backup_type": ctx.backup_type.value,
-                 "volumes": ctx.volumes}
+                 "volumes": ctx.volumes, "set_id": ctx.set_id}
         abort = EventContext(self, Event.ABORT, frame, ctx.bcd)
         with trio.move_on_after(AUTO_ABORT_TIMEOUT):
             await self._call_hook(abort)

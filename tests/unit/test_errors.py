@@ -68,6 +68,7 @@ EXPECTED: dict[type[errors.ShadowfsError], tuple[str, int]] = {  # class: (kind,
     errors.DaemonUnavailable: ("daemon_unavailable", EXIT_UNREACHABLE),
     errors.SnapshotSetAborted: ("set_aborted", EXIT_PROBLEMS),
     errors.WriterError: ("writer_refused", EXIT_REFUSED),
+    errors.ManifestError: ("bad_manifest", EXIT_REFUSED),
 }
 
 # where each of the 21 classes lived before `shadowfs.errors`; those imports keep working

@@ -1,7 +1,8 @@
 """Writer processes for the end-to-end tests of the service (`WriterProcs`) and their event logs.
 
 Every writer the tests start is a real process (`python -m tests.support.writers.eventlog_writer`,
-`shadowfs writer sqlite`); `WriterProcs.stop_all` kills whatever is left, also on failure.
+`shadowfs writer sqlite`, `shadowfs writer run --manifest`); `WriterProcs.stop_all` kills whatever is
+left, also on failure.
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ class WriterProcs:
     def start_sqlite(self, name: str, db: Path, *extra: str) -> subprocess.Popen[bytes]:
         return self._start(name, SHADOWFS + ["writer", "sqlite", "--db", str(db), *extra])
 
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start_express(self, name: str, manifest: Path, env: dict[str, str] | None = None
+                      ) -> subprocess.Popen[bytes]:
+        """`shadowfs writer run --manifest` (`name`: the writer's name in the manifest), with `env`
+        added to its environment (its commands inherit it)."""
+        return self._start(name, SHADOWFS + ["writer", "run", "--manifest", str(manifest)], env)
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen[bytes]:
         with open(self.run.base / f"writer-{name}.log", "ab") as out:
-            proc = subprocess.Popen(argv, env=self.run.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(argv, env={**self.run.env, **(env or {})}, cwd=ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 
