@@ -219,34 +219,20 @@ def _uuid(value: Any) -> str:
         raise ValueError(f"must be a UUID such as {uuid.UUID(int=0x1234)}, not {value!r}") from None
 
 
-def _path(value: Any) -> str:
-    text = _text(value)
-    check_path(text)
-    return text
+def _checked(check: Callable[[str], object]) -> Callable[[Any], str]:
+    """A parser of a text value that the Writer Metadata rule `check` accepts (else ValueError)."""
+    def parse(value: Any) -> str:
+        text = _text(value)
+        check(text)
+        return text
+    return parse
 
 
-def _optional_path(value: Any) -> str:
-    text = _text(value)
-    check_optional_path(text)
-    return text
-
-
-def _filespec(value: Any) -> str:
-    text = _text(value)
-    check_filespec(text)
-    return text
-
-
-def _logical_path(value: Any) -> str:
-    text = _text(value)
-    check_logical_path(text)
-    return text
-
-
-def _component_name(value: Any) -> str:
-    text = _text(value)
-    check_component_name(text)
-    return text
+_path = _checked(check_path)
+_optional_path = _checked(check_optional_path)
+_filespec = _checked(check_filespec)
+_logical_path = _checked(check_logical_path)
+_component_name = _checked(check_component_name)
 
 
 def _choice(kind: Any) -> Callable[[Any], Any]:

@@ -48,7 +48,7 @@ from shadowfs.documents import WriterFailure, WriterMetadata
 from shadowfs.errors import ManifestError
 from shadowfs.service.protocol import Event
 from shadowfs.vss.express_manifest import EventCommand, ExpressManifest
-from shadowfs.vss.writer import EventContext, Writer
+from shadowfs.vss.writer import EventContext, Writer, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -269,15 +269,7 @@ def run(manifest: ExpressManifest, state_dir: str | None) -> int:
     writer = ExpressWriter(manifest)
     log.info("express writer %s from %s: commands for %s", manifest.name, manifest.path,
              ", ".join(e.value for e in manifest.commands) or "no event")
-    trio.run(_serve, writer, state_dir)
+    trio.run(serve_until_signalled, writer, state_dir)
     return 0
 
 
-async def _serve(writer: ExpressWriter, state_dir: str | None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run, state_dir)
-            async for signum in signals:
-                log.info("writer %s: %s: stopping", writer.writer_name, signal.Signals(signum).name)
-                break
-            nursery.cancel_scope.cancel()

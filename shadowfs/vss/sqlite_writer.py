@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sqlite3
 import struct
 import sys
@@ -58,7 +57,7 @@ from shadowfs.documents import (
     format_range_string,
 )
 from shadowfs.service import protocol
-from shadowfs.vss.writer import EventContext, Writer
+from shadowfs.vss.writer import EventContext, Writer, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -264,14 +263,7 @@ def run(db: str, state_dir: str | None, timeout: float, instance_name: str | Non
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     writer = SqliteWriter(db, freeze_timeout=timeout, instance_name=instance_name)
-    trio.run(_serve, writer, state_dir)
+    trio.run(serve_until_signalled, writer, state_dir)
     return 0
 
 
-async def _serve(writer: SqliteWriter, state_dir: str | None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run, state_dir)
-            async for _ in signals:
-                break
-            nursery.cancel_scope.cancel()

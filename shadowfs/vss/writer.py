@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -437,6 +438,18 @@ class Writer:
         abort = EventContext(self, Event.ABORT, frame, ctx.bcd)
         with trio.move_on_after(AUTO_ABORT_TIMEOUT):
             await self._call_hook(abort)
+
+
+async def serve_until_signalled(writer: Writer, state_dir: str | None) -> None:
+    """Run `writer` (its `run`) until SIGTERM or SIGINT, then stop it: what a writer command
+    (`shadowfs writer sqlite`, `writer run`) does for its whole life."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run, state_dir)
+            async for signum in signals:
+                log.info("writer %s: %s: stopping", writer.writer_name, signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
